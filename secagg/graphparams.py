@@ -1,0 +1,157 @@
+"""Choosing the SecAgg+ Harary-graph degree k and Shamir threshold t.
+
+Reimplements the search of Google's fcp ``graph_parameter_finder`` (Bell et al., CCS'20):
+security sigma = 40 bits split over two bad events (2^-41 each), correctness eta = 20 bits.
+Hypergeometric tails are summed exactly in log space with ``math.lgamma``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import ParameterError
+
+__all__ = ["GraphParameters", "find_harary_parameters", "Hypergeometric", "SECURITY_BITS", "CORRECTNESS_BITS"]
+
+SECURITY_BITS = 40
+CORRECTNESS_BITS = 20
+MAX_CLIENTS = 1_000_000
+_SMALL = 1e-14
+
+
+@dataclass(frozen=True, slots=True)
+class GraphParameters:
+    """k neighbours per client (even) and the threshold t (shares needed among the k)."""
+
+    degree: int
+    threshold: int
+
+
+class Hypergeometric:
+    """Number of marked items among ``sampled`` drawn without replacement from ``total``."""
+
+    def __init__(self, total: int, marked: int, sampled: int) -> None:
+        if min(total, marked, sampled) < 0 or marked > total or sampled > total:
+            raise ParameterError("invalid hypergeometric parameters")
+        self.total, self.marked, self.sampled = total, marked, sampled
+
+    def _pmf(self, x: float, c: int) -> float:
+        big_n, n = self.total, self.sampled
+        if x < 0 or x > n or x > c or big_n + x < c + n:
+            return 0.0
+        lg = math.lgamma
+        return math.exp(
+            lg(n + 1) + lg(c + 1) + lg(big_n - c + 1) + lg(big_n - n + 1)
+            - lg(x + 1) - lg(n - x + 1) - lg(c - x + 1) - lg(big_n + 1) - lg(big_n - n - c + x + 1)
+        )
+
+    def pmf(self, x: float) -> float:
+        return self._pmf(x, self.marked)
+
+    def _cdf(self, x: float, c: int) -> float:
+        big_n, n = self.total, self.sampled
+        p, acc = self._pmf(x, c), 0.0
+        while p > acc * 1e-16:  # terms shrink geometrically below the mode
+            acc += p
+            p *= x
+            p *= big_n - c - n + x
+            p /= c - x + 1
+            p /= n - x + 1
+            x -= 1
+        return acc
+
+    def cdf(self, x: float) -> float:
+        x = math.floor(x)
+        if x > self.marked * self.sampled / self.total:
+            return 1 - self._cdf(self.sampled - x - 1, self.total - self.marked)
+        return self._cdf(x, self.marked)
+
+    def quantile(self, q: float, complement: bool = False) -> float:
+        """Largest r with P(X <= r) < q (or the mirrored bound with ``complement``)."""
+        if q > 0.5:
+            q, complement = 1 - q, not complement
+        if complement:
+            return self.sampled - self._quantile(q, self.total - self.marked) - 1
+        return self._quantile(q, self.marked)
+
+    def _quantile(self, q: float, c: int) -> float:
+        big_n, n = self.total, self.sampled
+        guess = max(-1.0, c + n - big_n - 1.0, n * (c / big_n - math.sqrt(-math.log(q) / (2 * n))))
+        r = float(math.floor(guess))
+        cdf, pmf = self._cdf(r, c), self._pmf(r, c)
+        while cdf < q and r < n:
+            if pmf > 0:
+                pmf /= r + 1
+                pmf /= big_n - c - n + r + 1
+                pmf *= c - r
+                pmf *= n - r
+            else:
+                pmf = self._pmf(r + 1, c)
+            cdf += pmf
+            r += 1
+        return r - 1
+
+
+def _check_rates(n: int, corrupt: float, dropout: float, malicious: bool) -> None:
+    if n <= 0 or n > MAX_CLIENTS:
+        raise ParameterError(f"the number of clients must be in [1, {MAX_CLIENTS}], got {n}")
+    if not 0 <= corrupt < 1:
+        raise ParameterError(f"the corrupt fraction must be in [0, 1), got {corrupt}")
+    if not 0 <= dropout < 1:
+        raise ParameterError(f"the dropout fraction must be in [0, 1), got {dropout}")
+    if malicious and corrupt + 2 * dropout > 0.9:
+        raise ParameterError(
+            f"against a malicious server corrupt + 2*dropout must be <= 0.9 (got {corrupt + 2 * dropout:.3g}): "
+            "no threshold can both stop the corrupt clients and survive the dropouts"
+        )
+    if not malicious and corrupt + dropout > 0.9:
+        raise ParameterError(
+            f"against a semi-honest server corrupt + dropout must be <= 0.9 (got {corrupt + dropout:.3g}): "
+            "no threshold can both stop the corrupt clients and survive the dropouts"
+        )
+
+
+def _log_prob_disconnected(n: int, k: int, corrupt: float, dropout: float) -> float:
+    bad = math.floor((corrupt + _SMALL) * n) + math.floor((dropout + _SMALL) * n)
+    if k > bad:
+        return -math.inf
+    gap_pairs = math.log(n) + math.log(n - k - 1) - math.log(2)
+    lg = math.lgamma
+    return gap_pairs + lg(bad + 1) + lg(n - k + 1) - lg(n + 1) - lg(bad - k + 1)
+
+
+def _threshold_for_degree(n: int, k: int, corrupt: float, dropout: float, malicious: bool) -> int | None:
+    per_event = SECURITY_BITS + 1
+    if _log_prob_disconnected(n, k, corrupt, dropout) >= -per_event * math.log(2):
+        return None
+    adversarial = Hypergeometric(n, math.floor((corrupt + _SMALL) * n), k)
+    surviving = Hypergeometric(n, math.ceil((1 - dropout - _SMALL) * n), k)
+    t1 = adversarial.quantile(2.0**-per_event / n, complement=True)
+    t2 = surviving.quantile(2.0**-CORRECTNESS_BITS / n)
+    if surviving.cdf(t2) < 2.0**-CORRECTNESS_BITS / n:
+        t2 += 1
+    if malicious:
+        t1 = math.ceil((t1 + k - 1.25) / 2)
+    if t2 <= t1:
+        return None
+    return int(max(t1 + 1, 2))
+
+
+def find_harary_parameters(n: int, corrupt: float, dropout: float, malicious: bool = False) -> GraphParameters:
+    """The smallest even degree k (and its threshold t) meeting sigma = 40, eta = 20.
+
+    Raises:
+        ParameterError: the rates are infeasible or no degree below n - 1 works (use the complete
+            graph, i.e. SecAgg, for such small or hostile settings).
+    """
+    _check_rates(n, corrupt, dropout, malicious)
+    for k in range(2, n - 1, 2):
+        t = _threshold_for_degree(n, k, corrupt, dropout, malicious)
+        if t is not None:
+            return GraphParameters(k, t)
+    raise ParameterError(
+        f"no Harary degree below n - 1 = {n - 1} meets 2^-{SECURITY_BITS} security and "
+        f"2^-{CORRECTNESS_BITS} correctness for n={n}, corrupt={corrupt}, dropout={dropout}; "
+        "use more clients, lower rates, or the complete graph (protocol 'secagg')"
+    )

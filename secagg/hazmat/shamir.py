@@ -1,0 +1,122 @@
+"""Vectorised Shamir t-of-n secret sharing of byte strings over GF(2^31 - 1).
+
+Each secret is cut into 16-bit chunks; every chunk is an independent field element shared with its
+own random polynomial, so all secrets of a party split (and later reconstruct) in a handful of numpy
+operations. Security assumption: coefficients are uniform (from the injected CSPRNG); then any t-1
+shares are independent of the secret (information-theoretic).
+
+Reconstruction from wrong shares is detected with overwhelming probability: each chunk of a genuine
+secret is < 2^16, while a polynomial interpolated through a bad share gives uniform field elements.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import IntegrityError, ParameterError
+from .random import RandomSource, system_random
+
+__all__ = ["PRIME", "CHUNK_BYTES", "MAX_X", "split", "reconstruct", "lagrange_at_zero", "share_bytes"]
+
+PRIME = (1 << 31) - 1
+CHUNK_BYTES = 2
+MAX_X = PRIME - 1
+_CHUNK_LIMIT = 1 << (8 * CHUNK_BYTES)
+
+
+def share_bytes(secret_bytes: int) -> int:
+    """Size in bytes of one share of a secret of ``secret_bytes`` bytes."""
+    return 4 * (-(-secret_bytes // CHUNK_BYTES))
+
+
+def _uniform_field(count: int, random: RandomSource) -> np.ndarray:
+    """``count`` uniform elements of GF(PRIME) by rejection sampling 31-bit words."""
+    out = np.frombuffer(random(4 * count), dtype="<u4").astype(np.int64) & 0x7FFFFFFF
+    bad = out == PRIME
+    while bad.any():  # probability 2^-31 per element
+        redo = np.frombuffer(random(4 * int(bad.sum())), dtype="<u4").astype(np.int64) & 0x7FFFFFFF
+        out[bad] = redo
+        bad = out == PRIME
+    return out
+
+
+def _to_chunks(secrets: Sequence[bytes]) -> np.ndarray:
+    length = len(secrets[0])
+    if length == 0 or length % CHUNK_BYTES or any(len(s) != length for s in secrets):
+        raise ParameterError(f"secrets must share one non-zero length divisible by {CHUNK_BYTES}")
+    raw = np.frombuffer(b"".join(secrets), dtype="<u2")
+    return raw.reshape(len(secrets), length // CHUNK_BYTES).astype(np.int64)
+
+
+def split(
+    secrets: Sequence[bytes],
+    threshold: int,
+    xs: Sequence[int],
+    random: RandomSource = system_random,
+) -> np.ndarray:
+    """Share every secret t-of-len(xs) at the evaluation points ``xs``.
+
+    Returns:
+        int64 array of shape ``(len(xs), len(secrets), chunks)``: row i holds the shares for ``xs[i]``.
+    Raises:
+        ParameterError: bad threshold, repeated or out-of-range points, or ragged secrets.
+    """
+    if not secrets:
+        raise ParameterError("nothing to share")
+    points = np.asarray(list(xs), dtype=np.int64)
+    if threshold < 1 or threshold > len(points):
+        raise ParameterError(f"threshold {threshold} must be in [1, {len(points)}]")
+    if len(set(points.tolist())) != len(points) or (points < 1).any() or (points > MAX_X).any():
+        raise ParameterError("evaluation points must be distinct and in [1, PRIME - 1]")
+    constant = _to_chunks(secrets)
+    m, c = constant.shape
+    coeffs = _uniform_field((threshold - 1) * m * c, random).reshape(threshold - 1, m, c)
+    # Horner evaluation at all points at once: acc = a_{t-1}; acc = acc * x + a_j.
+    x = points[:, None, None]
+    acc = np.broadcast_to(coeffs[-1] if threshold > 1 else constant, (len(points), m, c)).copy()
+    for j in range(threshold - 3, -2, -1):
+        term = coeffs[j] if j >= 0 else constant
+        acc = (acc * x + term) % PRIME
+    return acc
+
+
+@lru_cache(maxsize=4096)
+def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """Lagrange coefficients for interpolating at zero from the points ``xs`` (cached per set)."""
+    coefficients = []
+    for i, xi in enumerate(xs):
+        num, den = 1, 1
+        for j, xj in enumerate(xs):
+            if i != j:
+                num = num * xj % PRIME
+                den = den * (xj - xi) % PRIME
+        if den == 0:
+            raise ParameterError("evaluation points must be distinct")
+        coefficients.append(num * pow(den, PRIME - 2, PRIME) % PRIME)
+    return tuple(coefficients)
+
+
+def reconstruct(xs: Sequence[int], shares: np.ndarray) -> list[bytes]:
+    """Recover the secrets from exactly ``threshold`` shares.
+
+    Args:
+        xs: the evaluation points of the shares, one per row of ``shares``.
+        shares: array of shape ``(len(xs), secrets, chunks)`` with entries in GF(PRIME).
+    Raises:
+        IntegrityError: a share was wrong (a recovered chunk is not a 16-bit value).
+        ParameterError: shapes or points are inconsistent.
+    """
+    arr = np.asarray(shares, dtype=np.int64)
+    if arr.ndim != 3 or arr.shape[0] != len(xs):
+        raise ParameterError("shares must have shape (len(xs), secrets, chunks)")
+    if ((arr < 0) | (arr >= PRIME)).any():
+        raise IntegrityError("share out of field range")
+    lam = np.asarray(lagrange_at_zero(tuple(int(x) for x in xs)), dtype=np.int64)
+    total = ((lam[:, None, None] * arr) % PRIME).sum(axis=0) % PRIME
+    if (total >= _CHUNK_LIMIT).any():
+        raise IntegrityError("secret reconstruction failed")
+    chunks = total.astype("<u2")
+    return [row.tobytes() for row in chunks]

@@ -1,0 +1,1 @@
+"""Protocol parties: client and server state machines without I/O."""

@@ -1,0 +1,337 @@
+"""SecAgg / SecAgg+ client state machine (no I/O).
+
+Drive it with :meth:`SecAggClient.advertise` and then :meth:`SecAggClient.handle` for each message
+from the server; each call returns the bytes to send back. A malformed message or one for another
+stage, round or session raises without changing state; a hostile or inconsistent one aborts the
+client for good (stage ``ABORTED``). An honest client never reveals both the self-mask seed share and
+the mask-key share of one user.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from ...encoding import FixedPoint
+from ...errors import InsufficientParties, IntegrityError, ParameterError, ProtocolAbort, SecAggError
+from ...hazmat import shamir
+from ...hazmat.keys import AgreementKeyPair, SigningKey, derive_key, open_sealed, seal, verify_signature
+from ...hazmat.prg import MaskStream
+from ...hazmat.random import RandomSource, system_random
+from ...params import SecAggConfig
+from ...wire import SERVER_ID, Header, Writer
+from . import messages as m
+from .common import (
+    LABEL_ADVERTISE_SIG,
+    LABEL_PAIRWISE_MASK,
+    LABEL_SELF_MASK,
+    LABEL_SHARE_ENCRYPTION,
+    LABEL_SURVIVORS_SIG,
+    Stage,
+    apply_masks,
+    neighbours,
+    protocol_id,
+    session_id,
+    setup_id,
+    share_context,
+)
+
+__all__ = ["SecAggClient", "advertise_signed_bytes", "survivors_signed_bytes"]
+
+_SHARE_WORDS = 2 * (shamir.share_bytes(32) // 4)
+_EXPECTED = {
+    Stage.SHARE: m.Kind.KEY_LIST,
+    Stage.MASK: m.Kind.DELIVERY,
+    Stage.CONSISTENCY: m.Kind.SURVIVORS,
+    Stage.UNMASK: m.Kind.UNMASK_REQUEST,
+}
+
+
+def advertise_signed_bytes(setup: bytes, client: int, encryption_key: bytes, mask_key: bytes) -> bytes:
+    return setup + client.to_bytes(4, "little") + encryption_key + mask_key
+
+
+def survivors_signed_bytes(session: bytes, survivors: tuple[int, ...]) -> bytes:
+    return session + Writer().ids(survivors).body()
+
+
+class SecAggClient:
+    """One client's view of one aggregation round.
+
+    Args:
+        config: the public session parameters (identical at every party).
+        client_id: this client's id in ``[0, config.num_clients)``.
+        round_number: the training round; masks are fresh for each round.
+        context: caller bytes bound into the session, e.g. the SHA-256 of the global model.
+        random: the randomness source (defaults to ``os.urandom``).
+        identity: this client's long-term Ed25519 key (malicious threat model only).
+        registry: client id -> Ed25519 public key of every client (malicious threat model only).
+    """
+
+    def __init__(
+        self,
+        config: SecAggConfig,
+        client_id: int,
+        *,
+        round_number: int = 0,
+        context: bytes = b"",
+        random: RandomSource = system_random,
+        identity: SigningKey | None = None,
+        registry: Mapping[int, bytes] | None = None,
+    ) -> None:
+        if not 0 <= client_id < config.num_clients:
+            raise ParameterError(f"client_id must be in [0, {config.num_clients}), got {client_id}")
+        if config.threat.is_malicious and (identity is None or registry is None):
+            raise ParameterError("the malicious threat model needs an identity key and a registry (PKI)")
+        if registry is not None and identity is not None and registry.get(client_id) != identity.public_bytes:
+            raise ParameterError("the registry does not hold this client's identity key")
+        self.config, self.client_id, self.round = config, client_id, round_number
+        self._random = random
+        self._identity, self._registry = identity, dict(registry) if registry else None
+        self._setup = setup_id(config, round_number, context)
+        self._stage = Stage.ADVERTISE
+        self._encryption = AgreementKeyPair.generate(random)
+        self._masking = AgreementKeyPair.generate(random)
+        self._values: np.ndarray | None = None
+        self._weight = 1
+        self._encoded: np.ndarray | None = None
+        self._session = b""
+        self._keys: dict[int, m.KeyEntry] = {}
+        self._neighbours: tuple[int, ...] = ()
+        self._seed = b""
+        self._held: dict[int, np.ndarray] = {}
+        self._survivors: tuple[int, ...] | None = None
+        self.sent_bytes = 0
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def set_input(self, update: Any, weight: int = 1) -> None:
+        """Provide this round's update (state dict, tensor list or array) and integer weight.
+
+        Raises:
+            ParameterError: the update does not match the session schema or is not finite.
+        """
+        self._weight = self.config.encoding.check_weight(weight)
+        self._values = self.config.schema.flatten(update)
+        self._encoded = None
+
+    def set_encoded_input(self, words: np.ndarray) -> None:
+        """Provide an input already encoded by ``config.encoding.encode`` (weight word last)."""
+        enc: FixedPoint = self.config.encoding
+        if words.shape != (self.config.dim,) or words.dtype != enc.dtype:
+            raise ParameterError(f"encoded input must be {self.config.dim} words of {enc.dtype}")
+        if enc.modulus_bits < 8 * enc.dtype.itemsize and (words > enc.ring_mask).any():
+            raise ParameterError("encoded input holds values outside the ring")
+        self._encoded, self._values = words.copy(), None
+
+    @property
+    def stage(self) -> Stage:
+        return self._stage
+
+    @property
+    def session(self) -> bytes:
+        """The session id (empty until the key list arrives)."""
+        return self._session
+
+    # -- protocol ---------------------------------------------------------------------------------
+    def advertise(self) -> bytes:
+        """Stage 0: the client's fresh public keys (signed in the malicious variant)."""
+        if self._stage is not Stage.ADVERTISE:
+            raise ProtocolAbort("keys were already advertised")
+        enc, mask = self._encryption.public_bytes, self._masking.public_bytes
+        sig = b""
+        if self._identity is not None:
+            sig = self._identity.sign(LABEL_ADVERTISE_SIG, advertise_signed_bytes(self._setup, self.client_id, enc, mask))
+        self._stage = Stage.SHARE
+        return self._send(m.Kind.ADVERTISE, self._setup, m.Advertise(enc, mask, sig))
+
+    def handle(self, data: bytes) -> bytes:
+        """Process one server message and return the reply.
+
+        Raises:
+            MalformedMessage, ProtocolAbort: the message is not for this stage (state unchanged).
+            IntegrityError, InsufficientParties, ProtocolAbort: the client aborted the round.
+        """
+        if self._stage in (Stage.DONE, Stage.ABORTED, Stage.ADVERTISE):
+            raise ProtocolAbort(f"client {self.client_id} expects no message in stage {self._stage.value}")
+        header, body = m.decode(data, max_parties=self.config.num_clients)
+        self._check_header(header)
+        handler = {
+            Stage.SHARE: self._on_key_list,
+            Stage.MASK: self._on_delivery,
+            Stage.CONSISTENCY: self._on_survivors,
+            Stage.UNMASK: self._on_unmask,
+        }[self._stage]
+        try:
+            return handler(body)
+        except SecAggError:
+            self._abort()
+            raise
+
+    def _check_header(self, header: Header) -> None:
+        expected_session = self._setup if self._stage is Stage.SHARE else self._session
+        if header.kind != _EXPECTED[self._stage]:
+            raise ProtocolAbort(f"unexpected message kind {header.kind} in stage {self._stage.value}")
+        if header.protocol != protocol_id(self.config) or header.round != self.round:
+            raise ProtocolAbort("message for another protocol or round")
+        if header.session != expected_session:
+            raise ProtocolAbort("message for another session")
+        if header.sender != SERVER_ID or header.recipient != self.client_id:
+            raise ProtocolAbort("message not addressed from the server to this client")
+
+    def _send(self, kind: m.Kind, session: bytes, body: m.Body) -> bytes:
+        header = Header(kind, protocol_id(self.config), self.round, session, self.client_id, SERVER_ID)
+        data = m.encode(header, body)
+        self.sent_bytes += len(data)
+        return data
+
+    def _abort(self) -> None:
+        self._stage = Stage.ABORTED
+        self._values = self._encoded = None
+        self._held = {}
+        self._seed = b""
+
+    # -- stage handlers ---------------------------------------------------------------------------
+    def _on_key_list(self, body: m.Body) -> bytes:
+        assert isinstance(body, m.KeyList)
+        keys = {e.client: e for e in body.entries}
+        self._validate_key_list(keys)
+        session = session_id(self._setup, body.body_bytes())
+        mine = neighbours(sorted(keys), self.config.degree, session)[self.client_id]
+        if len(mine) < self.config.threshold:
+            raise InsufficientParties(f"only {len(mine)} neighbours advertised keys; threshold is {self.config.threshold}")
+        seed = self._random(32)
+        shares = shamir.split([seed, self._masking.private_bytes()], self.config.threshold, [v + 1 for v in mine], self._random)
+        ciphertexts = []
+        for i, peer in enumerate(mine):
+            ctx = share_context(session, self.round, self.client_id, peer)
+            key = self._encryption.agree(keys[peer].encryption_key, LABEL_SHARE_ENCRYPTION, ctx)
+            ciphertexts.append(seal(key, shares[i].astype("<u4").tobytes(), ctx, self._random))
+        self._session, self._keys, self._neighbours, self._seed = session, keys, mine, seed
+        self._stage = Stage.MASK
+        return self._send(m.Kind.SHARES, session, m.ShareBundle(mine, tuple(ciphertexts)))
+
+    def _validate_key_list(self, keys: dict[int, m.KeyEntry]) -> None:
+        me = keys.get(self.client_id)
+        if me is None or (me.encryption_key, me.mask_key) != (
+            self._encryption.public_bytes,
+            self._masking.public_bytes,
+        ):
+            raise ProtocolAbort("the key list does not carry this client's own keys")
+        if max(keys) >= self.config.num_clients:
+            raise ProtocolAbort("the key list names an unknown client")
+        every_key = [k for e in keys.values() for k in (e.encryption_key, e.mask_key)]
+        if len(set(every_key)) != len(every_key):
+            raise ProtocolAbort("the key list repeats a public key")
+        if len(keys) < self.config.threshold + 1:
+            raise InsufficientParties(f"{len(keys)} clients advertised keys; need {self.config.threshold + 1}")
+        if self._registry is not None:
+            for e in keys.values():
+                identity = self._registry.get(e.client)
+                if identity is None:
+                    raise IntegrityError("key list names a client outside the registry")
+                signed = advertise_signed_bytes(self._setup, e.client, e.encryption_key, e.mask_key)
+                verify_signature(identity, e.signature, LABEL_ADVERTISE_SIG, signed)
+
+    def _on_delivery(self, body: m.Body) -> bytes:
+        assert isinstance(body, m.ShareDelivery)
+        if not set(body.peers) <= set(self._neighbours):
+            raise ProtocolAbort("shares delivered from a client that is not a neighbour")
+        if len(body.peers) < self.config.threshold:
+            raise InsufficientParties(f"only {len(body.peers)} neighbours shared keys; threshold is {self.config.threshold}")
+        if self._values is None and self._encoded is None:
+            raise ParameterError("no input was set for this round")
+        held = {}
+        for peer, ciphertext in zip(body.peers, body.ciphertexts):
+            ctx = share_context(self._session, self.round, peer, self.client_id)
+            key = self._encryption.agree(self._keys[peer].encryption_key, LABEL_SHARE_ENCRYPTION, ctx)
+            plain = open_sealed(key, ciphertext, ctx)
+            words = np.frombuffer(plain, dtype="<u4")
+            if words.shape != (_SHARE_WORDS,) or (words >= shamir.PRIME).any():
+                raise IntegrityError("decrypted share is malformed")
+            held[peer] = words.reshape(2, -1)
+        vector = self._masked_vector(body.peers)
+        self._held = held
+        self._values = self._encoded = None
+        self._stage = Stage.CONSISTENCY if self.config.threat.is_malicious else Stage.UNMASK
+        return self._send(m.Kind.MASKED_INPUT, self._session, m.MaskedInput(vector))
+
+    def _masked_vector(self, peers: tuple[int, ...]) -> np.ndarray:
+        cfg, enc = self.config, self.config.encoding
+        streams = [(MaskStream(derive_key(self._seed, LABEL_SELF_MASK, self._session)), +1)]
+        for peer in peers:
+            key = self._masking.agree(self._keys[peer].mask_key, LABEL_PAIRWISE_MASK, self._session)
+            streams.append((MaskStream(key), +1 if self.client_id < peer else -1))
+        out = np.empty(cfg.dim, dtype=enc.dtype)
+        values, encoded, d = self._values, self._encoded, cfg.schema.size
+        noise = MaskStream(self._random(32))
+
+        def fill(start: int, stop: int, view: np.ndarray) -> None:
+            if encoded is not None:
+                view[:] = encoded[start:stop]
+                return
+            assert values is not None
+            body = min(stop, d) - start
+            if body > 0:
+                enc.quantize_into(values[start : start + body], self._weight, noise, view[:body])
+            if stop > d:
+                view[-1] = self._weight
+
+        apply_masks(out, streams, cfg.chunk_size, fill)
+        if enc.modulus_bits < 8 * out.dtype.itemsize:
+            np.bitwise_and(out, out.dtype.type(enc.ring_mask), out=out)
+        return out
+
+    def _on_survivors(self, body: m.Body) -> bytes:
+        assert isinstance(body, m.SurvivorList) and self._identity is not None
+        survivors = body.survivors
+        if self.client_id not in survivors or not set(survivors) <= set(self._keys):
+            raise ProtocolAbort("the survivor set omits this client or names unknown clients")
+        if len(survivors) < self.config.threshold:
+            raise InsufficientParties(f"{len(survivors)} survivors; threshold is {self.config.threshold}")
+        self._survivors = survivors
+        signature = self._identity.sign(LABEL_SURVIVORS_SIG, survivors_signed_bytes(self._session, survivors))
+        self._stage = Stage.UNMASK
+        return self._send(m.Kind.SURVIVOR_SIGNATURE, self._session, m.SurvivorSignature(signature))
+
+    def _on_unmask(self, body: m.Body) -> bytes:
+        assert isinstance(body, m.UnmaskRequest)
+        alive, dropped = set(body.alive), set(body.dropped)
+        if alive & dropped:
+            raise ProtocolAbort("the server lists a client as both surviving and dropped")
+        if self.client_id not in alive:
+            raise ProtocolAbort("the server lists this client, which sent its input, as not surviving")
+        if len(alive) < self.config.threshold:
+            raise InsufficientParties(f"{len(alive)} survivors; threshold is {self.config.threshold}")
+        if self._registry is not None:
+            self._check_consistency(body)
+        owners, kinds, shares = [], [], []
+        for owner in sorted(self._held):
+            if owner in alive:
+                kind, row = m.ShareKind.SELF_MASK_SEED, 0
+            elif owner in dropped:
+                kind, row = m.ShareKind.MASK_KEY, 1
+            else:
+                continue
+            owners.append(owner)
+            kinds.append(int(kind))
+            shares.append(self._held[owner][row].astype("<u4").tobytes())
+        self._held, self._seed = {}, b""
+        self._stage = Stage.DONE
+        return self._send(m.Kind.UNMASK_RESPONSE, self._session, m.UnmaskResponse(tuple(owners), tuple(kinds), tuple(shares)))
+
+    def _check_consistency(self, body: m.UnmaskRequest) -> None:
+        assert self._registry is not None
+        if self._survivors is None or body.alive != self._survivors:
+            raise ProtocolAbort("the unmask request's survivor set differs from the one this client signed")
+        if not set(body.signers) <= set(body.alive) or len(body.signers) < self.config.threshold:
+            raise ProtocolAbort(f"need >= {self.config.threshold} survivor signatures, got {len(body.signers)}")
+        signed = survivors_signed_bytes(self._session, self._survivors)
+        for signer, signature in zip(body.signers, body.signatures):
+            verify_signature(self._registry[signer], signature, LABEL_SURVIVORS_SIG, signed)
+
+    def __getstate__(self) -> None:
+        raise TypeError("clients hold secrets and cannot be pickled")
+
+    def __repr__(self) -> str:
+        return f"SecAggClient(id={self.client_id}, round={self.round}, stage={self._stage.value})"

@@ -1,0 +1,126 @@
+"""Pieces shared by SecAgg clients and servers: session binding, the graph, labels, masking.
+
+Session binding (PROTOCOLS.md): the setup id hashes the protocol version, config digest, round and
+caller context; the session id additionally hashes the canonical list of advertised keys, so every
+key, share ciphertext and mask is tied to one round of one session with one set of keys.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import struct
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from ...hazmat.keys import derive_key
+from ...hazmat.prg import MaskStream
+from ...params import PROTOCOL_IDS, SecAggConfig
+from ...wire import WIRE_VERSION
+
+__all__ = [
+    "Stage",
+    "LABEL_SHARE_ENCRYPTION",
+    "LABEL_PAIRWISE_MASK",
+    "LABEL_SELF_MASK",
+    "LABEL_GRAPH",
+    "setup_id",
+    "session_id",
+    "neighbours",
+    "share_context",
+    "apply_masks",
+    "protocol_id",
+]
+
+LABEL_SHARE_ENCRYPTION = b"share-encryption"
+LABEL_PAIRWISE_MASK = b"pairwise-mask"
+LABEL_SELF_MASK = b"self-mask"
+LABEL_GRAPH = b"harary-graph"
+LABEL_ADVERTISE_SIG = b"advertise-keys"
+LABEL_SURVIVORS_SIG = b"survivor-set"
+
+
+class Stage(enum.Enum):
+    """Where a party is in the round. Dropout schedules name these values."""
+
+    ADVERTISE = "advertise"
+    SHARE = "share"
+    MASK = "mask"
+    CONSISTENCY = "consistency"
+    UNMASK = "unmask"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+def protocol_id(config: SecAggConfig) -> int:
+    return PROTOCOL_IDS[config.protocol]
+
+
+def setup_id(config: SecAggConfig, round_number: int, context: bytes) -> bytes:
+    """Identifier of the key-advertisement stage, known before any key is seen."""
+    h = hashlib.sha256(b"secagg/v1/setup\x00")
+    h.update(struct.pack("<HBQ", WIRE_VERSION, protocol_id(config), round_number))
+    h.update(config.digest())
+    h.update(struct.pack("<Q", len(context)) + context)
+    return h.digest()
+
+
+def session_id(setup: bytes, key_list_body: bytes) -> bytes:
+    """Identifier binding the setup and every advertised key (in canonical order)."""
+    return hashlib.sha256(b"secagg/v1/session\x00" + setup + key_list_body).digest()
+
+
+def neighbours(ids: Sequence[int], degree: int | None, session: bytes) -> dict[int, tuple[int, ...]]:
+    """The share/mask graph over the advertised clients ``ids``.
+
+    ``degree=None`` (or degree >= len(ids) - 1) is the complete graph. Otherwise a Harary graph
+    H(m, k): clients are relabelled by a permutation derived from the session id (so neither the
+    server nor any client chooses it) and each links to the k/2 nearest on either side of a ring.
+    """
+    m = len(ids)
+    if degree is None or degree >= m - 1:
+        everyone = tuple(ids)
+        return {u: tuple(v for v in everyone if v != u) for u in everyone}
+    keys = np.empty(m, dtype="<u8")
+    MaskStream(derive_key(session, LABEL_GRAPH)).fill(keys)
+    ring = [ids[i] for i in np.argsort(keys, kind="stable")]
+    half = degree // 2
+    out: dict[int, tuple[int, ...]] = {}
+    for pos, u in enumerate(ring):
+        near = {ring[(pos + off) % m] for off in range(-half, half + 1) if off}
+        out[u] = tuple(sorted(near))
+    return out
+
+
+def share_context(session: bytes, round_number: int, sender: int, recipient: int) -> bytes:
+    """Associated data (and KDF context) for a share ciphertext from ``sender`` to ``recipient``."""
+    return session + struct.pack("<QII", round_number, sender, recipient)
+
+
+def apply_masks(
+    out: np.ndarray,
+    streams: Iterable[tuple[MaskStream, int]],
+    chunk_size: int,
+    fill_chunk: Callable[[int, int, np.ndarray], None] | None = None,
+) -> None:
+    """Add (+1) or subtract (-1) each keystream to ``out`` in place, chunk by chunk.
+
+    Streams are consumed in order inside each chunk, so the whole working set stays in cache.
+    ``fill_chunk(start, stop, view)`` may first write the chunk's base values (e.g. quantised input).
+    Arithmetic wraps modulo the word size, a multiple of the ring modulus.
+    """
+    pairs = list(streams)
+    scratch = np.empty(min(chunk_size, out.shape[0]), dtype=out.dtype)
+    for start in range(0, out.shape[0], chunk_size):
+        stop = min(start + chunk_size, out.shape[0])
+        view = out[start:stop]
+        if fill_chunk is not None:
+            fill_chunk(start, stop, view)
+        buf = scratch[: stop - start]
+        for stream, sign in pairs:
+            stream.fill(buf)
+            if sign > 0:
+                np.add(view, buf, out=view)
+            else:
+                np.subtract(view, buf, out=view)

@@ -1,0 +1,281 @@
+"""Message bodies of SecAgg / SecAgg+ and their canonical encodings.
+
+Each message is a frozen dataclass with ``encode(header) -> bytes`` and a ``decode(reader)``
+classmethod; :func:`decode` dispatches on the header's kind and checks the body is consumed exactly.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+
+from ...errors import MalformedMessage
+from ...hazmat.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
+from ...wire import Header, Reader, Writer
+
+__all__ = [
+    "Kind",
+    "ShareKind",
+    "Advertise",
+    "KeyEntry",
+    "KeyList",
+    "ShareBundle",
+    "ShareDelivery",
+    "MaskedInput",
+    "SurvivorList",
+    "SurvivorSignature",
+    "UnmaskRequest",
+    "UnmaskResponse",
+    "Body",
+    "decode",
+    "MAX_CIPHERTEXT",
+    "MAX_PARTIES",
+]
+
+MAX_CIPHERTEXT = 1024
+MAX_PARTIES = 1 << 20
+
+
+class Kind(enum.IntEnum):
+    ADVERTISE = 1
+    KEY_LIST = 2
+    SHARES = 3
+    DELIVERY = 4
+    MASKED_INPUT = 5
+    SURVIVORS = 6
+    SURVIVOR_SIGNATURE = 7
+    UNMASK_REQUEST = 8
+    UNMASK_RESPONSE = 9
+
+
+class ShareKind(enum.IntEnum):
+    SELF_MASK_SEED = 1
+    MASK_KEY = 2
+
+
+def _signature(reader: Reader) -> bytes:
+    sig = reader.blob(SIGNATURE_BYTES)
+    if len(sig) not in (0, SIGNATURE_BYTES):
+        raise MalformedMessage("a signature is empty or 64 bytes")
+    return sig
+
+
+@dataclass(frozen=True, slots=True)
+class Advertise:
+    """Client -> server: the two fresh public keys (and a signature in the malicious variant)."""
+
+    encryption_key: bytes
+    mask_key: bytes
+    signature: bytes = b""
+    KIND = Kind.ADVERTISE
+
+    def write(self, w: Writer) -> None:
+        w.fixed(self.encryption_key, PUBLIC_KEY_BYTES).fixed(self.mask_key, PUBLIC_KEY_BYTES).blob(self.signature)
+
+    @classmethod
+    def read(cls, r: Reader, max_parties: int) -> Advertise:
+        return cls(r.fixed(PUBLIC_KEY_BYTES), r.fixed(PUBLIC_KEY_BYTES), _signature(r))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    client: int
+    encryption_key: bytes
+    mask_key: bytes
+    signature: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyList:
+    """Server -> every advertiser: all advertised keys, sorted by client id."""
+
+    entries: tuple[KeyEntry, ...]
+    KIND = Kind.KEY_LIST
+
+    def write(self, w: Writer) -> None:
+        w.ids([e.client for e in self.entries])
+        for e in self.entries:
+            w.fixed(e.encryption_key, PUBLIC_KEY_BYTES).fixed(e.mask_key, PUBLIC_KEY_BYTES).blob(e.signature)
+
+    @classmethod
+    def read(cls, r: Reader, max_parties: int) -> KeyList:
+        ids = r.ids(max_parties)
+        return cls(tuple(KeyEntry(i, r.fixed(PUBLIC_KEY_BYTES), r.fixed(PUBLIC_KEY_BYTES), _signature(r)) for i in ids))
+
+    def body_bytes(self) -> bytes:
+        w = Writer()
+        self.write(w)
+        return w.body()
+
+
+@dataclass(frozen=True, slots=True)
+class _Addressed:
+    """A list of (peer id, ciphertext) pairs sorted by peer id."""
+
+    peers: tuple[int, ...]
+    ciphertexts: tuple[bytes, ...]
+
+    def write(self, w: Writer) -> None:
+        w.ids(self.peers)
+        for c in self.ciphertexts:
+            w.blob(c)
+
+    @classmethod
+    def read(cls, r: Reader, max_parties: int):  # type: ignore[no-untyped-def]
+        peers = r.ids(max_parties)
+        return cls(peers, tuple(r.blob(MAX_CIPHERTEXT) for _ in peers))
+
+
+@dataclass(frozen=True, slots=True)
+class ShareBundle(_Addressed):
+    """Client -> server: one AEAD ciphertext of shares per neighbour (``peers`` = recipients)."""
+
+    KIND = Kind.SHARES
+
+
+@dataclass(frozen=True, slots=True)
+class ShareDelivery(_Addressed):
+    """Server -> client: the ciphertexts addressed to it (``peers`` = senders)."""
+
+    KIND = Kind.DELIVERY
+
+
+@dataclass(frozen=True, slots=True)
+class MaskedInput:
+    """Client -> server: the masked ring vector."""
+
+    vector: np.ndarray
+    KIND = Kind.MASKED_INPUT
+
+    def write(self, w: Writer) -> None:
+        w.array(self.vector)
+
+    @classmethod
+    def read(cls, r: Reader, max_parties: int) -> MaskedInput:
+        raise NotImplementedError("use MaskedInput.read_vector with the expected size")
+
+    @classmethod
+    def read_vector(cls, r: Reader, itemsize: int, count: int) -> MaskedInput:
+        return cls(r.array(itemsize, count))
+
+
+@dataclass(frozen=True, slots=True)
+class SurvivorList:
+    """Server -> survivors (malicious variant): the set U3 to sign."""
+
+    survivors: tuple[int, ...]
+    KIND = Kind.SURVIVORS
+
+    def write(self, w: Writer) -> None:
+        w.ids(self.survivors)
+
+    @classmethod
+    def read(cls, r: Reader, max_parties: int) -> SurvivorList:
+        return cls(r.ids(max_parties))
+
+
+@dataclass(frozen=True, slots=True)
+class SurvivorSignature:
+    """Client -> server (malicious variant): signature over (session, U3)."""
+
+    signature: bytes
+    KIND = Kind.SURVIVOR_SIGNATURE
+
+    def write(self, w: Writer) -> None:
+        w.fixed(self.signature, SIGNATURE_BYTES)
+
+    @classmethod
+    def read(cls, r: Reader, max_parties: int) -> SurvivorSignature:
+        return cls(r.fixed(SIGNATURE_BYTES))
+
+
+@dataclass(frozen=True, slots=True)
+class UnmaskRequest:
+    """Server -> survivors: who is alive (U3), who dropped after sharing, and (malicious) the
+    signatures of the survivors over U3."""
+
+    alive: tuple[int, ...]
+    dropped: tuple[int, ...]
+    signers: tuple[int, ...] = ()
+    signatures: tuple[bytes, ...] = ()
+    KIND = Kind.UNMASK_REQUEST
+
+    def write(self, w: Writer) -> None:
+        w.ids(self.alive).ids(self.dropped).ids(self.signers)
+        for s in self.signatures:
+            w.fixed(s, SIGNATURE_BYTES)
+
+    @classmethod
+    def read(cls, r: Reader, max_parties: int) -> UnmaskRequest:
+        alive, dropped, signers = r.ids(max_parties), r.ids(max_parties), r.ids(max_parties)
+        return cls(alive, dropped, signers, tuple(r.fixed(SIGNATURE_BYTES) for _ in signers))
+
+
+@dataclass(frozen=True, slots=True)
+class UnmaskResponse:
+    """Client -> server: for each owner, one share of exactly one kind."""
+
+    owners: tuple[int, ...]
+    kinds: tuple[int, ...]
+    shares: tuple[bytes, ...]
+    KIND = Kind.UNMASK_RESPONSE
+
+    def write(self, w: Writer) -> None:
+        w.ids(self.owners)
+        for kind, share in zip(self.kinds, self.shares):
+            w.u8(kind).blob(share)
+
+    @classmethod
+    def read(cls, r: Reader, max_parties: int) -> UnmaskResponse:
+        owners = r.ids(max_parties)
+        kinds, shares = [], []
+        for _ in owners:
+            kind = r.u8()
+            if kind not in (ShareKind.SELF_MASK_SEED, ShareKind.MASK_KEY):
+                raise MalformedMessage(f"unknown share kind {kind}")
+            kinds.append(kind)
+            shares.append(r.blob(MAX_CIPHERTEXT))
+        return cls(owners, tuple(kinds), tuple(shares))
+
+
+Body = Union[
+    Advertise, KeyList, ShareBundle, ShareDelivery, MaskedInput, SurvivorList, SurvivorSignature,
+    UnmaskRequest, UnmaskResponse,
+]
+_BY_KIND: dict[int, type] = {
+    cls.KIND: cls
+    for cls in (Advertise, KeyList, ShareBundle, ShareDelivery, SurvivorList, SurvivorSignature,
+                UnmaskRequest, UnmaskResponse)
+}
+
+
+def encode(header: Header, body: Body) -> bytes:
+    w = Writer()
+    body.write(w)
+    return w.finish(header)
+
+
+def decode(data: bytes, *, max_parties: int, vector_words: tuple[int, int] | None = None) -> tuple[Header, Body]:
+    """Parse a whole message.
+
+    Args:
+        max_parties: upper bound on any list length (the session's client count).
+        vector_words: (word size, count) a masked input must have; None refuses masked inputs.
+    Raises:
+        MalformedMessage: the bytes are not a canonical encoding of a known message.
+    """
+    header, reader = Header.decode(data)
+    body: Body
+    if header.kind == Kind.MASKED_INPUT:
+        if vector_words is None:
+            raise MalformedMessage("unexpected masked input")
+        body = MaskedInput.read_vector(reader, *vector_words)
+    elif header.kind in _BY_KIND:
+        body = _BY_KIND[header.kind].read(reader, max_parties)
+    else:
+        raise MalformedMessage(f"unknown message kind {header.kind}")
+    reader.done()
+    return header, body

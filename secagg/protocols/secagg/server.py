@@ -1,0 +1,363 @@
+"""SecAgg / SecAgg+ server state machine (no I/O), with O(d) streaming aggregation.
+
+Feed every client message to :meth:`SecAggServer.receive`; when the caller decides a stage is over
+(all arrived, or a deadline passed) call :meth:`SecAggServer.advance` for the messages to send.
+A malformed, duplicate, misaddressed or out-of-stage message raises and leaves the server's state
+untouched, so one hostile client cannot corrupt the round. Masked inputs are added to one
+accumulator as they arrive.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ...errors import InsufficientParties, IntegrityError, MalformedMessage, ProtocolAbort
+from ...hazmat import shamir
+from ...hazmat.keys import AgreementKeyPair, derive_key, verify_signature
+from ...hazmat.prg import MaskStream
+from ...params import SecAggConfig
+from ...wire import SERVER_ID, Header
+from . import messages as m
+from .client import advertise_signed_bytes, survivors_signed_bytes
+from .common import (
+    LABEL_ADVERTISE_SIG,
+    LABEL_PAIRWISE_MASK,
+    LABEL_SELF_MASK,
+    LABEL_SURVIVORS_SIG,
+    Stage,
+    apply_masks,
+    neighbours,
+    protocol_id,
+    session_id,
+    setup_id,
+)
+
+__all__ = ["SecAggServer", "AggregateResult"]
+
+_EXPECTED = {
+    Stage.ADVERTISE: m.Kind.ADVERTISE,
+    Stage.SHARE: m.Kind.SHARES,
+    Stage.MASK: m.Kind.MASKED_INPUT,
+    Stage.CONSISTENCY: m.Kind.SURVIVOR_SIGNATURE,
+    Stage.UNMASK: m.Kind.UNMASK_RESPONSE,
+}
+
+
+@dataclass(frozen=True)
+class AggregateResult:
+    """What the server learns: the survivors' weighted sum, their weight sum and the survivor set."""
+
+    config: SecAggConfig
+    ring_sum: np.ndarray
+    weighted_sum: np.ndarray
+    weight_sum: int
+    survivors: tuple[int, ...]
+    dropped: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def average_vector(self) -> np.ndarray:
+        """Flat weighted average (float64)."""
+        if self.weight_sum <= 0:
+            raise ProtocolAbort("the aggregated weight sum is not positive")
+        return self.weighted_sum / self.weight_sum
+
+    def average(self) -> Any:
+        """The weighted average in the caller's original shape (state dict, list or array)."""
+        return self.config.schema.unflatten(self.average_vector())
+
+    def total(self) -> Any:
+        """The weighted sum in the caller's shape."""
+        return self.config.schema.unflatten(self.weighted_sum)
+
+    @property
+    def error_bound(self) -> float:
+        """Worst-case rounding error of :meth:`average` against the exact average of clipped inputs."""
+        return self.config.encoding.average_error_bound(len(self.survivors), self.weight_sum)
+
+
+class SecAggServer:
+    """The aggregator's view of one round. It never sees an individual input in the clear."""
+
+    def __init__(
+        self,
+        config: SecAggConfig,
+        *,
+        round_number: int = 0,
+        context: bytes = b"",
+        registry: dict[int, bytes] | None = None,
+    ) -> None:
+        self.config, self.round = config, round_number
+        self._registry = registry
+        self._setup = setup_id(config, round_number, context)
+        self._session = self._setup
+        self._stage = Stage.ADVERTISE
+        self._inbox: dict[int, m.Body | None] = {}
+        self._shared_set: set[int] = set()
+        self._keys: dict[int, m.KeyEntry] = {}
+        self._graph: dict[int, tuple[int, ...]] = {}
+        self._shared: tuple[int, ...] = ()
+        self._survivors: tuple[int, ...] = ()
+        self._accumulator = np.zeros(config.dim, dtype=config.encoding.dtype)
+        self._signatures: dict[int, bytes] = {}
+        self._result: AggregateResult | None = None
+        self.dropped: dict[str, tuple[int, ...]] = {}
+
+    @property
+    def stage(self) -> Stage:
+        return self._stage
+
+    @property
+    def session(self) -> bytes:
+        return self._session
+
+    # -- intake -----------------------------------------------------------------------------------
+    def receive(self, data: bytes) -> int:
+        """Validate and store one client message for the current stage; returns the sender id.
+
+        Raises:
+            MalformedMessage, ProtocolAbort, IntegrityError: the message is rejected and ignored.
+        """
+        if self._stage not in _EXPECTED:
+            raise ProtocolAbort(f"the server expects no message in stage {self._stage.value}")
+        words = (self.config.encoding.dtype.itemsize, self.config.dim)
+        header, body = m.decode(data, max_parties=self.config.num_clients, vector_words=words)
+        sender = self._check_header(header)
+        if self._stage is Stage.MASK:
+            assert isinstance(body, m.MaskedInput)
+            self._accept_masked(sender, body.vector)
+            self._inbox[sender] = None  # the vector itself is consumed into the accumulator
+            return sender
+        check = {
+            Stage.ADVERTISE: self._check_advertise,
+            Stage.SHARE: self._check_shares,
+            Stage.CONSISTENCY: self._check_signature,
+            Stage.UNMASK: self._check_unmask,
+        }[self._stage]
+        check(sender, body)
+        self._inbox[sender] = body
+        return sender
+
+    def _check_header(self, header: Header) -> int:
+        if header.kind != _EXPECTED[self._stage]:
+            raise ProtocolAbort(f"unexpected message kind {header.kind} in stage {self._stage.value}")
+        if header.protocol != protocol_id(self.config) or header.round != self.round:
+            raise ProtocolAbort("message for another protocol or round")
+        if header.session != self._session:
+            raise ProtocolAbort("message for another session")
+        if header.recipient != SERVER_ID or not 0 <= header.sender < self.config.num_clients:
+            raise ProtocolAbort("message not addressed from a registered client to the server")
+        if header.sender in self._inbox:
+            raise ProtocolAbort(f"duplicate message from client {header.sender}")
+        if self._stage is not Stage.ADVERTISE and header.sender not in self._eligible():
+            raise ProtocolAbort(f"client {header.sender} is not part of this stage")
+        return header.sender
+
+    def _eligible(self) -> tuple[int, ...]:
+        return {
+            Stage.SHARE: tuple(self._keys),
+            Stage.MASK: self._shared,
+            Stage.CONSISTENCY: self._survivors,
+            Stage.UNMASK: self._survivors,
+        }[self._stage]
+
+    def _check_advertise(self, sender: int, body: m.Body) -> None:
+        assert isinstance(body, m.Advertise)
+        if self._registry is not None:
+            identity = self._registry.get(sender)
+            if identity is None:
+                raise IntegrityError("advertisement from a client outside the registry")
+            signed = advertise_signed_bytes(self._setup, sender, body.encryption_key, body.mask_key)
+            verify_signature(identity, body.signature, LABEL_ADVERTISE_SIG, signed)
+
+    def _check_shares(self, sender: int, body: m.Body) -> None:
+        assert isinstance(body, m.ShareBundle)
+        if body.peers != self._graph[sender]:
+            raise ProtocolAbort(f"client {sender} must send exactly one share ciphertext per neighbour")
+
+    def _accept_masked(self, sender: int, vector: np.ndarray) -> None:
+        enc = self.config.encoding
+        if enc.modulus_bits < 8 * vector.dtype.itemsize and (vector > enc.ring_mask).any():
+            raise MalformedMessage("masked input holds values outside the ring")
+        np.add(self._accumulator, vector, out=self._accumulator)
+
+    def _check_signature(self, sender: int, body: m.Body) -> None:
+        assert isinstance(body, m.SurvivorSignature) and self._registry is not None
+        signed = survivors_signed_bytes(self._session, self._survivors)
+        verify_signature(self._registry[sender], body.signature, LABEL_SURVIVORS_SIG, signed)
+
+    def _check_unmask(self, sender: int, body: m.Body) -> None:
+        assert isinstance(body, m.UnmaskResponse)
+        alive = set(self._survivors)
+        for owner, kind in zip(body.owners, body.kinds):
+            if owner not in self._graph.get(sender, ()) or owner not in self._shared_set:
+                raise ProtocolAbort(f"client {sender} returned a share it cannot hold")
+            wanted = m.ShareKind.SELF_MASK_SEED if owner in alive else m.ShareKind.MASK_KEY
+            if kind != wanted:
+                raise ProtocolAbort(f"client {sender} returned the wrong kind of share")
+        for share in body.shares:
+            if len(share) != shamir.share_bytes(32):
+                raise MalformedMessage("share of the wrong size")
+
+    # -- stage transitions ------------------------------------------------------------------------
+    def advance(self) -> dict[int, bytes]:
+        """Close the current stage with the messages received so far.
+
+        Returns:
+            client id -> message bytes for the next stage (empty once the round is done).
+        Raises:
+            InsufficientParties: fewer than the threshold took part; the round is over.
+        """
+        step = {
+            Stage.ADVERTISE: self._close_advertise,
+            Stage.SHARE: self._close_shares,
+            Stage.MASK: self._close_masked,
+            Stage.CONSISTENCY: self._close_consistency,
+            Stage.UNMASK: self._close_unmask,
+        }.get(self._stage)
+        if step is None:
+            raise ProtocolAbort(f"nothing to advance in stage {self._stage.value}")
+        try:
+            return step()
+        except InsufficientParties:
+            self._stage = Stage.ABORTED
+            raise
+
+    def _require(self, count: int, what: str) -> None:
+        if count < self.config.threshold + (1 if what == "advertised keys" else 0):
+            raise InsufficientParties(f"only {count} clients {what}; threshold is {self.config.threshold}")
+
+    def _close_advertise(self) -> dict[int, bytes]:
+        self._require(len(self._inbox), "advertised keys")
+        entries = []
+        for client in sorted(self._inbox):
+            body = self._inbox[client]
+            assert isinstance(body, m.Advertise)
+            entries.append(m.KeyEntry(client, body.encryption_key, body.mask_key, body.signature))
+        key_list = m.KeyList(tuple(entries))
+        self._keys = {e.client: e for e in entries}
+        self._session = session_id(self._setup, key_list.body_bytes())
+        self._graph = neighbours(sorted(self._keys), self.config.degree, self._session)
+        self.dropped["advertise"] = ()
+        self._next(Stage.SHARE)
+        return {c: self._send(m.Kind.KEY_LIST, self._setup, c, key_list) for c in self._keys}
+
+    def _close_shares(self) -> dict[int, bytes]:
+        bundles = {c: b for c, b in self._inbox.items() if isinstance(b, m.ShareBundle)}
+        self._require(len(bundles), "shared their keys")
+        self._shared = tuple(sorted(bundles))
+        self._shared_set = set(self._shared)
+        self.dropped["share"] = tuple(sorted(set(self._keys) - self._shared_set))
+        inbound: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
+        for sender in self._shared:
+            for peer, ciphertext in zip(bundles[sender].peers, bundles[sender].ciphertexts):
+                inbound[peer].append((sender, ciphertext))
+        self._next(Stage.MASK)
+        out = {}
+        for client in self._shared:
+            pairs = sorted(inbound[client])
+            delivery = m.ShareDelivery(tuple(p for p, _ in pairs), tuple(c for _, c in pairs))
+            out[client] = self._send(m.Kind.DELIVERY, self._session, client, delivery)
+        return out
+
+    def _close_masked(self) -> dict[int, bytes]:
+        self._require(len(self._inbox), "sent masked inputs")
+        self._survivors = tuple(sorted(self._inbox))
+        self.dropped["mask"] = tuple(sorted(self._shared_set - set(self._survivors)))
+        if self.config.threat.is_malicious:
+            self._next(Stage.CONSISTENCY)
+            body: m.Body = m.SurvivorList(self._survivors)
+            return {c: self._send(m.Kind.SURVIVORS, self._session, c, body) for c in self._survivors}
+        return self._unmask_requests(m.UnmaskRequest(self._survivors, self.dropped["mask"]))
+
+    def _close_consistency(self) -> dict[int, bytes]:
+        self._require(len(self._inbox), "signed the survivor set")
+        signers = tuple(sorted(self._inbox))
+        sigs = []
+        for c in signers:
+            body = self._inbox[c]
+            assert isinstance(body, m.SurvivorSignature)
+            sigs.append(body.signature)
+        self.dropped["consistency"] = tuple(sorted(set(self._survivors) - set(signers)))
+        return self._unmask_requests(m.UnmaskRequest(self._survivors, self.dropped["mask"], signers, tuple(sigs)))
+
+    def _unmask_requests(self, request: m.UnmaskRequest) -> dict[int, bytes]:
+        targets = request.signers or request.alive
+        self._next(Stage.UNMASK)
+        return {c: self._send(m.Kind.UNMASK_REQUEST, self._session, c, request) for c in targets}
+
+    def _close_unmask(self) -> dict[int, bytes]:
+        responders = sorted(self._inbox)
+        self.dropped["unmask"] = tuple(sorted(set(self._survivors) - set(responders)))
+        held: dict[int, dict[int, bytes]] = defaultdict(dict)
+        for holder in responders:
+            body = self._inbox[holder]
+            assert isinstance(body, m.UnmaskResponse)
+            for owner, share in zip(body.owners, body.shares):
+                held[owner][holder] = share
+        seeds = self._reconstruct(self._survivors, held)
+        mask_keys = self._reconstruct(self.dropped["mask"], held)
+        streams = [(MaskStream(derive_key(seeds[u], LABEL_SELF_MASK, self._session)), -1) for u in self._survivors]
+        streams += self._pairwise_corrections(mask_keys)
+        apply_masks(self._accumulator, streams, self.config.chunk_size)
+        self._finish()
+        return {}
+
+    def _reconstruct(self, owners: tuple[int, ...], held: dict[int, dict[int, bytes]]) -> dict[int, bytes]:
+        """Recover one 32-byte secret per owner from t shares, batched per holder set."""
+        t = self.config.threshold
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for owner in owners:
+            holders = sorted(held.get(owner, {}))
+            if len(holders) < t:
+                raise InsufficientParties(f"only {len(holders)} shares for client {owner}; threshold is {t}")
+            groups[tuple(holders[:t])].append(owner)
+        secrets: dict[int, bytes] = {}
+        for holders, group in groups.items():
+            stacked = np.stack(
+                [[np.frombuffer(held[o][h], dtype="<u4") for o in group] for h in holders]
+            ).astype(np.int64)
+            for owner, secret in zip(group, shamir.reconstruct([h + 1 for h in holders], stacked)):
+                secrets[owner] = secret
+        return secrets
+
+    def _pairwise_corrections(self, mask_keys: dict[int, bytes]) -> list[tuple[MaskStream, int]]:
+        """Streams that cancel the masks survivors added with clients that dropped after sharing."""
+        alive = set(self._survivors)
+        streams = []
+        for u, private in mask_keys.items():
+            keypair = AgreementKeyPair.from_private_bytes(private)
+            if keypair.public_bytes != self._keys[u].mask_key:
+                raise IntegrityError("a reconstructed mask key does not match its advertised public key")
+            for v in self._graph[u]:
+                if v in alive:
+                    key = keypair.agree(self._keys[v].mask_key, LABEL_PAIRWISE_MASK, self._session)
+                    # v added +p if v < u and -p otherwise; undo it.
+                    streams.append((MaskStream(key), -1 if v < u else +1))
+        return streams
+
+    def _finish(self) -> None:
+        weighted, weight_sum = self.config.encoding.decode(self._accumulator)
+        ring = self._accumulator & self._accumulator.dtype.type(self.config.encoding.ring_mask)
+        self._result = AggregateResult(self.config, ring, weighted, weight_sum, self._survivors, dict(self.dropped))
+        self._stage = Stage.DONE
+
+    def _next(self, stage: Stage) -> None:
+        self._inbox = {}
+        self._stage = stage
+
+    def _send(self, kind: m.Kind, session: bytes, client: int, body: m.Body) -> bytes:
+        header = Header(kind, protocol_id(self.config), self.round, session, SERVER_ID, client)
+        return m.encode(header, body)
+
+    def result(self) -> AggregateResult:
+        """The aggregate, once the unmask stage has been advanced.
+
+        Raises:
+            ProtocolAbort: the round is not finished (or was aborted).
+        """
+        if self._result is None:
+            raise ProtocolAbort(f"no aggregate: the round is in stage {self._stage.value}")
+        return self._result
