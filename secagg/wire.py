@@ -12,14 +12,19 @@ encoding, so ``encode(decode(b)) == b`` for every accepted ``b``.
 
 from __future__ import annotations
 
+import hmac
 import struct
 from dataclasses import dataclass
 
 import numpy as np
+from cryptography.hazmat.primitives.poly1305 import Poly1305
 
-from .errors import MalformedMessage, ParameterError
+from .errors import IntegrityError, MalformedMessage, ParameterError
 
-__all__ = ["MAGIC", "WIRE_VERSION", "SERVER_ID", "Header", "Writer", "Reader", "HEADER_BYTES"]
+__all__ = [
+    "MAGIC", "WIRE_VERSION", "SERVER_ID", "Header", "Writer", "Reader", "HEADER_BYTES", "TAG_BYTES",
+    "append_tag", "strip_tag",
+]
 
 MAGIC = b"SAGG"
 WIRE_VERSION = 1
@@ -27,6 +32,7 @@ SERVER_ID = 0xFFFFFFFF
 SESSION_BYTES = 32
 _HEADER = struct.Struct("<4sHBBQ32sII")
 HEADER_BYTES = _HEADER.size
+TAG_BYTES = 16
 _ARRAY_CODES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 
 
@@ -169,3 +175,27 @@ class Reader:
     def done(self) -> None:
         if self._pos != len(self._data):
             raise MalformedMessage(f"{len(self._data) - self._pos} trailing bytes")
+
+
+def append_tag(message: bytes, one_time_key: bytes) -> bytes:
+    """Append a Poly1305 tag over the whole message.
+
+    Security assumption: ``one_time_key`` (32 bytes) authenticates this one message only; the
+    protocols derive it per session, party, direction and message kind.
+    """
+    return message + Poly1305.generate_tag(one_time_key, message)
+
+
+def strip_tag(message: bytes, one_time_key: bytes) -> bytes:
+    """Check and remove the tag added by :func:`append_tag`.
+
+    Raises:
+        IntegrityError: the message or its tag was altered (or the key is wrong).
+    """
+    if len(message) < HEADER_BYTES + TAG_BYTES:
+        raise IntegrityError("message authentication failed")
+    body, tag = message[:-TAG_BYTES], message[-TAG_BYTES:]
+    expected = Poly1305.generate_tag(one_time_key, body)
+    if not hmac.compare_digest(expected, tag):
+        raise IntegrityError("message authentication failed")
+    return body

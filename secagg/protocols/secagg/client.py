@@ -20,10 +20,15 @@ from ...hazmat.keys import AgreementKeyPair, SigningKey, derive_key, open_sealed
 from ...hazmat.prg import MaskStream
 from ...hazmat.random import RandomSource, system_random
 from ...params import SecAggConfig
-from ...wire import SERVER_ID, Header, Writer
+from ...wire import SERVER_ID, Header, Writer, append_tag
 from . import messages as m
 from .common import (
     LABEL_ADVERTISE_SIG,
+    LABEL_SERVER_CHANNEL,
+    TO_CLIENT,
+    TO_SERVER,
+    channel_context,
+    message_key,
     LABEL_PAIRWISE_MASK,
     LABEL_SELF_MASK,
     LABEL_SHARE_ENCRYPTION,
@@ -97,6 +102,7 @@ class SecAggClient:
         self._weight = 1
         self._encoded: np.ndarray | None = None
         self._session = b""
+        self._channel = b""
         self._keys: dict[int, m.KeyEntry] = {}
         self._neighbours: tuple[int, ...] = ()
         self._seed = b""
@@ -154,7 +160,7 @@ class SecAggClient:
         """
         if self._stage in (Stage.DONE, Stage.ABORTED, Stage.ADVERTISE):
             raise ProtocolAbort(f"client {self.client_id} expects no message in stage {self._stage.value}")
-        header, body = m.decode(data, max_parties=self.config.num_clients)
+        header, body = m.decode(data, max_parties=self.config.num_clients, tag_key=self._tag_key)
         self._check_header(header)
         handler = {
             Stage.SHARE: self._on_key_list,
@@ -167,6 +173,11 @@ class SecAggClient:
         except SecAggError:
             self._abort()
             raise
+
+    def _tag_key(self, header: Header) -> bytes:
+        if not self._channel:
+            raise ProtocolAbort("an authenticated message arrived before the key list")
+        return message_key(self._channel, TO_CLIENT, header.kind)
 
     def _check_header(self, header: Header) -> None:
         expected_session = self._setup if self._stage is Stage.SHARE else self._session
@@ -182,6 +193,8 @@ class SecAggClient:
     def _send(self, kind: m.Kind, session: bytes, body: m.Body) -> bytes:
         header = Header(kind, protocol_id(self.config), self.round, session, self.client_id, SERVER_ID)
         data = m.encode(header, body)
+        if kind in m.AUTHENTICATED_KINDS:
+            data = append_tag(data, message_key(self._channel, TO_SERVER, kind))
         self.sent_bytes += len(data)
         return data
 
@@ -195,8 +208,9 @@ class SecAggClient:
     def _on_key_list(self, body: m.Body) -> bytes:
         assert isinstance(body, m.KeyList)
         keys = {e.client: e for e in body.entries}
-        self._validate_key_list(keys)
+        self._validate_key_list(keys, body.server_key)
         session = session_id(self._setup, body.body_bytes())
+        channel = self._encryption.agree(body.server_key, LABEL_SERVER_CHANNEL, channel_context(session, self.client_id))
         mine = neighbours(sorted(keys), self.config.degree, session)[self.client_id]
         if len(mine) < self.config.threshold:
             raise InsufficientParties(f"only {len(mine)} neighbours advertised keys; threshold is {self.config.threshold}")
@@ -208,10 +222,11 @@ class SecAggClient:
             key = self._encryption.agree(keys[peer].encryption_key, LABEL_SHARE_ENCRYPTION, ctx)
             ciphertexts.append(seal(key, shares[i].astype("<u4").tobytes(), ctx, self._random))
         self._session, self._keys, self._neighbours, self._seed = session, keys, mine, seed
+        self._channel = channel
         self._stage = Stage.MASK
         return self._send(m.Kind.SHARES, session, m.ShareBundle(mine, tuple(ciphertexts)))
 
-    def _validate_key_list(self, keys: dict[int, m.KeyEntry]) -> None:
+    def _validate_key_list(self, keys: dict[int, m.KeyEntry], server_key: bytes) -> None:
         me = keys.get(self.client_id)
         if me is None or (me.encryption_key, me.mask_key) != (
             self._encryption.public_bytes,
@@ -220,7 +235,7 @@ class SecAggClient:
             raise ProtocolAbort("the key list does not carry this client's own keys")
         if max(keys) >= self.config.num_clients:
             raise ProtocolAbort("the key list names an unknown client")
-        every_key = [k for e in keys.values() for k in (e.encryption_key, e.mask_key)]
+        every_key = [server_key] + [k for e in keys.values() for k in (e.encryption_key, e.mask_key)]
         if len(set(every_key)) != len(every_key):
             raise ProtocolAbort("the key list repeats a public key")
         if len(keys) < self.config.threshold + 1:

@@ -31,13 +31,20 @@ __all__ = [
     "share_context",
     "apply_masks",
     "protocol_id",
+    "channel_context",
+    "message_key",
 ]
 
 LABEL_SHARE_ENCRYPTION = b"share-encryption"
 LABEL_PAIRWISE_MASK = b"pairwise-mask"
 LABEL_SELF_MASK = b"self-mask"
 LABEL_GRAPH = b"harary-graph"
+LABEL_SERVER_CHANNEL = b"server-channel"
+LABEL_MESSAGE_MAC = b"message-mac"
+LABEL_KEY_CHECK = b"key-check"
 LABEL_ADVERTISE_SIG = b"advertise-keys"
+TO_SERVER = 0
+TO_CLIENT = 1
 LABEL_SURVIVORS_SIG = b"survivor-set"
 
 
@@ -96,6 +103,16 @@ def neighbours(ids: Sequence[int], degree: int | None, session: bytes) -> dict[i
 def share_context(session: bytes, round_number: int, sender: int, recipient: int) -> bytes:
     """Associated data (and KDF context) for a share ciphertext from ``sender`` to ``recipient``."""
     return session + struct.pack("<QII", round_number, sender, recipient)
+
+
+def channel_context(session: bytes, client: int) -> bytes:
+    """KDF context of the secret a client shares with the server for message authentication."""
+    return session + struct.pack("<I", client)
+
+
+def message_key(channel_secret: bytes, direction: int, kind: int) -> bytes:
+    """One-time Poly1305 key for the single message of ``kind`` sent in ``direction``."""
+    return derive_key(channel_secret, LABEL_MESSAGE_MAC, bytes([direction, kind]))
 
 
 def apply_masks(

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 
 from ...errors import MalformedMessage
 from ...hazmat.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
-from ...wire import Header, Reader, Writer
+from ...wire import Header, Reader, Writer, strip_tag
 
 __all__ = [
     "Kind",
@@ -31,6 +31,8 @@ __all__ = [
     "UnmaskResponse",
     "Body",
     "decode",
+    "encode",
+    "AUTHENTICATED_KINDS",
     "MAX_CIPHERTEXT",
     "MAX_PARTIES",
 ]
@@ -49,6 +51,13 @@ class Kind(enum.IntEnum):
     SURVIVOR_SIGNATURE = 7
     UNMASK_REQUEST = 8
     UNMASK_RESPONSE = 9
+
+
+# Messages sent after the key list carry a Poly1305 tag keyed from the client-server channel secret.
+AUTHENTICATED_KINDS = frozenset(
+    {Kind.SHARES, Kind.DELIVERY, Kind.MASKED_INPUT, Kind.SURVIVORS, Kind.SURVIVOR_SIGNATURE,
+     Kind.UNMASK_REQUEST, Kind.UNMASK_RESPONSE}
+)
 
 
 class ShareKind(enum.IntEnum):
@@ -90,20 +99,23 @@ class KeyEntry:
 
 @dataclass(frozen=True, slots=True)
 class KeyList:
-    """Server -> every advertiser: all advertised keys, sorted by client id."""
+    """Server -> every advertiser: the server's channel key and all advertised keys, by client id."""
 
+    server_key: bytes
     entries: tuple[KeyEntry, ...]
     KIND = Kind.KEY_LIST
 
     def write(self, w: Writer) -> None:
+        w.fixed(self.server_key, PUBLIC_KEY_BYTES)
         w.ids([e.client for e in self.entries])
         for e in self.entries:
             w.fixed(e.encryption_key, PUBLIC_KEY_BYTES).fixed(e.mask_key, PUBLIC_KEY_BYTES).blob(e.signature)
 
     @classmethod
     def read(cls, r: Reader, max_parties: int) -> KeyList:
+        server_key = r.fixed(PUBLIC_KEY_BYTES)
         ids = r.ids(max_parties)
-        return cls(tuple(KeyEntry(i, r.fixed(PUBLIC_KEY_BYTES), r.fixed(PUBLIC_KEY_BYTES), _signature(r)) for i in ids))
+        return cls(server_key, tuple(KeyEntry(i, r.fixed(PUBLIC_KEY_BYTES), r.fixed(PUBLIC_KEY_BYTES), _signature(r)) for i in ids))
 
     def body_bytes(self) -> bytes:
         w = Writer()
@@ -253,21 +265,35 @@ _BY_KIND: dict[int, type] = {
 
 
 def encode(header: Header, body: Body) -> bytes:
+    """Encode without a tag (see :func:`secagg.wire.append_tag` for authenticated kinds)."""
     w = Writer()
     body.write(w)
     return w.finish(header)
 
 
-def decode(data: bytes, *, max_parties: int, vector_words: tuple[int, int] | None = None) -> tuple[Header, Body]:
-    """Parse a whole message.
+def decode(
+    data: bytes,
+    *,
+    max_parties: int,
+    vector_words: tuple[int, int] | None = None,
+    tag_key: Callable[[Header], bytes] | None = None,
+) -> tuple[Header, Body]:
+    """Parse a whole message, checking its tag first if its kind is authenticated.
 
     Args:
         max_parties: upper bound on any list length (the session's client count).
         vector_words: (word size, count) a masked input must have; None refuses masked inputs.
+        tag_key: maps the (unauthenticated) header to the one-time MAC key; it may raise
+            ProtocolAbort for a header that cannot be for this party.
     Raises:
         MalformedMessage: the bytes are not a canonical encoding of a known message.
+        IntegrityError: the tag does not verify.
     """
     header, reader = Header.decode(data)
+    if header.kind in AUTHENTICATED_KINDS:
+        if tag_key is None:
+            raise MalformedMessage(f"message kind {header.kind} is not expected here")
+        header, reader = Header.decode(strip_tag(data, tag_key(header)))
     body: Body
     if header.kind == Kind.MASKED_INPUT:
         if vector_words is None:

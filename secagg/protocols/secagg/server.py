@@ -20,11 +20,18 @@ from ...hazmat import shamir
 from ...hazmat.keys import AgreementKeyPair, derive_key, verify_signature
 from ...hazmat.prg import MaskStream
 from ...params import SecAggConfig
-from ...wire import SERVER_ID, Header
+from ...hazmat.random import RandomSource, system_random
+from ...wire import SERVER_ID, Header, append_tag
 from . import messages as m
 from .client import advertise_signed_bytes, survivors_signed_bytes
 from .common import (
     LABEL_ADVERTISE_SIG,
+    LABEL_KEY_CHECK,
+    LABEL_SERVER_CHANNEL,
+    TO_CLIENT,
+    TO_SERVER,
+    channel_context,
+    message_key,
     LABEL_PAIRWISE_MASK,
     LABEL_SELF_MASK,
     LABEL_SURVIVORS_SIG,
@@ -88,8 +95,11 @@ class SecAggServer:
         round_number: int = 0,
         context: bytes = b"",
         registry: dict[int, bytes] | None = None,
+        random: RandomSource = system_random,
     ) -> None:
         self.config, self.round = config, round_number
+        self._channel_key = AgreementKeyPair.generate(random)
+        self._channels: dict[int, bytes] = {}
         self._registry = registry
         self._setup = setup_id(config, round_number, context)
         self._session = self._setup
@@ -123,7 +133,7 @@ class SecAggServer:
         if self._stage not in _EXPECTED:
             raise ProtocolAbort(f"the server expects no message in stage {self._stage.value}")
         words = (self.config.encoding.dtype.itemsize, self.config.dim)
-        header, body = m.decode(data, max_parties=self.config.num_clients, vector_words=words)
+        header, body = m.decode(data, max_parties=self.config.num_clients, vector_words=words, tag_key=self._tag_key)
         sender = self._check_header(header)
         if self._stage is Stage.MASK:
             assert isinstance(body, m.MaskedInput)
@@ -139,6 +149,17 @@ class SecAggServer:
         check(sender, body)
         self._inbox[sender] = body
         return sender
+
+    def _tag_key(self, header: Header) -> bytes:
+        channel = self._channels.get(header.sender)
+        if channel is None:
+            raise ProtocolAbort(f"no authenticated channel with client {header.sender}")
+        return message_key(channel, TO_SERVER, header.kind)
+
+    @property
+    def graph(self) -> dict[int, tuple[int, ...]]:
+        """The public share/mask graph over the clients that advertised keys (empty before)."""
+        return dict(self._graph)
 
     def _check_header(self, header: Header) -> int:
         if header.kind != _EXPECTED[self._stage]:
@@ -165,6 +186,10 @@ class SecAggServer:
 
     def _check_advertise(self, sender: int, body: m.Body) -> None:
         assert isinstance(body, m.Advertise)
+        if body.encryption_key == body.mask_key:
+            raise ProtocolAbort("a client advertised the same key twice")
+        for key in (body.encryption_key, body.mask_key):
+            self._channel_key.agree(key, LABEL_KEY_CHECK, b"")  # IntegrityError for low-order points
         if self._registry is not None:
             identity = self._registry.get(sender)
             if identity is None:
@@ -236,9 +261,13 @@ class SecAggServer:
             body = self._inbox[client]
             assert isinstance(body, m.Advertise)
             entries.append(m.KeyEntry(client, body.encryption_key, body.mask_key, body.signature))
-        key_list = m.KeyList(tuple(entries))
+        key_list = m.KeyList(self._channel_key.public_bytes, tuple(entries))
         self._keys = {e.client: e for e in entries}
         self._session = session_id(self._setup, key_list.body_bytes())
+        self._channels = {
+            e.client: self._channel_key.agree(e.encryption_key, LABEL_SERVER_CHANNEL, channel_context(self._session, e.client))
+            for e in entries
+        }
         self._graph = neighbours(sorted(self._keys), self.config.degree, self._session)
         self.dropped["advertise"] = ()
         self._next(Stage.SHARE)
@@ -350,7 +379,10 @@ class SecAggServer:
 
     def _send(self, kind: m.Kind, session: bytes, client: int, body: m.Body) -> bytes:
         header = Header(kind, protocol_id(self.config), self.round, session, SERVER_ID, client)
-        return m.encode(header, body)
+        data = m.encode(header, body)
+        if kind in m.AUTHENTICATED_KINDS:
+            data = append_tag(data, message_key(self._channels[client], TO_CLIENT, kind))
+        return data
 
     def result(self) -> AggregateResult:
         """The aggregate, once the unmask stage has been advanced.

@@ -1,0 +1,99 @@
+"""The ``secagg`` command line: ``secagg params`` and ``secagg simulate``.
+
+The flags and JSON field names are a contract with users' scripts: add, never rename.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from .encoding import FixedPoint
+from .errors import SecAggError
+from .graphparams import CORRECTNESS_BITS, SECURITY_BITS, find_harary_parameters
+from .params import Adversary, ThreatModel
+
+__all__ = ["main"]
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    malicious = args.adversary == "malicious"
+    graph = find_harary_parameters(args.clients, args.corrupt, args.dropout, malicious)
+    return {
+        "k": graph.degree,
+        "t": graph.threshold,
+        "clients": args.clients,
+        "dropout": args.dropout,
+        "corrupt": args.corrupt,
+        "adversary": args.adversary,
+        "security_bits": SECURITY_BITS,
+        "correctness_bits": CORRECTNESS_BITS,
+    }
+
+
+def _simulate(args: argparse.Namespace) -> dict[str, Any]:
+    if args.protocol == "ckks":
+        from .protocols.ckks.api import simulate_ckks
+
+        return simulate_ckks(args.clients, args.dim, args.dropout, args.seed, stage=args.stage, preset=args.preset)
+    from .simulation import simulate
+
+    adversary = Adversary(args.adversary)
+    threat = ThreatModel(adversary, args.corrupt, args.expected_dropout if args.expected_dropout is not None
+                         else max(args.dropout, 0.05))
+    encoding = FixedPoint(args.clip, args.fractional_bits, 1, max(args.clients, args.max_clients or 0))
+    return simulate(args.protocol, args.clients, args.dim, args.dropout, args.seed, stage=args.stage,
+                    threat=threat, encoding=encoding, scale=args.scale)
+
+
+def _print(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2, sort_keys=False))
+        return
+    for key, value in report.items():
+        print(f"{key:>24}: {value}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="secagg", description="Secure aggregation for federated learning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("params", help="choose the SecAgg+ degree k and threshold t (fcp's parameter finder)")
+    p.add_argument("--clients", type=int, required=True)
+    p.add_argument("--dropout", type=float, required=True, help="expected dropout fraction")
+    p.add_argument("--corrupt", type=float, required=True, help="fraction of clients colluding with the server")
+    p.add_argument("--adversary", choices=["semi-honest", "malicious"], default="semi-honest")
+    p.add_argument("--json", action="store_true")
+    s = sub.add_parser("simulate", help="run one full aggregation round in memory")
+    s.add_argument("--protocol", choices=["secagg", "secagg+", "ckks"], default="secagg+")
+    s.add_argument("--clients", type=int, default=10)
+    s.add_argument("--dim", type=int, default=1000)
+    s.add_argument("--dropout", type=float, default=0.0, help="fraction of clients that drop")
+    s.add_argument("--stage", default=None, help="stage at which they drop (default: random per client)")
+    s.add_argument("--seed", type=int, default=0, help="seeds the synthetic data and dropout schedule only")
+    s.add_argument("--adversary", choices=["semi-honest", "malicious"], default="semi-honest")
+    s.add_argument("--corrupt", type=float, default=0.1)
+    s.add_argument("--expected-dropout", type=float, default=None, help="dropout rate used to choose k and t")
+    s.add_argument("--clip", type=float, default=8.0)
+    s.add_argument("--fractional-bits", type=int, default=18)
+    s.add_argument("--max-clients", type=int, default=None)
+    s.add_argument("--scale", type=float, default=1.0, help="std-dev of the synthetic inputs")
+    s.add_argument("--preset", default="add-only-128", help="CKKS preset")
+    s.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = _params(args) if args.command == "params" else _simulate(args)
+    except SecAggError as exc:
+        print(f"secagg: error: {exc}", file=sys.stderr)
+        return 2
+    _print(report, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
