@@ -135,7 +135,11 @@ def _threshold_for_degree(n: int, k: int, corrupt: float, dropout: float, malici
         t1 = math.ceil((t1 + k - 1.25) / 2)
     if t2 <= t1:
         return None
-    return int(max(t1 + 1, 2))
+    threshold = int(max(t1 + 1, 2))
+    # fcp returns max(t1 + 1, 2) even when that exceeds t2 (e.g. n=5, 10% corrupt, 20% dropout gives
+    # k=2, t=2, where one dropped neighbour breaks the round). We require t <= t2 so the 2^-20
+    # correctness target holds too, and search on to a larger k instead.
+    return threshold if threshold <= t2 else None
 
 
 def find_harary_parameters(n: int, corrupt: float, dropout: float, malicious: bool = False) -> GraphParameters:

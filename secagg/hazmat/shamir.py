@@ -5,8 +5,10 @@ own random polynomial, so all secrets of a party split (and later reconstruct) i
 operations. Security assumption: coefficients are uniform (from the injected CSPRNG); then any t-1
 shares are independent of the secret (information-theoretic).
 
-Reconstruction from wrong shares is detected with overwhelming probability: each chunk of a genuine
-secret is < 2^16, while a polynomial interpolated through a bad share gives uniform field elements.
+Reconstruction through a random wrong share is detected with overwhelming probability (every chunk
+of a genuine secret is < 2^16, a wrong one is near-uniform in the field). A crafted small error can
+pass this check, so protocols must also verify each reconstructed secret (SecAgg checks a seed
+commitment or the advertised public key).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from .common import (
     apply_masks,
     neighbours,
     protocol_id,
+    seed_commitment,
     session_id,
     setup_id,
     share_context,
@@ -224,7 +225,8 @@ class SecAggClient:
         self._session, self._keys, self._neighbours, self._seed = session, keys, mine, seed
         self._channel = channel
         self._stage = Stage.MASK
-        return self._send(m.Kind.SHARES, session, m.ShareBundle(mine, tuple(ciphertexts)))
+        commitment = seed_commitment(session, self.client_id, seed)
+        return self._send(m.Kind.SHARES, session, m.ShareBundle(mine, tuple(ciphertexts), commitment))
 
     def _validate_key_list(self, keys: dict[int, m.KeyEntry], server_key: bytes) -> None:
         me = keys.get(self.client_id)

@@ -32,6 +32,7 @@ __all__ = [
     "apply_masks",
     "protocol_id",
     "channel_context",
+    "seed_commitment",
     "message_key",
 ]
 
@@ -103,6 +104,11 @@ def neighbours(ids: Sequence[int], degree: int | None, session: bytes) -> dict[i
 def share_context(session: bytes, round_number: int, sender: int, recipient: int) -> bytes:
     """Associated data (and KDF context) for a share ciphertext from ``sender`` to ``recipient``."""
     return session + struct.pack("<QII", round_number, sender, recipient)
+
+
+def seed_commitment(session: bytes, client: int, seed: bytes) -> bytes:
+    """Hiding, binding commitment to a 32-byte uniformly random self-mask seed."""
+    return hashlib.sha256(b"secagg/v1/seed-commitment\x00" + session + struct.pack("<I", client) + seed).digest()
 
 
 def channel_context(session: bytes, client: int) -> bytes:

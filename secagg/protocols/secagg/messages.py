@@ -142,10 +142,24 @@ class _Addressed:
 
 
 @dataclass(frozen=True, slots=True)
-class ShareBundle(_Addressed):
-    """Client -> server: one AEAD ciphertext of shares per neighbour (``peers`` = recipients)."""
+class ShareBundle:
+    """Client -> server: one AEAD ciphertext of shares per neighbour (``peers`` = recipients) and a
+    hash commitment to the self-mask seed, so the server can verify the seed it reconstructs."""
 
+    peers: tuple[int, ...]
+    ciphertexts: tuple[bytes, ...]
+    seed_commitment: bytes
     KIND = Kind.SHARES
+
+    def write(self, w: Writer) -> None:
+        w.fixed(self.seed_commitment, 32)
+        _Addressed(self.peers, self.ciphertexts).write(w)
+
+    @classmethod
+    def read(cls, r: Reader, max_parties: int) -> ShareBundle:
+        commitment = r.fixed(32)
+        inner = _Addressed.read(r, max_parties)
+        return cls(inner.peers, inner.ciphertexts, commitment)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,9 @@ accumulator as they arrive.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
+from typing import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,12 +41,14 @@ from .common import (
     apply_masks,
     neighbours,
     protocol_id,
+    seed_commitment,
     session_id,
     setup_id,
 )
 
 __all__ = ["SecAggServer", "AggregateResult"]
 
+_MAX_RETRIES = 256  # subsets of t share holders tried per secret before giving up
 _EXPECTED = {
     Stage.ADVERTISE: m.Kind.ADVERTISE,
     Stage.SHARE: m.Kind.SHARES,
@@ -277,6 +281,7 @@ class SecAggServer:
         bundles = {c: b for c, b in self._inbox.items() if isinstance(b, m.ShareBundle)}
         self._require(len(bundles), "shared their keys")
         self._shared = tuple(sorted(bundles))
+        self._commitments = {c: b.seed_commitment for c, b in bundles.items()}
         self._shared_set = set(self._shared)
         self.dropped["share"] = tuple(sorted(set(self._keys) - self._shared_set))
         inbound: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
@@ -326,16 +331,28 @@ class SecAggServer:
             assert isinstance(body, m.UnmaskResponse)
             for owner, share in zip(body.owners, body.shares):
                 held[owner][holder] = share
-        seeds = self._reconstruct(self._survivors, held)
-        mask_keys = self._reconstruct(self.dropped["mask"], held)
+        seeds = self._reconstruct(self._survivors, held, self._seed_matches)
+        mask_keys = self._reconstruct(self.dropped["mask"], held, self._mask_key_matches)
         streams = [(MaskStream(derive_key(seeds[u], LABEL_SELF_MASK, self._session)), -1) for u in self._survivors]
         streams += self._pairwise_corrections(mask_keys)
         apply_masks(self._accumulator, streams, self.config.chunk_size)
         self._finish()
         return {}
 
-    def _reconstruct(self, owners: tuple[int, ...], held: dict[int, dict[int, bytes]]) -> dict[int, bytes]:
-        """Recover one 32-byte secret per owner from t shares, batched per holder set."""
+    def _seed_matches(self, owner: int, secret: bytes) -> bool:
+        return seed_commitment(self._session, owner, secret) == self._commitments[owner]
+
+    def _mask_key_matches(self, owner: int, secret: bytes) -> bool:
+        return AgreementKeyPair.from_private_bytes(secret).public_bytes == self._keys[owner].mask_key
+
+    def _reconstruct(
+        self, owners: tuple[int, ...], held: dict[int, dict[int, bytes]], verify: Callable[[int, bytes], bool]
+    ) -> dict[int, bytes]:
+        """Recover and verify one 32-byte secret per owner from t shares.
+
+        Owners whose first t holders coincide are reconstructed in one batch. A secret that fails
+        verification (a bad share) is retried with other subsets of t holders before giving up.
+        """
         t = self.config.threshold
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for owner in owners:
@@ -345,12 +362,29 @@ class SecAggServer:
             groups[tuple(holders[:t])].append(owner)
         secrets: dict[int, bytes] = {}
         for holders, group in groups.items():
-            stacked = np.stack(
-                [[np.frombuffer(held[o][h], dtype="<u4") for o in group] for h in holders]
-            ).astype(np.int64)
-            for owner, secret in zip(group, shamir.reconstruct([h + 1 for h in holders], stacked)):
-                secrets[owner] = secret
+            try:
+                recovered = self._interpolate(holders, group, held)
+            except IntegrityError:
+                recovered = [b""] * len(group)
+            for owner, secret in zip(group, recovered):
+                secrets[owner] = secret if secret and verify(owner, secret) else self._retry(owner, held, verify)
         return secrets
+
+    @staticmethod
+    def _interpolate(holders: tuple[int, ...], owners: list[int], held: dict[int, dict[int, bytes]]) -> list[bytes]:
+        stacked = np.stack([[np.frombuffer(held[o][h], dtype="<u4") for o in owners] for h in holders])
+        return shamir.reconstruct([h + 1 for h in holders], stacked.astype(np.int64))
+
+    def _retry(self, owner: int, held: dict[int, dict[int, bytes]], verify: Callable[[int, bytes], bool]) -> bytes:
+        holders, t = sorted(held[owner]), self.config.threshold
+        for window in itertools.islice(itertools.combinations(holders, t), 1, _MAX_RETRIES):
+            try:
+                secret = self._interpolate(window, [owner], held)[0]
+            except IntegrityError:
+                continue
+            if verify(owner, secret):
+                return secret
+        raise IntegrityError(f"no consistent set of {t} shares reconstructs client {owner}'s secret")
 
     def _pairwise_corrections(self, mask_keys: dict[int, bytes]) -> list[tuple[MaskStream, int]]:
         """Streams that cancel the masks survivors added with clients that dropped after sharing."""
@@ -358,8 +392,6 @@ class SecAggServer:
         streams = []
         for u, private in mask_keys.items():
             keypair = AgreementKeyPair.from_private_bytes(private)
-            if keypair.public_bytes != self._keys[u].mask_key:
-                raise IntegrityError("a reconstructed mask key does not match its advertised public key")
             for v in self._graph[u]:
                 if v in alive:
                     key = keypair.agree(self._keys[v].mask_key, LABEL_PAIRWISE_MASK, self._session)

@@ -1,0 +1,71 @@
+"""Shared test helpers: building parties and predicting a round's outcome from the public graph."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from secagg import FixedPoint, Schema, SecAggClient, SecAggConfig, SecAggServer, SigningKey, ThreatModel
+
+
+def make_parties(config: SecAggConfig, round_number: int = 0, context: bytes = b"ctx"):
+    registry = identities = None
+    if config.threat.is_malicious:
+        identities = {i: SigningKey.generate() for i in range(config.num_clients)}
+        registry = {i: k.public_bytes for i, k in identities.items()}
+    server = SecAggServer(config, round_number=round_number, context=context, registry=registry)
+    clients = {
+        i: SecAggClient(config, i, round_number=round_number, context=context,
+                        identity=identities[i] if identities else None, registry=registry)
+        for i in range(config.num_clients)
+    }
+    return server, clients
+
+
+def encoded_inputs(config: SecAggConfig, clients, seed: int = 0) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i, client in clients.items():
+        values = rng.normal(size=config.schema.size)
+        out[i] = config.encoding.encode(values)
+        client.set_encoded_input(out[i])
+    return out
+
+
+def ring_sum(config: SecAggConfig, encoded: dict[int, np.ndarray], members) -> np.ndarray:
+    total = np.zeros(config.dim, dtype=np.uint64)
+    for i in members:
+        total += encoded[i]
+    return (total & np.uint64(config.encoding.ring_mask)).astype(config.encoding.dtype)
+
+
+def small_config(n: int, dim: int, protocol: str = "secagg", threat: ThreatModel | None = None,
+                 threshold: int | None = None, degree: int | None = None) -> SecAggConfig:
+    schema = Schema.of(np.zeros(dim, dtype=np.float32))
+    threat = threat or ThreatModel.semi_honest(0.1, 0.2)
+    encoding = FixedPoint(clip_bound=4.0, fractional_bits=12, max_clients=n)
+    if threshold is not None:
+        return SecAggConfig(n, threshold, schema, encoding, degree, threat, chunk_size=1024)
+    maker = SecAggConfig.secagg if protocol == "secagg" else SecAggConfig.secagg_plus
+    return maker(n, schema, threat, encoding)
+
+
+def predict(graph: dict[int, tuple[int, ...]], t: int, n: int, drops: dict[int, str]):
+    """Survivor set the protocol must produce, or None if it must raise InsufficientParties.
+
+    Mirrors the protocol's set logic: clients with fewer than t neighbours abort, survivors need t
+    share holders among the unmask responders, and so on.
+    """
+    u1 = [c for c in range(n) if drops.get(c) != "advertise"]
+    if len(u1) < t + 1:
+        return None
+    u2 = {c for c in u1 if drops.get(c) != "share" and len(graph[c]) >= t}
+    if len(u2) < t:
+        return None
+    u3 = {c for c in u2 if drops.get(c) not in ("mask",) and len(set(graph[c]) & u2) >= t}
+    if len(u3) < t:
+        return None
+    u4 = {c for c in u3 if drops.get(c) not in ("unmask", "consistency")}
+    for owner in u2:
+        if len(set(graph[owner]) & u4) < t:
+            return None
+    return sorted(u3)

@@ -1,0 +1,43 @@
+"""The one-call aggregate() on real tensors: same shape back, weighted average within the bound."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from secagg import InsufficientParties, ParameterError, aggregate
+
+
+def _updates(n: int = 5):
+    gen = torch.Generator().manual_seed(0)
+    return {
+        10 + i: {"q.lora_A": torch.randn(4, 16, generator=gen) * 0.1,
+                 "q.lora_B": torch.randn(16, 4, generator=gen, dtype=torch.float32).to(torch.bfloat16) * 0.1}
+        for i in range(n)
+    }
+
+
+@pytest.mark.parametrize("protocol", ["secagg", "secagg+"])
+def test_weighted_average_of_state_dicts(protocol: str) -> None:
+    updates = _updates()
+    weights = {cid: w for cid, w in zip(updates, [1, 2, 3, 4, 5])}
+    out = aggregate(updates, protocol, weights=weights, dropouts={11: "mask"}, max_weight=5)
+    assert out.survivors == [10, 12, 13, 14] and out.dropped == {11: "mask"}
+    assert out.weight_sum == 1 + 3 + 4 + 5
+    for name in ("q.lora_A", "q.lora_B"):
+        expected = sum(weights[c] * updates[c][name].double() for c in out.survivors) / out.weight_sum
+        assert out.average[name].dtype == updates[10][name].dtype
+        tolerance = out.error_bound + (1e-2 if name == "q.lora_B" else 0)  # bfloat16 output rounding
+        assert (out.average[name].double() - expected).abs().max().item() <= tolerance
+
+
+def test_aggregate_errors() -> None:
+    updates = _updates(3)
+    with pytest.raises(InsufficientParties):
+        aggregate(updates, "secagg", dropouts={10: "mask", 11: "mask"})
+    updates[12] = {"q.lora_A": torch.zeros(4, 16)}
+    with pytest.raises(ParameterError):
+        aggregate(updates, "secagg")
+    with pytest.raises(ParameterError):
+        aggregate({1: np.zeros(3)}, "secagg")
