@@ -1,0 +1,1 @@
+"""Benchmarks: one script per question, each printing a table and ratios measured in one run."""
