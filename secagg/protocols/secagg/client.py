@@ -20,7 +20,7 @@ from ...hazmat.keys import AgreementKeyPair, SigningKey, derive_key, open_sealed
 from ...hazmat.prg import MaskStream
 from ...hazmat.random import RandomSource, system_random
 from ...params import SecAggConfig
-from ...wire import SERVER_ID, Header, Writer, append_tag
+from ...wire import SERVER_ID, Header, Writer
 from . import messages as m
 from .common import (
     LABEL_ADVERTISE_SIG,
@@ -193,9 +193,8 @@ class SecAggClient:
 
     def _send(self, kind: m.Kind, session: bytes, body: m.Body) -> bytes:
         header = Header(kind, protocol_id(self.config), self.round, session, self.client_id, SERVER_ID)
-        data = m.encode(header, body)
-        if kind in m.AUTHENTICATED_KINDS:
-            data = append_tag(data, message_key(self._channel, TO_SERVER, kind))
+        tag_key = message_key(self._channel, TO_SERVER, kind) if kind in m.AUTHENTICATED_KINDS else None
+        data = m.encode(header, body, tag_key)
         self.sent_bytes += len(data)
         return data
 

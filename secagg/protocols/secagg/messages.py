@@ -12,7 +12,7 @@ from typing import Callable, Union
 
 import numpy as np
 
-from ...errors import MalformedMessage
+from ...errors import MalformedMessage, ParameterError
 from ...hazmat.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from ...wire import Header, Reader, Writer, strip_tag
 
@@ -278,11 +278,13 @@ _BY_KIND: dict[int, type] = {
 }
 
 
-def encode(header: Header, body: Body) -> bytes:
-    """Encode without a tag (see :func:`secagg.wire.append_tag` for authenticated kinds)."""
+def encode(header: Header, body: Body, tag_key: bytes | None = None) -> bytes:
+    """Canonical bytes of a message; authenticated kinds need the one-time ``tag_key``."""
+    if (header.kind in AUTHENTICATED_KINDS) != (tag_key is not None):
+        raise ParameterError(f"message kind {header.kind} {'needs' if tag_key is None else 'takes no'} tag key")
     w = Writer()
     body.write(w)
-    return w.finish(header)
+    return w.finish(header, tag_key)
 
 
 def decode(

@@ -23,7 +23,7 @@ from ...hazmat.keys import AgreementKeyPair, derive_key, verify_signature
 from ...hazmat.prg import MaskStream
 from ...params import SecAggConfig
 from ...hazmat.random import RandomSource, system_random
-from ...wire import SERVER_ID, Header, append_tag
+from ...wire import SERVER_ID, Header
 from . import messages as m
 from .client import advertise_signed_bytes, survivors_signed_bytes
 from .common import (
@@ -411,9 +411,8 @@ class SecAggServer:
 
     def _send(self, kind: m.Kind, session: bytes, client: int, body: m.Body) -> bytes:
         header = Header(kind, protocol_id(self.config), self.round, session, SERVER_ID, client)
-        data = m.encode(header, body)
-        if kind in m.AUTHENTICATED_KINDS:
-            data = append_tag(data, message_key(self._channels[client], TO_CLIENT, kind))
+        tag_key = message_key(self._channels[client], TO_CLIENT, kind) if kind in m.AUTHENTICATED_KINDS else None
+        data = m.encode(header, body, tag_key)
         return data
 
     def result(self) -> AggregateResult:
