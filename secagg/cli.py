@@ -37,7 +37,10 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
     if args.protocol == "ckks":
         from .protocols.ckks.api import simulate_ckks
 
-        return simulate_ckks(args.clients, args.dim, args.dropout, args.seed, stage=args.stage, preset=args.preset)
+        report: dict[str, Any] = simulate_ckks(
+            args.clients, args.dim, args.dropout, args.seed, stage=args.stage, preset=args.preset
+        )
+        return report
     from .simulation import simulate
 
     adversary = Adversary(args.adversary)

@@ -6,6 +6,7 @@ time and bytes. Any FL stack does the same with its own messaging (see the READM
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -94,7 +95,7 @@ def run_round(
             break
         for cid, data in sorted(outbox.items()):
             partial.download_bytes[cid] += len(data)
-            client_step(cid, server.stage.value, lambda c=cid, d=data: clients[c].handle(d))
+            client_step(cid, server.stage.value, functools.partial(clients[cid].handle, data))
     partial.result = server.result()
     partial.dropped = gone
     return partial

@@ -194,8 +194,11 @@ def aggregate(
     if protocol == "ckks":
         from .protocols.ckks.api import aggregate_ckks
 
-        return aggregate_ckks(updates, weights=weights, dropouts=dropouts, context=context,
-                              round_number=round_number, clip_bound=clip_bound, max_weight=max_weight)
+        outcome: AggregationOutcome = aggregate_ckks(
+            updates, weights=weights, dropouts=dropouts, context=context,
+            round_number=round_number, clip_bound=clip_bound, max_weight=max_weight,
+        )
+        return outcome
     ids = sorted(updates)
     if len(ids) < 2:
         raise ParameterError("secure aggregation needs at least two clients")

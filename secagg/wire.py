@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
@@ -33,7 +34,7 @@ SESSION_BYTES = 32
 _HEADER = struct.Struct("<4sHBBQ32sII")
 HEADER_BYTES = _HEADER.size
 TAG_BYTES = 16
-_ARRAY_CODES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+_ARRAY_CODES: dict[int, np.dtype[Any]] = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,7 @@ class Writer:
         if values.dtype.kind != "u" or dtype.itemsize not in _ARRAY_CODES:
             raise ParameterError("only unsigned word arrays travel on the wire")
         self.u8(dtype.itemsize).u64(values.shape[0])
-        self._parts.append(memoryview(np.ascontiguousarray(values, dtype=dtype)).cast("B"))
+        self._parts.append(np.ascontiguousarray(values, dtype=dtype).data.cast("B"))
         return self
 
     def body(self) -> bytes:

@@ -55,7 +55,7 @@ class MaskStream:
         nbytes = out.nbytes
         if nbytes == 0:
             return
-        target = memoryview(out).cast("B")
+        target = out.data.cast("B")
         if nbytes % _BLOCK == 0:
             # cryptography checks len(buf) >= len(data) + block_size - 1 even for CTR; feed all but
             # the final block in place, then the last block through a small scratch buffer.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 
@@ -271,7 +271,7 @@ Body = Union[
     Advertise, KeyList, ShareBundle, ShareDelivery, MaskedInput, SurvivorList, SurvivorSignature,
     UnmaskRequest, UnmaskResponse,
 ]
-_BY_KIND: dict[int, type] = {
+_BY_KIND: dict[int, Any] = {
     cls.KIND: cls
     for cls in (Advertise, KeyList, ShareBundle, ShareDelivery, SurvivorList, SurvivorSignature,
                 UnmaskRequest, UnmaskResponse)

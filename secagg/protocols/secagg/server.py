@@ -361,12 +361,12 @@ class SecAggServer:
                 raise InsufficientParties(f"only {len(holders)} shares for client {owner}; threshold is {t}")
             groups[tuple(holders[:t])].append(owner)
         secrets: dict[int, bytes] = {}
-        for holders, group in groups.items():
+        for first_holders, batch in groups.items():
             try:
-                recovered = self._interpolate(holders, group, held)
+                recovered = self._interpolate(first_holders, batch, held)
             except IntegrityError:
-                recovered = [b""] * len(group)
-            for owner, secret in zip(group, recovered):
+                recovered = [b""] * len(batch)
+            for owner, secret in zip(batch, recovered):
                 secrets[owner] = secret if secret and verify(owner, secret) else self._retry(owner, held, verify)
         return secrets
 
