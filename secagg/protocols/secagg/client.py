@@ -35,6 +35,7 @@ from .common import (
     LABEL_SURVIVORS_SIG,
     Stage,
     apply_masks,
+    check_binding,
     neighbours,
     protocol_id,
     seed_commitment,
@@ -181,13 +182,8 @@ class SecAggClient:
         return message_key(self._channel, TO_CLIENT, header.kind)
 
     def _check_header(self, header: Header) -> None:
-        expected_session = self._setup if self._stage is Stage.SHARE else self._session
-        if header.kind != _EXPECTED[self._stage]:
-            raise ProtocolAbort(f"unexpected message kind {header.kind} in stage {self._stage.value}")
-        if header.protocol != protocol_id(self.config) or header.round != self.round:
-            raise ProtocolAbort("message for another protocol or round")
-        if header.session != expected_session:
-            raise ProtocolAbort("message for another session")
+        session = self._setup if self._stage is Stage.SHARE else self._session
+        check_binding(header, self.config, _EXPECTED[self._stage], self.round, session, self._stage)
         if header.sender != SERVER_ID or header.recipient != self.client_id:
             raise ProtocolAbort("message not addressed from the server to this client")
 

@@ -39,6 +39,7 @@ from .common import (
     LABEL_SURVIVORS_SIG,
     Stage,
     apply_masks,
+    check_binding,
     neighbours,
     protocol_id,
     seed_commitment,
@@ -166,12 +167,7 @@ class SecAggServer:
         return dict(self._graph)
 
     def _check_header(self, header: Header) -> int:
-        if header.kind != _EXPECTED[self._stage]:
-            raise ProtocolAbort(f"unexpected message kind {header.kind} in stage {self._stage.value}")
-        if header.protocol != protocol_id(self.config) or header.round != self.round:
-            raise ProtocolAbort("message for another protocol or round")
-        if header.session != self._session:
-            raise ProtocolAbort("message for another session")
+        check_binding(header, self.config, _EXPECTED[self._stage], self.round, self._session, self._stage)
         if header.recipient != SERVER_ID or not 0 <= header.sender < self.config.num_clients:
             raise ProtocolAbort("message not addressed from a registered client to the server")
         if header.sender in self._inbox:
