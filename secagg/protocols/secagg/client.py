@@ -36,7 +36,7 @@ from .common import (
     Stage,
     apply_masks,
     check_binding,
-    neighbours,
+    neighbours_of,
     protocol_id,
     seed_commitment,
     session_id,
@@ -207,7 +207,7 @@ class SecAggClient:
         self._validate_key_list(keys, body.server_key)
         session = session_id(self._setup, body.body_bytes())
         channel = self._encryption.agree(body.server_key, LABEL_SERVER_CHANNEL, channel_context(session, self.client_id))
-        mine = neighbours(sorted(keys), self.config.degree, session)[self.client_id]
+        mine = neighbours_of(self.client_id, sorted(keys), self.config.degree, session)
         if len(mine) < self.config.threshold:
             raise InsufficientParties(f"only {len(mine)} neighbours advertised keys; threshold is {self.config.threshold}")
         seed = self._random(32)

@@ -29,6 +29,7 @@ __all__ = [
     "setup_id",
     "session_id",
     "neighbours",
+    "neighbours_of",
     "share_context",
     "apply_masks",
     "protocol_id",
@@ -91,6 +92,18 @@ def session_id(setup: bytes, key_list_body: bytes) -> bytes:
     return hashlib.sha256(b"secagg/v1/session\x00" + setup + key_list_body).digest()
 
 
+def _ring(ids: Sequence[int], session: bytes) -> list[int]:
+    """The clients in ring order: a permutation derived from the session id alone."""
+    keys = np.empty(len(ids), dtype="<u8")
+    MaskStream(derive_key(session, LABEL_GRAPH)).fill(keys)
+    return [ids[i] for i in np.argsort(keys, kind="stable")]
+
+
+def _near(ring: list[int], pos: int, half: int) -> tuple[int, ...]:
+    m = len(ring)
+    return tuple(sorted({ring[(pos + off) % m] for off in range(-half, half + 1) if off}))
+
+
 def neighbours(ids: Sequence[int], degree: int | None, session: bytes) -> dict[int, tuple[int, ...]]:
     """The share/mask graph over the advertised clients ``ids``.
 
@@ -98,19 +111,19 @@ def neighbours(ids: Sequence[int], degree: int | None, session: bytes) -> dict[i
     H(m, k): clients are relabelled by a permutation derived from the session id (so neither the
     server nor any client chooses it) and each links to the k/2 nearest on either side of a ring.
     """
-    m = len(ids)
-    if degree is None or degree >= m - 1:
+    if degree is None or degree >= len(ids) - 1:
         everyone = tuple(ids)
         return {u: tuple(v for v in everyone if v != u) for u in everyone}
-    keys = np.empty(m, dtype="<u8")
-    MaskStream(derive_key(session, LABEL_GRAPH)).fill(keys)
-    ring = [ids[i] for i in np.argsort(keys, kind="stable")]
-    half = degree // 2
-    out: dict[int, tuple[int, ...]] = {}
-    for pos, u in enumerate(ring):
-        near = {ring[(pos + off) % m] for off in range(-half, half + 1) if off}
-        out[u] = tuple(sorted(near))
-    return out
+    ring = _ring(ids, session)
+    return {u: _near(ring, pos, degree // 2) for pos, u in enumerate(ring)}
+
+
+def neighbours_of(client: int, ids: Sequence[int], degree: int | None, session: bytes) -> tuple[int, ...]:
+    """``neighbours(ids, degree, session)[client]`` without building the whole graph."""
+    if degree is None or degree >= len(ids) - 1:
+        return tuple(v for v in ids if v != client)
+    ring = _ring(ids, session)
+    return _near(ring, ring.index(client), degree // 2)
 
 
 def share_context(session: bytes, round_number: int, sender: int, recipient: int) -> bytes:

@@ -271,7 +271,12 @@ class SecAggServer:
         self._graph = neighbours(sorted(self._keys), self.config.degree, self._session)
         self.dropped["advertise"] = ()
         self._next(Stage.SHARE)
-        return {c: self._send(m.Kind.KEY_LIST, self._setup, c, key_list) for c in self._keys}
+        encoded = key_list.body_bytes()  # identical for everyone: encode once, not n times
+        protocol = protocol_id(self.config)
+        return {
+            c: Header(m.Kind.KEY_LIST, protocol, self.round, self._setup, SERVER_ID, c).encode() + encoded
+            for c in self._keys
+        }
 
     def _close_shares(self) -> dict[int, bytes]:
         bundles = {c: b for c, b in self._inbox.items() if isinstance(b, m.ShareBundle)}
