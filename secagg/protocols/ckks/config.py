@@ -98,7 +98,10 @@ class CkksConfig:
     def finest_grid_bits(self) -> int:
         """The largest g with noise(num_clients) < 2^-(g+1), capped at :data:`MAX_GRID_BITS`."""
         noise = self.noise_bound(self.num_clients)
-        return min(MAX_GRID_BITS, math.floor(-math.log2(2 * noise)) - 1 if noise > 0 else MAX_GRID_BITS)
+        bits = math.floor(-math.log2(2 * noise))
+        while bits > 0 and 2.0 ** -(bits + 1) <= noise:
+            bits -= 1
+        return min(MAX_GRID_BITS, bits)
 
     def noise_bound(self, summands: int) -> float:
         """Bound on |decrypted - encrypted| per slot for a sum of ``summands`` ciphertexts."""
