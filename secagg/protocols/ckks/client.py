@@ -278,6 +278,13 @@ class CkksClient:
             raise IntegrityError("the decrypted weight sum is not a sum of valid weights")
         return grid[: cfg.dim].astype(np.int64)
 
+    def close(self) -> None:
+        """End the round at this client: a key holder that was not asked to decrypt drops its key."""
+        self._secret = self._generated = None
+        self._values = None
+        if self._stage is not Stage.ABORTED:
+            self._stage = Stage.DONE
+
     def __getstate__(self) -> None:
         raise TypeError("clients hold secrets and cannot be pickled")
 

@@ -99,16 +99,20 @@ def run_ckks_round(
     run = _Round(server, clients, dropouts)
     for cid in sorted(clients):
         run.step(cid, "advertise", clients[cid].advertise)
-    while server.stage is not Stage.DONE:
-        closing = server.stage.value
-        start = time.perf_counter()
-        outbox = server.advance()
-        run.trace.server_seconds[closing] += time.perf_counter() - start
-        stage = _REPLY_STAGE.get(server.stage)
-        for cid, data in sorted(outbox.items()):
-            run.trace.download_bytes[cid] += len(data)
-            if stage is not None:
-                run.step(cid, stage, lambda c=cid, d=data: clients[c].handle(d))
+    try:
+        while server.stage is not Stage.DONE:
+            closing = server.stage.value
+            start = time.perf_counter()
+            outbox = server.advance()
+            run.trace.server_seconds[closing] += time.perf_counter() - start
+            stage = _REPLY_STAGE.get(server.stage)
+            for cid, data in sorted(outbox.items()):
+                run.trace.download_bytes[cid] += len(data)
+                if stage is not None:
+                    run.step(cid, stage, lambda c=cid, d=data: clients[c].handle(d))
+    finally:
+        for cid in sorted(set(clients) - set(run.gone)):
+            clients[cid].close()
     run.trace.result = server.result()
     run.trace.dropped = dict(run.gone)
     return run.trace
