@@ -112,3 +112,17 @@ def test_secret_objects_refuse_pickling() -> None:
     s = make_session(n=2, d=10)
     with pytest.raises(TypeError):
         pickle.dumps(s.clients[0])
+
+
+def test_worker_processes_encrypt_and_decrypt() -> None:
+    from secagg.protocols.ckks import ChunkPool
+
+    rng = np.random.default_rng(3)
+    updates = [rng.normal(0.0, 0.5, 6000) for _ in range(3)]
+    cfg = CkksConfig(3, Schema.of(updates[0]))
+    with ChunkPool(workers=1, min_chunks=2) as pool:
+        clients = {i: CkksClient(cfg, i, pool=pool) for i in range(3)}
+        for i, c in clients.items():
+            c.set_input(updates[i])
+        result = run_ckks_round(CkksServer(cfg), clients).result
+    assert np.abs(result.average_vector() - sum(updates) / 3).max() <= result.error_bound

@@ -15,8 +15,8 @@ import atexit
 import hashlib
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -43,6 +43,10 @@ def _decrypt_task(secret_bytes: bytes, preset: CkksPreset, log_scale: int, blobs
     return he.decrypt_chunks(vectors, preset.slots)
 
 
+def _ready(_: int) -> int:
+    return os.getpid()
+
+
 def _batches(count: int, parts: int) -> list[tuple[int, int]]:
     step = -(-count // max(parts, 1))
     return [(start, min(start + step, count)) for start in range(0, count, step)]
@@ -52,12 +56,13 @@ class ChunkPool:
     """A process pool for chunk encryption and decryption.
 
     Args:
-        workers: processes to start (default: the CPU count). 1 or fewer runs everything in-process.
+        workers: processes to start besides the caller, which takes a share of every job itself
+            (default: CPU count - 1). 0 runs everything in-process.
         min_chunks: inputs with fewer chunks run in-process.
     """
 
     def __init__(self, workers: int | None = None, min_chunks: int = 48) -> None:
-        self.workers = workers if workers is not None else (os.cpu_count() or 1)
+        self.workers = workers if workers is not None else max((os.cpu_count() or 1) - 1, 1)
         self.min_chunks = min_chunks
         self._executor: ProcessPoolExecutor | None = None
 
@@ -68,34 +73,47 @@ class ChunkPool:
         return self._executor
 
     def _parallel(self, count: int) -> bool:
-        return self.workers > 1 and count >= self.min_chunks
+        return self.workers >= 1 and count >= self.min_chunks
 
     def warm_up(self) -> None:
         """Start the worker processes now (imports TenSEAL in each) instead of on first use."""
-        if self.workers > 1:
-            list(self._pool().map(os.getpid, range(self.workers)))  # type: ignore[arg-type]
+        if self.workers >= 1:
+            list(self._pool().map(_ready, range(self.workers)))
 
     def encrypt(self, ctx: Any, context_bytes: bytes, grid_bits: int, words: np.ndarray) -> list[bytes]:
         """Encrypt each row of ``words`` under ``ctx`` (whose serialization is ``context_bytes``)."""
         if not self._parallel(words.shape[0]):
             return he.encrypt_chunks(ctx, grid_bits, words)
-        futures = [
-            self._pool().submit(_encrypt_task, context_bytes, grid_bits, words[a:b])
-            for a, b in _batches(words.shape[0], 4 * self.workers)
-        ]
-        return [blob for f in futures for blob in f.result()]
+        (a0, b0), *rest = _batches(words.shape[0], 2 * (self.workers + 1))
+        futures = [self._pool().submit(_encrypt_task, context_bytes, grid_bits, words[a:b]) for a, b in rest]
+        mine = self._work_alongside(futures, lambda a, b: he.encrypt_chunks(ctx, grid_bits, words[a:b]), a0, b0)
+        return [blob for part in [mine, *(f.result() for f in futures)] for blob in part]
 
     def decrypt(
         self, ctx: Any, secret_bytes: bytes, blobs: Sequence[bytes], preset: CkksPreset, log_scale: int
     ) -> np.ndarray:
         """Validate and decrypt chunk ciphertexts; raises IntegrityError like :func:`he.load_ciphertexts`."""
+        def local(a: int, b: int) -> np.ndarray:
+            return he.decrypt_chunks(he.load_ciphertexts(ctx, blobs[a:b], preset, log_scale), preset.slots)
+
         if not self._parallel(len(blobs)):
-            return he.decrypt_chunks(he.load_ciphertexts(ctx, blobs, preset, log_scale), preset.slots)
+            return local(0, len(blobs))
+        (a0, b0), *rest = _batches(len(blobs), 2 * (self.workers + 1))
         futures = [
-            self._pool().submit(_decrypt_task, secret_bytes, preset, log_scale, list(blobs[a:b]))
-            for a, b in _batches(len(blobs), 4 * self.workers)
+            self._pool().submit(_decrypt_task, secret_bytes, preset, log_scale, list(blobs[a:b])) for a, b in rest
         ]
-        return np.concatenate([f.result() for f in futures])
+        mine = self._work_alongside(futures, local, a0, b0)
+        return np.concatenate([mine, *(f.result() for f in futures)])
+
+    @staticmethod
+    def _work_alongside(futures: list[Future[Any]], work: Callable[[int, int], Any], start: int, stop: int) -> Any:
+        """Run the first batch in this process while the workers run the rest."""
+        try:
+            return work(start, stop)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
 
     def close(self) -> None:
         if self._executor is not None:
