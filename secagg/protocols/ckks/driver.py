@@ -11,6 +11,7 @@ time and bytes. Dropout stages, in protocol order:
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -105,11 +106,11 @@ def run_ckks_round(
             start = time.perf_counter()
             outbox = server.advance()
             run.trace.server_seconds[closing] += time.perf_counter() - start
-            stage = _REPLY_STAGE.get(server.stage)
+            reply = _REPLY_STAGE.get(server.stage)
             for cid, data in sorted(outbox.items()):
                 run.trace.download_bytes[cid] += len(data)
-                if stage is not None:
-                    run.step(cid, stage, lambda c=cid, d=data: clients[c].handle(d))
+                if reply is not None:
+                    run.step(cid, reply, functools.partial(clients[cid].handle, data))
     finally:
         for cid in sorted(set(clients) - set(run.gone)):
             clients[cid].close()

@@ -101,9 +101,10 @@ def load_ciphertexts(ctx: ts.Context, blobs: Sequence[bytes], preset: CkksPreset
         try:
             vec = ts.ckks_vector_from(ctx, bytes(blob))
             inner = vec.ciphertext()
-            c = inner[0] if len(inner) == 1 else None
-            ok = c is not None and vec.size() == preset.slots and c.size() == 2 and c.is_ntt_form()
-            ok = ok and not c.is_transparent() and c.coeff_modulus_size() == primes
+            ok = len(inner) == 1 and vec.size() == preset.slots
+            c: Any = inner[0] if ok else None
+            ok = ok and c.size() == 2 and c.is_ntt_form() and not c.is_transparent()
+            ok = ok and c.coeff_modulus_size() == primes
             ok = ok and tuple(c.parms_id()) == expected_ids and c.scale == 2.0**log_scale
         except Exception:  # noqa: BLE001 - foreign parser
             raise IntegrityError("malformed CKKS ciphertext") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -219,7 +219,7 @@ class DecryptResponse:
 
 
 Body = Union[Advertise, KeyList, KeyPackage, ContextBroadcast, Upload, DecryptRequest, DecryptResponse]
-_BY_KIND: dict[int, type] = {
+_BY_KIND: dict[int, Any] = {
     cls.KIND: cls for cls in (Advertise, KeyList, KeyPackage, ContextBroadcast, Upload, DecryptRequest, DecryptResponse)
 }
 

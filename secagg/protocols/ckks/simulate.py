@@ -66,19 +66,25 @@ def simulate_ckks(
     for i, party in parties.items():
         party.set_input(updates[i], weights[i])
     trace = run_ckks_round(server, parties, _dropouts(rng, clients, dropout))
-    result = trace.result
-    survivors = result.survivors
+    survivors = trace.result.survivors
     clipped = [np.clip(updates[i].astype(np.float64), -clip_bound, clip_bound) * weights[i] for i in survivors]
     exact = np.sum(clipped, axis=0) / sum(weights[i] for i in survivors)
+    return _report(config, trace, exact, preset)
+
+
+def _report(config: CkksConfig, trace: CkksTrace, exact: np.ndarray, preset: str) -> dict[str, Any]:
+    """The JSON fields of one simulated round."""
+    result = trace.result
     error = float(np.max(np.abs(result.average_vector() - exact)))
     uploads = list(trace.ciphertext_upload_bytes.values())
     per_client = float(np.mean(uploads))
     client_seconds, server_seconds = _timings(trace)
+    dim = config.schema.size
     return {
         "protocol": "ckks",
-        "clients": clients,
+        "clients": config.num_clients,
         "dim": dim,
-        "survivors": len(survivors),
+        "survivors": len(result.survivors),
         "exact": error <= result.error_bound,
         "max_abs_error": error,
         "error_bound": result.error_bound,
@@ -90,7 +96,7 @@ def simulate_ckks(
         "security_bits": config.preset.security_bits,
         "grid_bits": config.grid_bits,
         "log_scale": config.log_scale,
-        "noise_bound": config.noise_bound(len(survivors)),
+        "noise_bound": config.noise_bound(len(result.survivors)),
         "key_and_decrypt_bytes": sum(trace.upload_bytes.values()) - sum(uploads),
         "decrypted_by": result.decrypted_by,
         "dropped": {str(c): s for c, s in sorted(trace.dropped.items())},
