@@ -1,0 +1,292 @@
+"""CKKS client state machine (no I/O): one upload per client; committee members also hold the key.
+
+Drive it with :meth:`CkksClient.advertise` (committee members only) and then :meth:`handle` for each
+server message; each call returns the bytes to send back. A malformed message or one for another
+stage, round or session raises without changing state; a hostile or inconsistent one aborts the
+client for good (stage ``ABORTED``).
+
+Threat model. The server is honest-but-curious: it relays messages faithfully and never holds the
+secret key, so alone it learns only ciphertexts and the released aggregate. Key holders (the
+committee) are clients that receive the secret context end-to-end encrypted (X25519 + AES-GCM,
+bound to session, round, sender and recipient). *The server together with any one key holder can
+decrypt every individual update*; so can a key holder that sees a client's ciphertext in transit.
+A key holder decrypts at most one ciphertext per key (one decryption per session), refuses sums of
+fewer than ``min_contributors`` inputs, and releases only the sum rounded to the quantisation grid
+after checking the decryption lies within the proven noise bound of that grid: the release is then
+a deterministic function of the inputs and reveals nothing about the noise, which is what
+IND-CPA-D key-recovery attacks (Li-Micciancio, Eurocrypt'21) need. A decryption that is off-grid,
+out of range or has non-zero padding (a crafted or corrupted ciphertext) is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ...errors import InsufficientParties, IntegrityError, ParameterError, ProtocolAbort, SecAggError
+from ...hazmat.keys import AgreementKeyPair, open_sealed, seal
+from ...hazmat.prg import MaskStream
+from ...hazmat.random import RandomSource, system_random
+from ...wire import SERVER_ID, Header
+from . import he
+from . import messages as m
+from .common import LABEL_SECRET_CONTEXT, PROTOCOL_ID, Stage, limits_for, seal_context, session_id, setup_id
+from .config import CkksConfig
+from .parallel import ChunkPool, default_pool
+
+__all__ = ["CkksClient"]
+
+_EXPECTED = {
+    Stage.GENERATE: (m.Kind.KEY_LIST, m.Kind.CONTEXT),
+    Stage.CONTEXT: (m.Kind.CONTEXT,),
+    Stage.DECRYPT: (m.Kind.DECRYPT_REQUEST,),
+}
+
+
+class CkksClient:
+    """One client's view of one CKKS aggregation round.
+
+    Args:
+        config: the public session parameters (identical at every party).
+        client_id: this client's id in ``[0, config.num_clients)``.
+        round_number: the training round; every round uses a fresh CKKS key.
+        context: caller bytes bound into the session, e.g. the SHA-256 of the global model.
+        random: randomness for X25519, AEAD nonces and stochastic rounding (default ``os.urandom``).
+        pool: process pool for large inputs (default: the process-wide :func:`default_pool`).
+    """
+
+    def __init__(
+        self,
+        config: CkksConfig,
+        client_id: int,
+        *,
+        round_number: int = 0,
+        context: bytes = b"",
+        random: RandomSource = system_random,
+        pool: ChunkPool | None = None,
+    ) -> None:
+        if not 0 <= client_id < config.num_clients:
+            raise ParameterError(f"client_id must be in [0, {config.num_clients}), got {client_id}")
+        self.config, self.client_id, self.round = config, client_id, round_number
+        self._random, self._pool = random, pool
+        self._setup = setup_id(config, round_number, context)
+        self._limits = limits_for(config)
+        self._member = client_id in config.committee
+        self._stage = Stage.ADVERTISE if self._member else Stage.CONTEXT
+        self._keypair: AgreementKeyPair | None = AgreementKeyPair.generate(random) if self._member else None
+        self._values: np.ndarray | None = None
+        self._weight = 1
+        self._session = b""
+        self._generated: tuple[bytes, bytes] | None = None
+        self._secret: bytes | None = None
+        self.sent_bytes = 0
+
+    # -- inputs -----------------------------------------------------------------------------------
+    def set_input(self, update: Any, weight: int = 1) -> None:
+        """Provide this round's update (state dict, tensor list or array) and integer weight.
+
+        Raises:
+            ParameterError: the update does not match the session schema, is not finite, or the
+                weight is outside ``[1, config.max_weight]``.
+        """
+        self._weight = self.config.encoding.check_weight(weight)
+        self._values = self.config.schema.flatten(update)
+
+    @property
+    def stage(self) -> Stage:
+        return self._stage
+
+    @property
+    def session(self) -> bytes:
+        """The session id (empty until the public context arrives)."""
+        return self._session
+
+    @property
+    def is_committee_member(self) -> bool:
+        return self._member
+
+    @property
+    def holds_key(self) -> bool:
+        """True while this client holds the secret context and can decrypt."""
+        return self._secret is not None
+
+    # -- protocol ---------------------------------------------------------------------------------
+    def advertise(self) -> bytes | None:
+        """Committee members: the X25519 key to receive the secret context on. Others: ``None``."""
+        if not self._member:
+            return None
+        if self._stage is not Stage.ADVERTISE:
+            raise ProtocolAbort("the key was already advertised")
+        assert self._keypair is not None
+        self._stage = Stage.GENERATE
+        return self._send(m.Kind.ADVERTISE, self._setup, m.Advertise(self._keypair.public_bytes))
+
+    def handle(self, data: bytes) -> bytes:
+        """Process one server message and return the reply.
+
+        Raises:
+            MalformedMessage, ProtocolAbort: the message is not for this stage (state unchanged).
+            IntegrityError, InsufficientParties, ProtocolAbort, ParameterError: the client aborted.
+        """
+        if self._stage not in _EXPECTED:
+            raise ProtocolAbort(f"client {self.client_id} expects no message in stage {self._stage.value}")
+        header, body = m.decode(data, self._limits)
+        self._check_header(header)
+        try:
+            if isinstance(body, m.KeyList):
+                return self._on_key_list(body)
+            if isinstance(body, m.ContextBroadcast):
+                return self._on_context(body)
+            assert isinstance(body, m.DecryptRequest)
+            return self._on_decrypt(body)
+        except SecAggError:
+            self._abort()
+            raise
+
+    def _check_header(self, header: Header) -> None:
+        if header.kind not in _EXPECTED[self._stage]:
+            raise ProtocolAbort(f"unexpected message kind {header.kind} in stage {self._stage.value}")
+        if header.protocol != PROTOCOL_ID or header.round != self.round:
+            raise ProtocolAbort("message for another protocol or round")
+        expected = self._session if self._stage is Stage.DECRYPT else self._setup
+        if header.session != expected:
+            raise ProtocolAbort("message for another session")
+        if header.sender != SERVER_ID or header.recipient != self.client_id:
+            raise ProtocolAbort("message not addressed from the server to this client")
+
+    def _send(self, kind: m.Kind, session: bytes, body: m.Body) -> bytes:
+        data = m.encode(Header(kind, PROTOCOL_ID, self.round, session, self.client_id, SERVER_ID), body)
+        self.sent_bytes += len(data)
+        return data
+
+    def _abort(self) -> None:
+        self._stage = Stage.ABORTED
+        self._values = None
+        self._secret = self._generated = None
+        self._keypair = None
+
+    # -- key setup --------------------------------------------------------------------------------
+    def _check_key_list(self, key_list: m.KeyList) -> None:
+        if not set(key_list.members) <= set(self.config.committee):
+            raise ProtocolAbort("the key list names a client outside the committee")
+        if len(set(key_list.keys)) != len(key_list.keys):
+            raise ProtocolAbort("the key list repeats a public key")
+        if self._member and self.client_id in key_list.members:
+            mine = key_list.keys[key_list.members.index(self.client_id)]
+            if self._keypair is None or mine != self._keypair.public_bytes:
+                raise ProtocolAbort("the key list does not carry this client's own key")
+
+    def _on_key_list(self, body: m.KeyList) -> bytes:
+        """The designated generator: make the key, seal the secret context to every other member."""
+        self._check_key_list(body)
+        if body.generator != self.client_id or self.client_id not in body.members:
+            raise ProtocolAbort("a key list was sent to a client that is not the designated generator")
+        assert self._keypair is not None
+        secret, public = he.generate_context(self.config.preset, self.config.log_scale)
+        session = session_id(self._setup, body.body_bytes(), public)
+        recipients, sealed = [], []
+        for member, key in zip(body.members, body.keys):
+            if member == self.client_id:
+                continue
+            ad = seal_context(session, self.round, self.client_id, member)
+            shared = self._keypair.agree(key, LABEL_SECRET_CONTEXT, ad)
+            recipients.append(member)
+            sealed.append(seal(shared, secret, ad, self._random))
+        self._generated = (secret, public)
+        self._stage = Stage.CONTEXT
+        return self._send(m.Kind.KEY_PACKAGE, self._setup, m.KeyPackage(public, tuple(recipients), tuple(sealed)))
+
+    def _on_context(self, body: m.ContextBroadcast) -> bytes:
+        """Every client: check the public context, take the secret one if addressed, then upload."""
+        key_list = body.key_list
+        self._check_key_list(key_list)
+        cfg = self.config
+        public_ctx = he.load_context(body.public_context, cfg.preset, cfg.log_scale, secret=False)
+        session = session_id(self._setup, key_list.body_bytes(), body.public_context)
+        secret = self._receive_secret(key_list, body, session)
+        if self._values is None:
+            raise ParameterError("no input was set for this round")
+        upload = self._encrypt(public_ctx, body.public_context)
+        self._session, self._secret, self._generated = session, secret, None
+        self._stage = Stage.DECRYPT if secret is not None else Stage.DONE
+        return self._send(m.Kind.UPLOAD, session, upload)
+
+    def _receive_secret(self, key_list: m.KeyList, body: m.ContextBroadcast, session: bytes) -> bytes | None:
+        if self._generated is not None and key_list.generator == self.client_id:
+            if body.sealed or body.public_context != self._generated[1]:
+                raise IntegrityError("the server altered the public context this client generated")
+            return self._generated[0]
+        if not self._member or self.client_id not in key_list.members:
+            if body.sealed:
+                raise ProtocolAbort("a secret context was sent to a client outside the key list")
+            return None
+        if not body.sealed:
+            raise ProtocolAbort("a key-list member received no secret context")
+        assert self._keypair is not None
+        generator_key = key_list.keys[key_list.members.index(key_list.generator)]
+        ad = seal_context(session, self.round, key_list.generator, self.client_id)
+        secret = open_sealed(self._keypair.agree(generator_key, LABEL_SECRET_CONTEXT, ad), body.sealed, ad)
+        ctx = he.load_context(secret, self.config.preset, self.config.log_scale, secret=True)
+        if ctx.serialize(**he.SAVE_PUBLIC) != body.public_context:
+            raise IntegrityError("the public context does not belong to the delivered secret key")
+        return secret
+
+    def _encrypt(self, public_ctx: Any, public_bytes: bytes) -> m.Upload:
+        """Clip, weight and stochastically round onto the grid; encrypt slot-sized chunks."""
+        cfg = self.config
+        assert self._values is not None
+        words = np.zeros(cfg.chunks * cfg.slots, dtype=np.int64)
+        d = cfg.schema.size
+        cfg.encoding.quantize_into(self._values, self._weight, MaskStream(self._random(32)), words[:d])
+        words[d] = self._weight << cfg.grid_bits
+        self._values = None
+        pool = self._pool or default_pool()
+        blobs = pool.encrypt(public_ctx, public_bytes, cfg.grid_bits, words.reshape(cfg.chunks, cfg.slots))
+        return m.Upload(tuple(blobs))
+
+    # -- decryption -------------------------------------------------------------------------------
+    def _on_decrypt(self, body: m.DecryptRequest) -> bytes:
+        """The key holder: decrypt the sum once, check it against the noise bound, round, release."""
+        cfg, n = self.config, len(body.contributors)
+        if body.contributors and body.contributors[-1] >= cfg.num_clients:
+            raise ProtocolAbort("the decryption request names an unknown client")
+        if n < cfg.min_contributors:
+            raise InsufficientParties(f"{n} contributors; a key holder decrypts sums of at least {cfg.min_contributors}")
+        assert self._secret is not None
+        secret, self._secret = self._secret, None  # one decryption per key, whatever happens next
+        ctx = he.load_context(secret, cfg.preset, cfg.log_scale, secret=True)
+        pool = self._pool or default_pool()
+        slots = pool.decrypt(ctx, secret, body.chunks, cfg.preset, cfg.log_scale).reshape(-1)
+        grid = self._round_to_grid(slots, n)
+        self._stage = Stage.DONE
+        return self._send(m.Kind.DECRYPT_RESPONSE, self._session, m.DecryptResponse(body.contributors, grid))
+
+    def _round_to_grid(self, slots: np.ndarray, n: int) -> np.ndarray:
+        """Round to the grid, refusing anything an honest sum of ``n`` inputs cannot decrypt to."""
+        cfg, g = self.config, self.config.grid_bits
+        scaled = slots * 2.0**g
+        grid = np.rint(scaled)
+        if float(np.max(np.abs(scaled - grid))) > cfg.noise_bound(n) * 2.0**g:
+            raise IntegrityError("the decrypted sum is off the grid: not a sum of honest ciphertexts")
+        values, weight, padding = grid[: cfg.schema.size], grid[cfg.schema.size], grid[cfg.dim :]
+        limit = n * (cfg.encoding.scaled_bound + 1)
+        if padding.any() or float(np.max(np.abs(values), initial=0.0)) > limit:
+            raise IntegrityError("the decrypted sum is out of range or has non-zero padding")
+        weight_sum, rest = divmod(int(weight), 1 << g)
+        if rest or not n <= weight_sum <= n * cfg.max_weight:
+            raise IntegrityError("the decrypted weight sum is not a sum of valid weights")
+        return grid[: cfg.dim].astype(np.int64)
+
+    def close(self) -> None:
+        """End the round at this client: a key holder that was not asked to decrypt drops its key."""
+        self._secret = self._generated = None
+        self._values = None
+        if self._stage is not Stage.ABORTED:
+            self._stage = Stage.DONE
+
+    def __getstate__(self) -> None:
+        raise TypeError("clients hold secrets and cannot be pickled")
+
+    def __repr__(self) -> str:
+        return f"CkksClient(id={self.client_id}, round={self.round}, stage={self._stage.value})"
