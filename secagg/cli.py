@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fractional-bits", type=int, default=18)
     s.add_argument("--max-clients", type=int, default=None)
     s.add_argument("--scale", type=float, default=1.0, help="std-dev of the synthetic inputs")
-    s.add_argument("--preset", default="add-only-128", help="CKKS preset")
+    s.add_argument("--preset", default="addition-128", help="CKKS preset: addition-128 or precision-128")
     s.add_argument("--json", action="store_true")
     return parser
 

@@ -23,6 +23,7 @@ __all__ = ["simulate", "aggregate", "AggregationOutcome", "make_config", "DROPOU
 DROPOUT_STAGES: dict[str, tuple[str, ...]] = {
     "secagg": stages_for(False),
     "secagg+": stages_for(False),
+    "ckks": ("advertise", "generate", "before-upload", "after-upload"),
 }
 
 

@@ -41,3 +41,14 @@ def test_aggregate_errors() -> None:
         aggregate(updates, "secagg")
     with pytest.raises(ParameterError):
         aggregate({1: np.zeros(3)}, "secagg")
+
+
+def test_ckks_backend_of_aggregate_matches_the_masking_backends() -> None:
+    updates = _updates(4)
+    weights = {10: 1, 11: 2, 12: 3, 13: 4}
+    masked = aggregate(updates, "secagg", weights=weights, dropouts={12: "mask"}, max_weight=4)
+    ckks = aggregate(updates, "ckks", weights=weights, dropouts={12: "before-upload"}, max_weight=4)
+    assert ckks.survivors == masked.survivors == [10, 11, 13]
+    for name in updates[10]:
+        diff = (ckks.average[name].double() - masked.average[name].double()).abs().max().item()
+        assert diff <= ckks.error_bound + masked.error_bound + (1e-2 if name == "q.lora_B" else 0)

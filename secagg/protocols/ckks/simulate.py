@@ -10,7 +10,7 @@ from ...encoding import Schema
 from ...errors import ParameterError
 from .client import CkksClient
 from .config import CkksConfig
-from .driver import CkksTrace, run_ckks_round
+from .driver import DROPOUT_STAGES, CkksTrace, run_ckks_round
 from .parallel import ChunkPool
 from .presets import PRESETS
 from .server import CkksServer
@@ -18,11 +18,12 @@ from .server import CkksServer
 __all__ = ["simulate_ckks"]
 
 
-def _dropouts(rng: np.random.Generator, clients: int, fraction: float) -> dict[int, str]:
-    """Drop ``round(fraction * clients)`` random clients, half before and half after their upload."""
+def _dropouts(rng: np.random.Generator, clients: int, fraction: float, stage: str | None) -> dict[int, str]:
+    """Drop ``round(fraction * clients)`` random clients at ``stage``, or alternately before and
+    after their upload."""
     count = int(round(fraction * clients))
     chosen = rng.choice(clients, size=count, replace=False)
-    return {int(c): ("before-upload" if i % 2 == 0 else "after-upload") for i, c in enumerate(chosen)}
+    return {int(c): stage or ("before-upload" if i % 2 == 0 else "after-upload") for i, c in enumerate(chosen)}
 
 
 def _timings(trace: CkksTrace) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
@@ -41,6 +42,7 @@ def simulate_ckks(
     clip_bound: float = 8.0,
     max_weight: int = 1,
     pool: ChunkPool | None = None,
+    stage: str | None = None,
 ) -> dict[str, Any]:
     """Run one CKKS round with ``clients`` random updates of ``dim`` values and report on it.
 
@@ -65,7 +67,7 @@ def simulate_ckks(
     parties = {i: CkksClient(config, i, pool=pool) for i in range(clients)}
     for i, party in parties.items():
         party.set_input(updates[i], weights[i])
-    trace = run_ckks_round(server, parties, _dropouts(rng, clients, dropout))
+    trace = run_ckks_round(server, parties, _dropouts(rng, clients, dropout, stage))
     survivors = trace.result.survivors
     clipped = [np.clip(updates[i].astype(np.float64), -clip_bound, clip_bound) * weights[i] for i in survivors]
     exact = np.sum(clipped, axis=0) / sum(weights[i] for i in survivors)
@@ -99,5 +101,6 @@ def _report(config: CkksConfig, trace: CkksTrace, exact: np.ndarray, preset: str
         "noise_bound": config.noise_bound(len(result.survivors)),
         "key_and_decrypt_bytes": sum(trace.upload_bytes.values()) - sum(uploads),
         "decrypted_by": result.decrypted_by,
-        "dropped": {str(c): s for c, s in sorted(trace.dropped.items())},
+        "dropped": {s: sorted(c for c, st in trace.dropped.items() if st == s) for s in DROPOUT_STAGES},
+        "bytes_per_parameter": per_client / dim,
     }
