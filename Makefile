@@ -23,7 +23,9 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.masking
+	mkdir -p benchmarks/results
+	$(BIN)/python -m benchmarks.masking --plot benchmarks/results/masking.png
+	$(BIN)/python -m benchmarks.ckks_vs_nvflare
 
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy
