@@ -13,8 +13,13 @@ from typing import Callable, Mapping
 
 from .errors import SecAggError
 from .protocols.secagg import AggregateResult, SecAggClient, SecAggServer, Stage
+from .wire import SERVER_ID
 
-__all__ = ["RoundTrace", "run_round", "stages_for"]
+__all__ = ["RoundTrace", "Tap", "run_round", "stages_for"]
+
+# Called with (sender, recipient, message bytes) for every message the router moves, e.g. to record
+# transcripts (secagg.audit.transcript); SERVER_ID names the server.
+Tap = Callable[[int, int, bytes], None]
 
 
 def stages_for(malicious: bool) -> tuple[str, ...]:
@@ -50,8 +55,11 @@ def run_round(
     server: SecAggServer,
     clients: Mapping[int, SecAggClient],
     dropouts: Mapping[int, str] | None = None,
+    tap: Tap | None = None,
 ) -> RoundTrace:
     """Run a whole round. ``dropouts`` maps a client id to the stage whose message it never sends.
+
+    ``tap``, if given, sees every message moved, in order, as (sender, recipient, bytes).
 
     A client that aborts (e.g. it sees too few neighbours) is treated as dropped from then on.
     Raises:
@@ -81,6 +89,8 @@ def run_round(
         finally:
             partial.client_seconds[stage].append(time.perf_counter() - start)
         partial.upload_bytes[cid] += len(data)
+        if tap is not None:
+            tap(cid, SERVER_ID, data)
         _deliver(server, data, stage, partial)
 
     for cid in sorted(clients):
@@ -94,6 +104,8 @@ def run_round(
             break
         for cid, data in sorted(outbox.items()):
             partial.download_bytes[cid] += len(data)
+            if tap is not None:
+                tap(SERVER_ID, cid, data)
             client_step(cid, server.stage.value, lambda c=cid, d=data: clients[c].handle(d))
     partial.result = server.result()
     partial.dropped = gone
