@@ -171,7 +171,8 @@ class AdversarialServer(SecAggServer):
                 mask = pair.agree(self._keys[v].mask_key, LABEL_PAIRWISE_MASK, self._session)
                 streams.append((MaskStream(mask), -1 if owner < v else +1))
         apply_masks(out, streams, self.config.chunk_size)
-        return out & out.dtype.type(self.config.encoding.ring_mask)
+        unmasked: np.ndarray = out & out.dtype.type(self.config.encoding.ring_mask)
+        return unmasked
 
     def _secret(self, owner: int, held: dict[int, bytes], verify: Callable[[int, bytes], bool]) -> bytes | None:
         """The verified secret behind ``held`` shares, or None without t consistent shares."""
@@ -321,4 +322,4 @@ def play(
 
 def replace_body(body: m.Body, **changes: object) -> m.Body:
     """A copy of a frozen message body with some fields changed."""
-    return dataclasses.replace(body, **changes)  # type: ignore[type-var]
+    return dataclasses.replace(body, **changes)  # type: ignore[arg-type]

@@ -155,7 +155,7 @@ def read_transcript(path: str | Path) -> Transcript:
         meta = json.loads(data[_HEAD.size:pos].decode())
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise MalformedMessage("transcript metadata is not JSON") from None
-    records = []
+    records: list[Record] = []
     while pos < len(data):
         if pos + _RECORD.size > len(data):
             raise MalformedMessage(f"record {len(records)} truncated")
