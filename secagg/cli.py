@@ -10,6 +10,7 @@ import json
 import sys
 from typing import Any, Sequence
 
+from .audit import cli as audit_cli
 from .encoding import FixedPoint
 from .errors import SecAggError
 from .graphparams import CORRECTNESS_BITS, SECURITY_BITS, find_harary_parameters
@@ -84,18 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scale", type=float, default=1.0, help="std-dev of the synthetic inputs")
     s.add_argument("--preset", default="addition-128", help="CKKS preset: addition-128 or precision-128")
     s.add_argument("--json", action="store_true")
+    audit_cli.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        report = _params(args) if args.command == "params" else _simulate(args)
+        if args.command == "audit":
+            report = audit_cli.run(args)
+        else:
+            report = _params(args) if args.command == "params" else _simulate(args)
     except SecAggError as exc:
         print(f"secagg: error: {exc}", file=sys.stderr)
         return 2
     _print(report, args.json)
-    return 0
+    return 0 if args.command != "audit" or audit_cli.succeeded(report) else 1
 
 
 if __name__ == "__main__":

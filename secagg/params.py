@@ -157,6 +157,19 @@ class SecAggConfig:
         """Words per masked input: the schema's values plus the weight coordinate."""
         return self.schema.size + 1
 
+    @property
+    def quorum(self) -> int:
+        """Fewest clients that must sign the survivor set (and appear in the key list) per session.
+
+        Semi-honest: t. Malicious: max(t, floor((n + corrupt)/2) + 1), an honest-majority quorum, so
+        no two disjoint groups of honest clients can each complete a session (Bonawitz et al. need
+        it for the consistency round; for the complete graph t already exceeds it).
+        """
+        if not self.threat.is_malicious:
+            return self.threshold
+        corrupt = math.floor(self.threat.corrupt_fraction * self.num_clients + 1e-9)
+        return max(self.threshold, (self.num_clients + corrupt) // 2 + 1)
+
     def digest(self) -> bytes:
         """SHA-256 over every public parameter; bound into the session id."""
         enc = self.encoding

@@ -14,8 +14,13 @@ from typing import Callable, Mapping
 
 from .errors import SecAggError
 from .protocols.secagg import AggregateResult, SecAggClient, SecAggServer, Stage
+from .wire import SERVER_ID
 
-__all__ = ["RoundTrace", "run_round", "stages_for"]
+__all__ = ["RoundTrace", "Tap", "run_round", "stages_for"]
+
+# Called with (sender, recipient, message bytes) for every message the router moves, e.g. to record
+# transcripts (secagg.audit.transcript); SERVER_ID names the server.
+Tap = Callable[[int, int, bytes], None]
 
 
 def stages_for(malicious: bool) -> tuple[str, ...]:
@@ -39,63 +44,78 @@ class RoundTrace:
     download_bytes: dict[int, int] = field(default_factory=lambda: defaultdict(int))
 
 
-def _deliver(server: SecAggServer, data: bytes, stage: str, trace: RoundTrace) -> None:
-    start = time.perf_counter()
-    try:
-        server.receive(data)
-    finally:
-        trace.server_seconds[stage] += time.perf_counter() - start
+class _Router:
+    """Moves one round's messages, dropping clients on schedule and recording time and bytes."""
+
+    def __init__(self, server: SecAggServer, dropouts: dict[int, str], tap: Tap | None) -> None:
+        self.server, self.dropouts, self.tap = server, dropouts, tap
+        self.trace = RoundTrace(result=None, dropped={})  # type: ignore[arg-type]
+        self.gone: dict[int, str] = {}
+
+    def client_step(self, cid: int, stage: str, make: Callable[[], bytes]) -> None:
+        """Let client ``cid`` produce its message for ``stage`` (unless it drops) and deliver it."""
+        if cid in self.gone:
+            return
+        if self.dropouts.get(cid) == stage:
+            self.gone[cid] = stage
+            return
+        start = time.perf_counter()
+        try:
+            data = make()
+        except SecAggError as exc:
+            self.trace.aborted[cid] = f"{stage}: {type(exc).__name__}: {exc}"
+            self.gone[cid] = stage
+            return
+        finally:
+            self.trace.client_seconds[stage].append(time.perf_counter() - start)
+        self.trace.upload_bytes[cid] += len(data)
+        if self.tap is not None:
+            self.tap(cid, SERVER_ID, data)
+        start = time.perf_counter()
+        try:
+            self.server.receive(data)
+        finally:
+            self.trace.server_seconds[stage] += time.perf_counter() - start
+
+    def server_step(self) -> dict[int, bytes]:
+        stage = self.server.stage.value
+        start = time.perf_counter()
+        outbox = self.server.advance()
+        self.trace.server_seconds[stage] += time.perf_counter() - start
+        for cid, data in outbox.items():
+            self.trace.download_bytes[cid] += len(data)
+            if self.tap is not None:
+                self.tap(SERVER_ID, cid, data)
+        return outbox
 
 
 def run_round(
     server: SecAggServer,
     clients: Mapping[int, SecAggClient],
     dropouts: Mapping[int, str] | None = None,
+    tap: Tap | None = None,
 ) -> RoundTrace:
     """Run a whole round. ``dropouts`` maps a client id to the stage whose message it never sends.
 
+    ``tap``, if given, sees every message moved, in order, as (sender, recipient, bytes).
     A client that aborts (e.g. it sees too few neighbours) is treated as dropped from then on.
+
     Raises:
         InsufficientParties: too few clients took part at some stage; no aggregate exists.
     """
-    dropouts = dict(dropouts or {})
     valid = set(stages_for(server.config.threat.is_malicious))
-    for client, stage in dropouts.items():
+    for client, stage in (dropouts or {}).items():
         if stage not in valid:
             raise ValueError(f"client {client}: unknown dropout stage {stage!r}; use one of {sorted(valid)}")
-    partial = RoundTrace(result=None, dropped={})  # type: ignore[arg-type]
-    gone: dict[int, str] = {}
-
-    def client_step(cid: int, stage: str, make: Callable[[], bytes]) -> None:
-        if cid in gone:
-            return
-        if dropouts.get(cid) == stage:
-            gone[cid] = stage
-            return
-        start = time.perf_counter()
-        try:
-            data = make()
-        except SecAggError as exc:
-            partial.aborted[cid] = f"{stage}: {type(exc).__name__}: {exc}"
-            gone[cid] = stage
-            return
-        finally:
-            partial.client_seconds[stage].append(time.perf_counter() - start)
-        partial.upload_bytes[cid] += len(data)
-        _deliver(server, data, stage, partial)
-
+    router = _Router(server, dict(dropouts or {}), tap)
     for cid in sorted(clients):
-        client_step(cid, "advertise", clients[cid].advertise)
+        router.client_step(cid, "advertise", clients[cid].advertise)
     while True:
-        stage = server.stage.value
-        start = time.perf_counter()
-        outbox = server.advance()
-        partial.server_seconds[stage] += time.perf_counter() - start
+        outbox = router.server_step()
         if server.stage is Stage.DONE:
             break
         for cid, data in sorted(outbox.items()):
-            partial.download_bytes[cid] += len(data)
-            client_step(cid, server.stage.value, functools.partial(clients[cid].handle, data))
-    partial.result = server.result()
-    partial.dropped = gone
-    return partial
+            router.client_step(cid, server.stage.value, functools.partial(clients[cid].handle, data))
+    router.trace.result = server.result()
+    router.trace.dropped = router.gone
+    return router.trace

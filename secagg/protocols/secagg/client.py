@@ -235,8 +235,9 @@ class SecAggClient:
         every_key = [server_key] + [k for e in keys.values() for k in (e.encryption_key, e.mask_key)]
         if len(set(every_key)) != len(every_key):
             raise ProtocolAbort("the key list repeats a public key")
-        if len(keys) < self.config.threshold + 1:
-            raise InsufficientParties(f"{len(keys)} clients advertised keys; need {self.config.threshold + 1}")
+        needed = max(self.config.threshold + 1, self.config.quorum)
+        if len(keys) < needed:
+            raise InsufficientParties(f"{len(keys)} clients advertised keys; need {needed}")
         if self._registry is not None:
             for e in keys.values():
                 identity = self._registry.get(e.client)
@@ -315,7 +316,7 @@ class SecAggClient:
             raise ProtocolAbort("the server lists this client, which sent its input, as not surviving")
         if len(alive) < self.config.threshold:
             raise InsufficientParties(f"{len(alive)} survivors; threshold is {self.config.threshold}")
-        if self._registry is not None:
+        if self.config.threat.is_malicious:
             self._check_consistency(body)
         owners, kinds, shares = [], [], []
         for owner in sorted(self._held):
@@ -336,8 +337,8 @@ class SecAggClient:
         assert self._registry is not None
         if self._survivors is None or body.alive != self._survivors:
             raise ProtocolAbort("the unmask request's survivor set differs from the one this client signed")
-        if not set(body.signers) <= set(body.alive) or len(body.signers) < self.config.threshold:
-            raise ProtocolAbort(f"need >= {self.config.threshold} survivor signatures, got {len(body.signers)}")
+        if not set(body.signers) <= set(body.alive) or len(body.signers) < self.config.quorum:
+            raise ProtocolAbort(f"need >= {self.config.quorum} survivor signatures, got {len(body.signers)}")
         signed = survivors_signed_bytes(self._session, self._survivors)
         for signer, signature in zip(body.signers, body.signatures):
             verify_signature(self._registry[signer], signature, LABEL_SURVIVORS_SIG, signed)

@@ -251,8 +251,13 @@ class SecAggServer:
             raise
 
     def _require(self, count: int, what: str) -> None:
-        if count < self.config.threshold + (1 if what == "advertised keys" else 0):
-            raise InsufficientParties(f"only {count} clients {what}; threshold is {self.config.threshold}")
+        needed = self.config.threshold
+        if what == "advertised keys":
+            needed = max(needed + 1, self.config.quorum)
+        elif what == "signed the survivor set":
+            needed = self.config.quorum
+        if count < needed:
+            raise InsufficientParties(f"only {count} clients {what}; {needed} are needed")
 
     def _close_advertise(self) -> dict[int, bytes]:
         self._require(len(self._inbox), "advertised keys")
