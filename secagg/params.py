@@ -86,7 +86,8 @@ class SecAggConfig:
     """Public parameters of one SecAgg / SecAgg+ session, shared by the server and every client.
 
     Client ids are ``0 .. num_clients - 1``. ``degree`` is the number of neighbours k in the Harary
-    graph (SecAgg+); ``None`` means the complete graph (SecAgg). Build with :meth:`secagg` or
+    graph (SecAgg+); ``None`` means the complete graph (SecAgg). Each client's secrets are shared
+    t-out-of-(k + 1) among its neighbours and itself (t-out-of-n for the complete graph). Build with :meth:`secagg` or
     :meth:`secagg_plus` unless you choose k and t yourself.
     """
 
@@ -106,13 +107,13 @@ class SecAggConfig:
             raise ParameterError(
                 f"encoding.max_clients={self.encoding.max_clients} < num_clients={n}: the sum could overflow"
             )
-        holders = n - 1 if k is None else min(k, n - 1)
+        holders = (n - 1 if k is None else min(k, n - 1)) + 1  # the neighbours and the client itself
         if k is not None and (k < 2 or k % 2):
             raise ParameterError(f"the Harary degree k must be even and >= 2, got {k}")
         if not 1 <= t <= holders:
             raise ParameterError(f"threshold t={t} must be in [1, {holders}] (each secret has {holders} share holders)")
         corrupt = math.floor(self.threat.corrupt_fraction * n + 1e-9)
-        if k is None and not self.threat.is_malicious and t <= min(corrupt, holders - 1):
+        if k is None and not self.threat.is_malicious and t <= corrupt:
             raise ParameterError(f"t={t} must exceed the {corrupt} corrupt clients, or they recover masks")
         if k is None and self.threat.is_malicious and t <= (n + corrupt) / 2:
             raise ParameterError(

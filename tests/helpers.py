@@ -56,16 +56,16 @@ def predict(graph: dict[int, tuple[int, ...]], t: int, n: int, drops: dict[int, 
     share holders among the unmask responders, and so on.
     """
     u1 = [c for c in range(n) if drops.get(c) != "advertise"]
-    if len(u1) < t + 1:
+    if len(u1) < t:
         return None
-    u2 = {c for c in u1 if drops.get(c) != "share" and len(graph[c]) >= t}
+    u2 = {c for c in u1 if drops.get(c) != "share" and len(graph[c]) + 1 >= t}
     if len(u2) < t:
         return None
-    u3 = {c for c in u2 if drops.get(c) not in ("mask",) and len(set(graph[c]) & u2) >= t}
+    u3 = {c for c in u2 if drops.get(c) not in ("mask",) and len(set(graph[c]) & u2) + 1 >= t}
     if len(u3) < t:
         return None
     u4 = {c for c in u3 if drops.get(c) not in ("unmask", "consistency")}
-    for owner in u2:
-        if len(set(graph[owner]) & u4) < t:
+    for owner in u2:  # shares are held by the owner's neighbours and by the owner itself
+        if len((set(graph[owner]) | {owner}) & u4) < t:
             return None
     return sorted(u3)

@@ -111,6 +111,10 @@ def run_ckks_round(
                 run.trace.download_bytes[cid] += len(data)
                 if reply is not None:
                     run.step(cid, reply, functools.partial(clients[cid].handle, data))
+            # A client scheduled to vanish at this stage vanishes even if it was not asked anything.
+            for cid, stage in dropouts.items():
+                if stage == reply and cid in clients:
+                    run.gone.setdefault(cid, stage)
     finally:
         for cid in sorted(set(clients) - set(run.gone)):
             clients[cid].close()

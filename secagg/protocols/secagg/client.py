@@ -109,6 +109,7 @@ class SecAggClient:
         self._neighbours: tuple[int, ...] = ()
         self._seed = b""
         self._held: dict[int, np.ndarray] = {}
+        self._own_share = np.zeros((2, _SHARE_WORDS // 2), dtype=np.int64)
         self._survivors: tuple[int, ...] | None = None
         self.sent_bytes = 0
 
@@ -208,10 +209,14 @@ class SecAggClient:
         session = session_id(self._setup, body.body_bytes())
         channel = self._encryption.agree(body.server_key, LABEL_SERVER_CHANNEL, channel_context(session, self.client_id))
         mine = neighbours_of(self.client_id, sorted(keys), self.config.degree, session)
-        if len(mine) < self.config.threshold:
+        if len(mine) + 1 < self.config.threshold:
             raise InsufficientParties(f"only {len(mine)} neighbours advertised keys; threshold is {self.config.threshold}")
         seed = self._random(32)
-        shares = shamir.split([seed, self._masking.private_bytes()], self.config.threshold, [v + 1 for v in mine], self._random)
+        # Shares go to every neighbour and to the client itself (as in Bonawitz et al.): its own
+        # seed share helps unmask it while it is alive; it never releases its own key share.
+        holders = [v + 1 for v in mine] + [self.client_id + 1]
+        shares = shamir.split([seed, self._masking.private_bytes()], self.config.threshold, holders, self._random)
+        self._own_share = shares[-1]
         ciphertexts = []
         for i, peer in enumerate(mine):
             ctx = share_context(session, self.round, self.client_id, peer)
@@ -235,7 +240,7 @@ class SecAggClient:
         every_key = [server_key] + [k for e in keys.values() for k in (e.encryption_key, e.mask_key)]
         if len(set(every_key)) != len(every_key):
             raise ProtocolAbort("the key list repeats a public key")
-        needed = max(self.config.threshold + 1, self.config.quorum)
+        needed = max(self.config.threshold, self.config.quorum)
         if len(keys) < needed:
             raise InsufficientParties(f"{len(keys)} clients advertised keys; need {needed}")
         if self._registry is not None:
@@ -250,11 +255,11 @@ class SecAggClient:
         assert isinstance(body, m.ShareDelivery)
         if not set(body.peers) <= set(self._neighbours):
             raise ProtocolAbort("shares delivered from a client that is not a neighbour")
-        if len(body.peers) < self.config.threshold:
+        if len(body.peers) + 1 < self.config.threshold:
             raise InsufficientParties(f"only {len(body.peers)} neighbours shared keys; threshold is {self.config.threshold}")
         if self._values is None and self._encoded is None:
             raise ParameterError("no input was set for this round")
-        held = {}
+        held = {self.client_id: self._own_share}
         for peer, ciphertext in zip(body.peers, body.ciphertexts):
             ctx = share_context(self._session, self.round, peer, self.client_id)
             key = self._encryption.agree(self._keys[peer].encryption_key, LABEL_SHARE_ENCRYPTION, ctx)

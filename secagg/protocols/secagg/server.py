@@ -217,7 +217,8 @@ class SecAggServer:
         assert isinstance(body, m.UnmaskResponse)
         alive = set(self._survivors)
         for owner, kind in zip(body.owners, body.kinds):
-            if owner not in self._graph.get(sender, ()) or owner not in self._shared_set:
+            holds = owner == sender or owner in self._graph.get(sender, ())
+            if not holds or owner not in self._shared_set:
                 raise ProtocolAbort(f"client {sender} returned a share it cannot hold")
             wanted = m.ShareKind.SELF_MASK_SEED if owner in alive else m.ShareKind.MASK_KEY
             if kind != wanted:
@@ -253,7 +254,7 @@ class SecAggServer:
     def _require(self, count: int, what: str) -> None:
         needed = self.config.threshold
         if what == "advertised keys":
-            needed = max(needed + 1, self.config.quorum)
+            needed = max(needed, self.config.quorum)
         elif what == "signed the survivor set":
             needed = self.config.quorum
         if count < needed:
