@@ -245,7 +245,7 @@ def _deliver(server: SecAggServer, step: str, node: int, client: int, content: R
         if (envelope.step, envelope.client_id, envelope.round_number) != (step, client, server.round):
             return "reply for another step, client or round"
         if Header.decode(envelope.payload)[0].sender != client:
-            return "secagg message signed with another client id"
+            return "the secagg header names another client"
         server.receive(envelope.payload)
     except SecAggError as exc:
         return f"rejected: {type(exc).__name__}: {exc}"
