@@ -131,16 +131,23 @@ def unpack(content: RecordDict) -> Envelope:
         raise MalformedMessage("the secagg meta record is malformed")
     if meta["version"] != ENVELOPE_VERSION:
         raise MalformedMessage(f"unsupported secagg envelope version {meta['version']!r}")
-    numbers = [meta[k] for k in ("round", "client-id", "num-clients")]
-    if not isinstance(meta["step"], str) or not all(type(v) is int for v in numbers):
-        raise MalformedMessage("secagg meta fields have the wrong types")
+    step, numbers = meta["step"], [_integer(meta, k) for k in ("round", "client-id", "num-clients")]
+    if not isinstance(step, str):
+        raise MalformedMessage("the secagg step must be a string")
     if not isinstance(payload, ArrayRecord) or list(payload.keys()) != [_ARRAY]:
         raise MalformedMessage("the secagg payload record is malformed")
     array = payload[_ARRAY]
     data = array.data
     if (array.dtype, array.stype, tuple(array.shape)) != ("uint8", STYPE, (len(data),)):
         raise MalformedMessage("the secagg payload array has the wrong dtype, stype or shape")
-    return Envelope(meta["step"], numbers[0], numbers[1], numbers[2], bytes(data))
+    return Envelope(step, numbers[0], numbers[1], numbers[2], bytes(data))
+
+
+def _integer(meta: ConfigRecord, key: str) -> int:
+    value = meta[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedMessage(f"secagg meta field {key!r} must be an integer")
+    return value
 
 
 # -- session parameters (identical on every party) ------------------------------------------------------
@@ -156,9 +163,10 @@ def _setting(run_config: Mapping[str, Any], key: str, kind: type, default: Any) 
 def session_config(run_config: Mapping[str, Any], num_clients: int, template: Any) -> SecAggConfig:
     """The SecAgg config both sides derive from the run config, ``n`` and the update template.
 
+    The threat model is semi-honest: the malicious variant needs a PKI of client signing keys,
+    which this adapter does not provision yet.
     Raises:
-        ParameterError: a setting is invalid or unsafe (the malicious model needs a PKI this adapter
-            does not provision yet).
+        ParameterError: a setting is invalid or unsafe.
     """
     protocol = _setting(run_config, "secagg-protocol", str, "secagg+")
     threat = ThreatModel.semi_honest(
@@ -184,6 +192,7 @@ def round_context(run_id: int, round_number: int) -> bytes:
 class FlowerRound:
     """One finished round: the aggregate and what each Flower node did."""
 
+    round_number: int
     result: AggregateResult
     nodes: dict[int, int]
     dropped: dict[int, str] = field(default_factory=dict)
@@ -197,7 +206,7 @@ class FlowerRound:
         """A JSON-ready summary (the contract of ``secagg-result-path``)."""
         cfg = self.result.config
         return {
-            "round": None,
+            "round": self.round_number,
             "protocol": cfg.protocol,
             "num_clients": cfg.num_clients,
             "threshold": cfg.threshold,
@@ -271,7 +280,7 @@ def run_round(
     if len(nodes) != config.num_clients:
         raise ParameterError(f"{len(nodes)} nodes for a session of {config.num_clients} clients")
     server = SecAggServer(config, round_number=round_number, context=context)
-    outcome = FlowerRound(result=None, nodes=nodes)  # type: ignore[arg-type]
+    outcome = FlowerRound(round_number, result=None, nodes=nodes)  # type: ignore[arg-type]
     ids = {node: client for client, node in nodes.items()}
     step = "advertise"
     outbox = {c: b"" for c in nodes}
@@ -314,7 +323,13 @@ def _write_json(path: str, data: Any) -> None:
 
 
 def serve(grid: Grid, context: Context, template: Any, on_result: Callable[[int, FlowerRound], None] | None = None) -> list[FlowerRound]:
-    """The ServerApp body: wait for the nodes, then run ``secagg-rounds`` rounds, reporting each."""
+    """The ServerApp body: wait for ``secagg-num-nodes`` nodes, then run ``secagg-rounds`` rounds.
+
+    Every node connected once the minimum is reached takes part. After each round the JSON reports
+    of all rounds so far are written to ``secagg-result-path`` (if set) and ``on_result`` is called.
+    Raises:
+        InsufficientParties: a round lost too many nodes (its report holds the error).
+    """
     cfg = context.run_config
     nodes = _wait_for_nodes(grid, _setting(cfg, "secagg-num-nodes", int, 2), _setting(cfg, "secagg-node-timeout", float, 60.0))
     result_path = _setting(cfg, "secagg-result-path", str, "")
@@ -333,7 +348,7 @@ def serve(grid: Grid, context: Context, template: Any, on_result: Callable[[int,
             if result_path:
                 _write_json(result_path, reports)
             raise
-        report = outcome.report() | {"round": round_number}
+        report = outcome.report()
         reports.append(report)
         rounds.append(outcome)
         _LOG.info("secagg round %d: %d survivors, dropped %s", round_number, len(report["survivors"]), report["dropped"])

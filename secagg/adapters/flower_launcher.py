@@ -193,7 +193,7 @@ def run_local(
     base_env.update({
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+        "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.5",
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": os.pathsep.join(p for p in (str(_REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
     })
@@ -241,6 +241,9 @@ def run_local(
         except subprocess.TimeoutExpired:
             raise TimeoutError(f"the Flower run did not finish in {timeout:g}s; log tail:\n"
                                f"{_tail(workdir / 'flwr-run.log')}") from None
+        grace = min(deadline, time.monotonic() + 10.0)  # the log stream can end before the app's last write
+        while not result_path.exists() and time.monotonic() < grace:
+            time.sleep(0.2)
         if not result_path.exists():
             raise RuntimeError(f"the app wrote no result (flwr run exited {runner.returncode}); log tail:\n"
                                f"{_tail(workdir / 'flwr-run.log')}")

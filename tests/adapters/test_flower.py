@@ -8,10 +8,12 @@ on 127.0.0.1 (tens of seconds, bounded by the launcher's timeout, every process 
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tomllib
 import uuid
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable
 
@@ -213,6 +215,17 @@ def test_too_many_drops_release_nothing(example, tmp_path) -> None:
         _round(grid, example)
 
 
+def test_serve_reports_a_failed_round(example, tmp_path) -> None:
+    grid, _ = _grid(example, tmp_path, {p: "share" for p in range(5)})
+    result_path = tmp_path / "result.json"
+    run_config = dict(RUN_CONFIG) | {"secagg-num-nodes": 6, "secagg-poll-interval": 0.01,
+                                     "secagg-result-path": str(result_path)}
+    with pytest.raises(InsufficientParties):
+        fa.serve(grid, Context(RUN_ID, 1, {}, RecordDict(), run_config), example.TEMPLATE)
+    (report,) = json.loads(result_path.read_text())
+    assert report["round"] == 0 and report["error"].startswith("InsufficientParties")
+
+
 def test_serve_runs_the_configured_rounds_and_reports(example, tmp_path) -> None:
     grid, partition = _grid(example, tmp_path, {5: "share"})
     result_path = tmp_path / "result.json"
@@ -222,8 +235,6 @@ def test_serve_runs_the_configured_rounds_and_reports(example, tmp_path) -> None
     rounds = fa.serve(grid, Context(RUN_ID, 1, {}, RecordDict(), run_config), example.TEMPLATE,
                       on_result=lambda r, _: seen.append(r))
     assert seen == [0, 1]
-    import json
-
     reports = json.loads(result_path.read_text())
     for r, report in enumerate(reports):
         assert report["round"] == r and report["dropped"] == {str(NODE_IDS[5]): "share"}
@@ -233,14 +244,18 @@ def test_serve_runs_the_configured_rounds_and_reports(example, tmp_path) -> None
 
 
 # -- a real deployment ------------------------------------------------------------------------------------
-def _flower_executables_present() -> bool:
+def _deployment_unavailable() -> str:
     here = Path(sys.executable).parent
-    return all((here / n).exists() or shutil.which(n) for n in ("flower-superlink", "flower-supernode", "flwr"))
+    if not all((here / n).exists() or shutil.which(n) for n in ("flower-superlink", "flower-supernode", "flwr")):
+        return "Flower's executables are not installed"
+    if tuple(int(x) for x in version("flwr").split(".")[:2]) < (1, 42):
+        return "the launcher drives the flwr >= 1.42 command line (one HTTP port, SuperLink connections)"
+    return ""
 
 
 @pytest.mark.flower
 @pytest.mark.slow
-@pytest.mark.skipif(not _flower_executables_present(), reason="Flower's executables are not installed")
+@pytest.mark.skipif(bool(_deployment_unavailable()), reason=_deployment_unavailable() or "available")
 def test_secagg_plus_round_on_a_local_flower_deployment(example) -> None:
     """4 SuperNodes, partition 3 crashes when asked for its masked input; 3 survive."""
     nodes = [{"partition-id": i, "num-partitions": 4} for i in range(4)]
