@@ -29,6 +29,15 @@ key and the (public) server messages, committed under a lock before the reply is
 process rebuilds the client by deterministic replay. Set its directory with the node config key
 ``secagg-state-dir`` (default: ``$XDG_RUNTIME_DIR/secagg-flower`` or ``~/.cache/secagg/flower``).
 
+Usage, in the module a Flower App's ``pyproject.toml`` points at::
+
+    server_app = make_server_app(template)  # or call run_round(grid, ...) inside your own ServerApp
+    client_app = make_client_app(template, lambda context, rnd: (local_update(context), num_examples))
+
+``template`` has the shape of every update (state dict, tensor list or array); ``secagg`` must be
+importable on the SuperLink and every SuperNode. ``examples/flower_app`` is a complete app and
+:mod:`secagg.adapters.flower_launcher` runs it on a local deployment.
+
 Run config keys (all optional; the app's ``pyproject.toml`` must declare the ones it overrides):
 ``secagg-protocol`` ("secagg+" or "secagg"), ``secagg-corrupt-fraction``,
 ``secagg-dropout-fraction``, ``secagg-clip-bound``, ``secagg-fractional-bits``,
