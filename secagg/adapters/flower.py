@@ -1,0 +1,420 @@
+"""Flower adapter: SecAgg / SecAgg+ rounds over Flower's Message API (written against flwr 1.42).
+
+This is the only module of the package that imports ``flwr``. Flower moves bytes; secagg keeps the
+protocol. One round is:
+
+1. The ServerApp lists the connected SuperNodes and maps them to client ids ``0..n-1`` in sorted
+   node-id order. Every node gets an ``advertise`` message naming its client id and ``n``.
+2. Each ClientApp rebuilds the session config from the run config (identical on every party) and a
+   template of the update, answers with its advertisement, and from then on answers each stage.
+3. The ServerApp feeds every reply into :class:`~secagg.SecAggServer`, closes the stage with
+   :meth:`~secagg.SecAggServer.advance` once all nodes answered or ``stage-timeout`` passed, and
+   sends the next stage's messages. A node that errs, answers late or sends a rejected message is
+   dropped; the protocol recovers as long as the threshold survives.
+
+Message layout (``message_type = "query.secagg"``, both directions): a :class:`ConfigRecord`
+``"secagg.meta"`` with ``version``, ``step``, ``round``, ``client-id``, ``num-clients``, and an
+:class:`ArrayRecord` ``"secagg.payload"`` holding one :class:`Array` (dtype ``uint8``, stype
+``"secagg/wire-v1"``) whose ``data`` is secagg's canonical message, untouched. Arrays travel in
+chunks, so large masked inputs pass without Flower's per-record limits; nothing is pickled.
+
+Client state across messages: Flower 1.42 starts a new ``flwr-clientapp`` process for every
+message, and only ``Context.state`` persists. It is not used for the protocol state, for two reasons:
+it would put secrets (private keys, seeds, neighbours' shares) into a Flower record, and Flower
+pushes a ClientApp's reply *before* its updated context, so a reply can leave the node while the
+state that produced it is not saved yet. A client answering a stage twice from the same state
+(a fork) can reveal both kinds of share of one neighbour. The ClientApp therefore uses
+:class:`~secagg.adapters.nodestate.NodeStore`: a private node-local file holding a per-round replay
+key and the (public) server messages, committed under a lock before the reply is returned; each
+process rebuilds the client by deterministic replay. Set its directory with the node config key
+``secagg-state-dir`` (default: ``$XDG_RUNTIME_DIR/secagg-flower`` or ``~/.cache/secagg/flower``).
+
+Usage, in the module a Flower App's ``pyproject.toml`` points at::
+
+    server_app = make_server_app(template)  # or call run_round(grid, ...) inside your own ServerApp
+    client_app = make_client_app(template, lambda context, rnd: (local_update(context), num_examples))
+
+``template`` has the shape of every update (state dict, tensor list or array); ``secagg`` must be
+importable on the SuperLink and every SuperNode. ``examples/flower_app`` is a complete app and
+:mod:`secagg.adapters.flower_launcher` runs it on a local deployment.
+
+Run config keys (all optional; the app's ``pyproject.toml`` must declare the ones it overrides):
+``secagg-protocol`` ("secagg+" or "secagg"), ``secagg-corrupt-fraction``,
+``secagg-dropout-fraction``, ``secagg-clip-bound``, ``secagg-fractional-bits``,
+``secagg-max-weight``; server only: ``secagg-num-nodes`` (wait for this many), ``secagg-node-timeout``,
+``secagg-stage-timeout``, ``secagg-poll-interval``, ``secagg-rounds``, ``secagg-result-path``
+(a JSON report of every round).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from ..encoding import FixedPoint, Schema
+from ..errors import MalformedMessage, ParameterError, SecAggError
+from ..params import SecAggConfig, ThreatModel
+from ..protocols.secagg import AggregateResult, SecAggServer, Stage
+from ..simulation import make_config
+from ..wire import Header
+from .nodestate import NodeStore, RoundSpec
+
+__all__ = [
+    "MESSAGE_TYPE",
+    "Envelope",
+    "FlowerRound",
+    "make_client_app",
+    "make_server_app",
+    "pack",
+    "round_context",
+    "run_round",
+    "serve",
+    "session_config",
+    "unpack",
+]
+
+MESSAGE_TYPE = "query.secagg"
+ENVELOPE_VERSION = 1
+STYPE = "secagg/wire-v1"
+_META, _PAYLOAD, _ARRAY = "secagg.meta", "secagg.payload", "bytes"
+_META_KEYS = {"version", "step", "round", "client-id", "num-clients"}
+_STEPS = ("advertise", "share", "mask", "consistency", "unmask")
+_LOG = logging.getLogger("flwr").getChild("secagg")  # Flower streams its own logger's records
+
+UpdateFn = Callable[[Context, int], "tuple[Any, int]"]
+"""``(context, round_number) -> (update, integer weight)``, called once per round at the mask step."""
+
+
+# -- message packing ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One secagg message and the routing fields the other side needs to find its session."""
+
+    step: str
+    round_number: int
+    client_id: int
+    num_clients: int
+    payload: bytes
+
+    def __post_init__(self) -> None:
+        if self.step not in _STEPS:
+            raise MalformedMessage(f"unknown secagg step {self.step!r}")
+        if not (0 <= self.round_number < 2**63 and 0 <= self.client_id < self.num_clients < 2**31):
+            raise MalformedMessage("round, client id or client count out of range")
+
+
+def pack(envelope: Envelope) -> RecordDict:
+    """The Flower content carrying ``envelope``; the payload bytes are stored as they are."""
+    meta = ConfigRecord({
+        "version": ENVELOPE_VERSION,
+        "step": envelope.step,
+        "round": envelope.round_number,
+        "client-id": envelope.client_id,
+        "num-clients": envelope.num_clients,
+    })
+    array = Array(dtype="uint8", shape=(len(envelope.payload),), stype=STYPE, data=bytes(envelope.payload))
+    return RecordDict({_META: meta, _PAYLOAD: ArrayRecord({_ARRAY: array})})
+
+
+def unpack(content: RecordDict) -> Envelope:
+    """Parse content made by :func:`pack`; anything else is refused.
+
+    Raises:
+        MalformedMessage: missing or extra records or fields, wrong types, or a bad payload array.
+    """
+    if set(content.keys()) != {_META, _PAYLOAD}:
+        raise MalformedMessage(f"expected records {sorted((_META, _PAYLOAD))}, got {sorted(content.keys())}")
+    meta, payload = content[_META], content[_PAYLOAD]
+    if not isinstance(meta, ConfigRecord) or set(meta.keys()) != _META_KEYS:
+        raise MalformedMessage("the secagg meta record is malformed")
+    if meta["version"] != ENVELOPE_VERSION:
+        raise MalformedMessage(f"unsupported secagg envelope version {meta['version']!r}")
+    step, numbers = meta["step"], [_integer(meta, k) for k in ("round", "client-id", "num-clients")]
+    if not isinstance(step, str):
+        raise MalformedMessage("the secagg step must be a string")
+    if not isinstance(payload, ArrayRecord) or list(payload.keys()) != [_ARRAY]:
+        raise MalformedMessage("the secagg payload record is malformed")
+    array = payload[_ARRAY]
+    data = array.data
+    if (array.dtype, array.stype, tuple(array.shape)) != ("uint8", STYPE, (len(data),)):
+        raise MalformedMessage("the secagg payload array has the wrong dtype, stype or shape")
+    return Envelope(step, numbers[0], numbers[1], numbers[2], bytes(data))
+
+
+def _integer(meta: ConfigRecord, key: str) -> int:
+    value = meta[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedMessage(f"secagg meta field {key!r} must be an integer")
+    return value
+
+
+# -- session parameters (identical on every party) ------------------------------------------------------
+def _setting(run_config: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = run_config.get(key, default)
+    if kind is float and type(value) is int:
+        value = float(value)
+    if type(value) is not kind:
+        raise ParameterError(f"run config {key!r} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def session_config(run_config: Mapping[str, Any], num_clients: int, template: Any) -> SecAggConfig:
+    """The SecAgg config both sides derive from the run config, ``n`` and the update template.
+
+    The threat model is semi-honest: the malicious variant needs a PKI of client signing keys,
+    which this adapter does not provision yet.
+    Raises:
+        ParameterError: a setting is invalid or unsafe.
+    """
+    protocol = _setting(run_config, "secagg-protocol", str, "secagg+")
+    threat = ThreatModel.semi_honest(
+        _setting(run_config, "secagg-corrupt-fraction", float, 0.1),
+        _setting(run_config, "secagg-dropout-fraction", float, 0.2),
+    )
+    encoding = FixedPoint(
+        clip_bound=_setting(run_config, "secagg-clip-bound", float, 8.0),
+        fractional_bits=_setting(run_config, "secagg-fractional-bits", int, 16),
+        max_weight=_setting(run_config, "secagg-max-weight", int, 1),
+        max_clients=num_clients,
+    )
+    return make_config(protocol, num_clients, Schema.of(template), threat, encoding)
+
+
+def round_context(run_id: int, round_number: int) -> bytes:
+    """Bytes bound into the session: each party derives them itself from the run and the round."""
+    return hashlib.sha256(b"secagg/v1/flower-round\x00" + struct.pack("<QQ", run_id, round_number)).digest()
+
+
+# -- server side ----------------------------------------------------------------------------------------
+@dataclass
+class FlowerRound:
+    """One finished round: the aggregate and what each Flower node did."""
+
+    round_number: int
+    result: AggregateResult
+    nodes: dict[int, int]
+    dropped: dict[int, str] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def survivor_nodes(self) -> list[int]:
+        return [self.nodes[c] for c in self.result.survivors]
+
+    def report(self) -> dict[str, Any]:
+        """A JSON-ready summary (the contract of ``secagg-result-path``)."""
+        cfg = self.result.config
+        return {
+            "round": self.round_number,
+            "protocol": cfg.protocol,
+            "num_clients": cfg.num_clients,
+            "threshold": cfg.threshold,
+            "degree": cfg.degree,
+            "nodes": {str(c): n for c, n in self.nodes.items()},
+            "survivors": self.survivor_nodes,
+            "dropped": {str(n): s for n, s in self.dropped.items()},
+            "weight_sum": self.result.weight_sum,
+            "error_bound": self.result.error_bound,
+            "average": self.result.average_vector().tolist(),
+            "stage_seconds": self.stage_seconds,
+        }
+
+
+def _exchange(
+    grid: Grid, outbox: Mapping[int, RecordDict], timeout: float, poll: float, group: str
+) -> tuple[dict[int, RecordDict], dict[int, str]]:
+    """Send one message per node; collect replies until all arrived or ``timeout`` passed."""
+    messages = [Message(content, node, MESSAGE_TYPE, ttl=timeout, group_id=group) for node, content in outbox.items()]
+    pending = {mid: msg.metadata.dst_node_id for mid, msg in zip(grid.push_messages(messages), messages) if mid}
+    replies: dict[int, RecordDict] = {}
+    failures = {node: "not delivered" for node in set(outbox) - set(pending.values())}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for reply in grid.pull_messages(list(pending)):
+            node = pending.pop(reply.metadata.reply_to_message_id, None)
+            if node is None:
+                continue
+            if reply.has_error():
+                failures[node] = f"error {reply.error.code}: {reply.error.reason}"
+            elif reply.metadata.src_node_id != node:
+                failures[node] = "reply from another node"
+            else:
+                replies[node] = reply.content
+        if pending:
+            time.sleep(poll)
+    failures.update({node: f"no reply within {timeout:g}s" for node in pending.values()})
+    return replies, failures
+
+
+def _deliver(server: SecAggServer, step: str, node: int, client: int, content: RecordDict) -> str | None:
+    """Feed one reply to the server; the reason it was refused, or None."""
+    try:
+        envelope = unpack(content)
+        if (envelope.step, envelope.client_id, envelope.round_number) != (step, client, server.round):
+            return "reply for another step, client or round"
+        if Header.decode(envelope.payload)[0].sender != client:
+            return "the secagg header names another client"
+        server.receive(envelope.payload)
+    except SecAggError as exc:
+        return f"rejected: {type(exc).__name__}: {exc}"
+    return None
+
+
+def run_round(
+    grid: Grid,
+    node_ids: list[int],
+    config: SecAggConfig,
+    *,
+    round_number: int,
+    context: bytes,
+    stage_timeout: float = 30.0,
+    poll_interval: float = 0.2,
+) -> FlowerRound:
+    """Run one secure-aggregation round with the ClientApps on ``node_ids`` (sorted -> ids 0..n-1).
+
+    Raises:
+        InsufficientParties: fewer than the threshold survived a stage; nothing is released.
+    """
+    nodes = {client: node for client, node in enumerate(sorted(node_ids))}
+    if len(nodes) != config.num_clients:
+        raise ParameterError(f"{len(nodes)} nodes for a session of {config.num_clients} clients")
+    server = SecAggServer(config, round_number=round_number, context=context)
+    outcome = FlowerRound(round_number, result=None, nodes=nodes)  # type: ignore[arg-type]
+    ids = {node: client for client, node in nodes.items()}
+    step = "advertise"
+    outbox = {c: b"" for c in nodes}
+    while True:
+        start = time.monotonic()
+        envelopes = {nodes[c]: pack(Envelope(step, round_number, c, config.num_clients, data)) for c, data in outbox.items()}
+        replies, failures = _exchange(grid, envelopes, stage_timeout, poll_interval, str(round_number))
+        for node, content in replies.items():
+            refused = _deliver(server, step, node, ids[node], content)
+            if refused:
+                failures[node] = refused
+        for node, reason in sorted(failures.items()):
+            _LOG.warning("secagg round %d: node %d dropped at %s (%s)", round_number, node, step, reason)
+            outcome.dropped.setdefault(node, step)
+        outbox = server.advance()
+        outcome.stage_seconds[step] = round(time.monotonic() - start, 3)
+        if server.stage is Stage.DONE:
+            break
+        step = server.stage.value
+    outcome.result = server.result()
+    return outcome
+
+
+def _wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = sorted(set(grid.get_node_ids()))
+        if len(found) >= minimum:
+            return found
+        if time.monotonic() > deadline:
+            raise ParameterError(f"only {len(found)} of {minimum} SuperNodes connected within {timeout:g}s")
+        time.sleep(0.5)
+
+
+def _write_json(path: str, data: Any) -> None:
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1)
+    os.replace(temporary, path)
+
+
+def serve(grid: Grid, context: Context, template: Any, on_result: Callable[[int, FlowerRound], None] | None = None) -> list[FlowerRound]:
+    """The ServerApp body: wait for ``secagg-num-nodes`` nodes, then run ``secagg-rounds`` rounds.
+
+    Every node connected once the minimum is reached takes part. After each round the JSON reports
+    of all rounds so far are written to ``secagg-result-path`` (if set) and ``on_result`` is called.
+    Raises:
+        InsufficientParties: a round lost too many nodes (its report holds the error).
+    """
+    cfg = context.run_config
+    nodes = _wait_for_nodes(grid, _setting(cfg, "secagg-num-nodes", int, 2), _setting(cfg, "secagg-node-timeout", float, 60.0))
+    result_path = _setting(cfg, "secagg-result-path", str, "")
+    reports: list[dict[str, Any]] = []
+    rounds = []
+    for round_number in range(_setting(cfg, "secagg-rounds", int, 1)):
+        config = session_config(cfg, len(nodes), template)
+        try:
+            outcome = run_round(
+                grid, nodes, config, round_number=round_number, context=round_context(context.run_id, round_number),
+                stage_timeout=_setting(cfg, "secagg-stage-timeout", float, 30.0),
+                poll_interval=_setting(cfg, "secagg-poll-interval", float, 0.2),
+            )
+        except SecAggError as exc:
+            reports.append({"round": round_number, "error": f"{type(exc).__name__}: {exc}"})
+            if result_path:
+                _write_json(result_path, reports)
+            raise
+        report = outcome.report()
+        reports.append(report)
+        rounds.append(outcome)
+        _LOG.info("secagg round %d: %d survivors, dropped %s", round_number, len(report["survivors"]), report["dropped"])
+        if result_path:
+            _write_json(result_path, reports)
+        if on_result is not None:
+            on_result(round_number, outcome)
+    return rounds
+
+
+def make_server_app(template: Any, on_result: Callable[[int, FlowerRound], None] | None = None) -> ServerApp:
+    """A ServerApp running :func:`serve`; ``template`` has the shape of every client's update."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        serve(grid, context, template, on_result)
+
+    return app
+
+
+# -- client side ----------------------------------------------------------------------------------------
+def _state_directory(context: Context) -> Path:
+    configured = context.node_config.get("secagg-state-dir")
+    if configured:
+        return Path(str(configured))
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(runtime) / "secagg-flower" if runtime else Path.home() / ".cache" / "secagg" / "flower"
+
+
+def handle(message: Message, context: Context, template: Any, get_update: UpdateFn) -> Message:
+    """Answer one ``query.secagg`` message (usable from any ClientApp that registers it).
+
+    Raises:
+        SecAggError: the message is malformed or the client refused it; Flower turns the exception
+            into an error reply, which the server treats as this node dropping out.
+    """
+    envelope = unpack(message.content)
+    config = session_config(context.run_config, envelope.num_clients, template)
+    spec = RoundSpec(config, envelope.client_id, envelope.round_number, round_context(context.run_id, envelope.round_number))
+    store = NodeStore(_state_directory(context), f"run{context.run_id}-node{context.node_id}")
+    if envelope.step == "advertise":
+        if envelope.payload:
+            raise MalformedMessage("the advertise request carries no payload")
+        reply = store.advertise(spec)
+    else:
+        reply = store.respond(spec, envelope.payload, lambda: get_update(context, envelope.round_number))
+    answer = Envelope(envelope.step, envelope.round_number, envelope.client_id, envelope.num_clients, reply)
+    return Message(pack(answer), reply_to=message)
+
+
+def make_client_app(template: Any, get_update: UpdateFn) -> ClientApp:
+    """A ClientApp answering ``query.secagg``; ``get_update(context, round)`` gives (update, weight)."""
+    app = ClientApp()
+
+    @app.query("secagg")
+    def secagg_step(message: Message, context: Context) -> Message:
+        return handle(message, context, template, get_update)
+
+    return app
