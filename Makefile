@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: run test simulate bench typecheck clean
+.PHONY: run test test-fast test-flower simulate bench typecheck clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests -m "not flower"
+
+test-flower: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -s tests/adapters -m flower
 
 bench: $(STAMP)
 	mkdir -p benchmarks/results
