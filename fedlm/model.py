@@ -25,8 +25,6 @@ StateDict = dict[str, torch.Tensor]
 LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj",
                                  "gate_proj", "up_proj", "down_proj")
 
-# peft probes a transformers attribute that is deprecated in transformers 5.
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 # Saving a 4 MB model needs no "Writing model shards" bar between our own bars.
 hf_logging.disable_progress_bar()
 
@@ -49,6 +47,14 @@ def build_base_model(cfg: RunConfig, vocab_size: int, pad_id: int, eos_id: int) 
     return LlamaForCausalLM(config)
 
 
+def _peft_wrap(base: LlamaForCausalLM, config: LoraConfig | PromptTuningConfig) -> PeftModel:
+    """``get_peft_model`` without the deprecation warning it triggers in transformers 5."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
+                                category=FutureWarning)
+        return get_peft_model(base, config)
+
+
 def wrap_for_mode(base: LlamaForCausalLM, cfg: RunConfig) -> torch.nn.Module:
     """Wraps the base model for the run's mode.
 
@@ -62,7 +68,7 @@ def wrap_for_mode(base: LlamaForCausalLM, cfg: RunConfig) -> torch.nn.Module:
     if cfg.mode == "lora":
         lora = LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                           lora_dropout=0.0, target_modules=list(LORA_TARGETS))
-        model = get_peft_model(base, lora)
+        model = _peft_wrap(base, lora)
         if cfg.resolved_freeze_a:
             for name, param in model.named_parameters():
                 if "lora_A" in name:
@@ -73,7 +79,7 @@ def wrap_for_mode(base: LlamaForCausalLM, cfg: RunConfig) -> torch.nn.Module:
     prompt = PromptTuningConfig(task_type=TaskType.CAUSAL_LM,
                                 num_virtual_tokens=cfg.num_virtual_tokens,
                                 prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB)
-    return get_peft_model(base, prompt)
+    return _peft_wrap(base, prompt)
 
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
