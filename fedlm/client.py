@@ -67,7 +67,8 @@ def make_blocks(stream: list[int], seq_len: int) -> torch.Tensor:
 
 def batch_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of a batch of blocks."""
-    return model(input_ids=batch, labels=batch).loss
+    loss: torch.Tensor = model(input_ids=batch, labels=batch).loss
+    return loss
 
 
 def local_train(model: torch.nn.Module, blocks: torch.Tensor, steps: int, batch_size: int,
@@ -85,7 +86,7 @@ def local_train(model: torch.nn.Module, blocks: torch.Tensor, steps: int, batch_
         idx = torch.randint(0, blocks.shape[0], (batch_size,), generator=generator)
         loss = batch_loss(model, blocks[idx])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         total += float(loss.detach())
         if on_step is not None:

@@ -179,12 +179,12 @@ def dirichlet_split(labels: Sequence[str], num_clients: int, alpha: float,
         for client, part in enumerate(np.split(idx, cuts)):
             owners[part] = client
     counts = np.bincount(owners, minlength=num_clients)
-    for client in np.flatnonzero(counts == 0):
+    for empty in np.flatnonzero(counts == 0):
         donor = int(np.argmax(counts))
         moved = int(np.flatnonzero(owners == donor)[0])
-        owners[moved] = client
+        owners[moved] = empty
         counts[donor] -= 1
-        counts[client] += 1
+        counts[empty] += 1
     return [sorted(np.flatnonzero(owners == c).tolist()) for c in range(num_clients)]
 
 

@@ -10,7 +10,6 @@ recorded as aborted and the global model is left unchanged.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,8 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from fedlm.backends import AggregationResult, Backend, RoundAborted, fedavg, make_backend
-from fedlm.client import ClientData, ClientUpdate, batch_loss, client_update, local_train, make_blocks
+from fedlm.client import (ClientData, ClientUpdate, batch_loss, client_update, local_train,
+                          make_blocks)
 from fedlm.config import RunConfig
 from fedlm.corpus import Corpus, load_corpus
 from fedlm.model import (StateDict, build_base_model, load_uploaded_state, parameter_count,
@@ -69,7 +69,7 @@ def evaluate(model: torch.nn.Module, eval_blocks: dict[str, torch.Tensor],
     model.eval()
     losses: dict[str, float] = {}
     for domain, blocks in eval_blocks.items():
-        batches = blocks.split(batch_size)
+        batches = torch.split(blocks, batch_size)
         total = sum(float(batch_loss(model, b)) * b.shape[0] for b in batches)
         losses[domain] = total / blocks.shape[0]
     return losses
@@ -99,10 +99,11 @@ def schedule_round(cfg: RunConfig, stages: tuple[str, ...], rngs: list[np.random
     same seed drop the same clients whatever the backend's stage names.
     """
     sample_rng, drop_rng, stage_rng = rngs
-    sampled = sorted(int(c) for c in sample_rng.choice(  # ok: simulation schedule, not a secret
-        cfg.clients, size=cfg.clients_per_round, replace=False))
-    drops = drop_rng.random(len(sampled)) < cfg.dropout  # ok: simulation schedule, not a secret
-    picks = stage_rng.integers(0, len(stages), size=len(sampled))  # ok: simulation schedule, not a secret
+    n = cfg.clients_per_round
+    chosen = sample_rng.choice(cfg.clients, size=n, replace=False)  # ok: simulation, not a secret
+    sampled = sorted(int(c) for c in chosen)
+    drops = drop_rng.random(n) < cfg.dropout  # ok: simulation schedule, not a secret
+    picks = stage_rng.integers(0, len(stages), size=n)  # ok: simulation schedule, not a secret
     dropouts = {c: stages[int(p)] for c, d, p in zip(sampled, drops, picks) if d}
     return sampled, dropouts
 
@@ -163,6 +164,49 @@ def build_model(cfg: RunConfig, prepared: Prepared, out_dir: Path,
     return wrap_for_mode(base, cfg), warm_loss
 
 
+def finish_round(model: torch.nn.Module, backend: Backend, prepared: Prepared,
+                 global_state: StateDict, rnd: int, sampled: list[int],
+                 updates: dict[int, ClientUpdate], dropouts: dict[int, str],
+                 batch_size: int) -> tuple[StateDict, dict[str, Any]]:
+    """Aggregates, applies the average to the global state and evaluates.
+
+    Returns:
+        The new global state (unchanged if the round aborted) and the round's record.
+    """
+    try:
+        result, diff = aggregate_round(backend, updates, dropouts, global_state, rnd)
+    except RoundAborted as exc:
+        losses = evaluate(model, prepared.eval_blocks, batch_size)
+        return global_state, round_record(rnd, sampled, updates, None, dropouts, losses,
+                                          None, aborted=str(exc) or "too few survivors")
+    global_state = {k: global_state[k] + result.average[k] for k in global_state}
+    load_uploaded_state(model, global_state)
+    losses = evaluate(model, prepared.eval_blocks, batch_size)
+    return global_state, round_record(rnd, sampled, updates, result, dropouts, losses, diff)
+
+
+def round_line(record: dict[str, Any]) -> str:
+    """One-line progress summary of a round."""
+    if record["aborted"]:
+        return f"round {record['round']}: aborted ({record['abort_reason']})"
+    return (f"round {record['round']}: {len(record['survivors'])}/{len(record['sampled'])} "
+            f"survived, eval loss {record['eval_loss_mean']:.4f}")
+
+
+def setup(cfg: RunConfig, out_dir: Path, progress: RunProgress) -> Prepared:
+    """Seeds torch, builds the corpus and tokenizer, and saves the tokenizer."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress.message("building corpus and training the tokenizer")
+    corpus = load_corpus(cfg.data, cfg.clients, cfg.dirichlet_alpha, cfg.seed,
+                         cfg.max_chars_per_domain)
+    prepared = prepare_data(cfg, corpus)
+    save_tokenizer(prepared.tokenizer, out_dir / "tokenizer")
+    return prepared
+
+
 def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
     """Runs the whole federated training and writes report, plots and model.
 
@@ -175,61 +219,26 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
     """
     progress = progress or RunProgress()
     start = time.perf_counter()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    progress.message("building corpus and training the tokenizer")
-    corpus = load_corpus(cfg.data, cfg.clients, cfg.dirichlet_alpha, cfg.seed,
-                         cfg.max_chars_per_domain)
-    prepared = prepare_data(cfg, corpus)
-    save_tokenizer(prepared.tokenizer, out_dir / "tokenizer")
+    prepared = setup(cfg, out_dir, progress)
     model, warm_loss = build_model(cfg, prepared, out_dir, progress)
-    max_weight = max(c.num_examples for c in prepared.clients)
-    backend = make_backend(cfg, max_weight)
+    backend = make_backend(cfg, max(c.num_examples for c in prepared.clients))
     global_state = uploaded_state(model, cfg)
     initial = evaluate(model, prepared.eval_blocks, cfg.batch_size)
     progress.message(f"held-out loss after warm-up: {mean_loss(initial):.4f}")
-    rngs = [np.random.default_rng([cfg.seed, k]) for k in (1, 2, 3)]  # ok: simulation schedule, not a secret
+    # Client sampling, who drops and where: three streams seeded from --seed.
+    rngs = [np.random.default_rng([cfg.seed, k]) for k in (1, 2, 3)]  # ok: simulation, not a secret
     records: list[dict[str, Any]] = []
     progress.start_rounds(cfg.rounds)
     for rnd in range(1, cfg.rounds + 1):
         sampled, dropouts = schedule_round(cfg, backend.stages, rngs)
         updates = train_clients(model, global_state, prepared, sampled, cfg, rnd, progress)
-        try:
-            result, diff = aggregate_round(backend, updates, dropouts, global_state, rnd)
-        except RoundAborted as exc:
-            losses = evaluate(model, prepared.eval_blocks, cfg.batch_size)
-            records.append(round_record(rnd, sampled, updates, None, dropouts, losses,
-                                        None, aborted=str(exc)))
-            progress.end_round(f"round {rnd}: aborted ({exc})")
-            continue
-        global_state = {k: global_state[k] + result.average[k] for k in global_state}
-        load_uploaded_state(model, global_state)
-        losses = evaluate(model, prepared.eval_blocks, cfg.batch_size)
-        records.append(round_record(rnd, sampled, updates, result, dropouts, losses, diff))
-        progress.end_round(f"round {rnd}: {len(result.survivors)}/{len(sampled)} survived, "
-                           f"eval loss {mean_loss(losses):.4f}")
+        global_state, record = finish_round(model, backend, prepared, global_state, rnd,
+                                            sampled, updates, dropouts, cfg.batch_size)
+        records.append(record)
+        progress.end_round(round_line(record))
     artifact = save_final(model, out_dir)
     report = finish_report(cfg, ENGINE, initial, records, warm_loss, parameter_count(model),
                            global_state, prepared, artifact, time.perf_counter() - start)
     write_outputs(report, cfg, out_dir)
     return report
-
-
-def rounds_summary(report: dict[str, Any]) -> list[tuple[int, str, float]]:
-    """(round, survivors/sampled or 'aborted', mean eval loss) per round, for the CLI."""
-    rows = []
-    for rec in report["rounds"]:
-        status = ("aborted" if rec.get("aborted")
-                  else f"{len(rec['survivors'])}/{len(rec['sampled'])}")
-        rows.append((rec["round"], status, rec["eval_loss_mean"]))
-    return rows
-
-
-def is_finite_report(report: dict[str, Any]) -> bool:
-    """Whether every recorded loss is a finite number."""
-    values = [report["initial_eval_loss"], report["final_eval_loss"]]
-    values += [r["eval_loss_mean"] for r in report["rounds"]]
-    return all(math.isfinite(v) for v in values)

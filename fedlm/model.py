@@ -13,8 +13,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from peft import (LoraConfig, PeftModel, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model,
-                  get_peft_model_state_dict, set_peft_model_state_dict)
+from peft import (LoraConfig, PeftModel, PromptTuningConfig, PromptTuningInit, TaskType,
+                  get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict)
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging as hf_logging
 
@@ -26,7 +26,7 @@ LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj",
                                  "gate_proj", "up_proj", "down_proj")
 
 # Saving a 4 MB model needs no "Writing model shards" bar between our own bars.
-hf_logging.disable_progress_bar()
+hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def build_base_model(cfg: RunConfig, vocab_size: int, pad_id: int, eos_id: int) -> LlamaForCausalLM:
@@ -134,7 +134,7 @@ def save_base(base: LlamaForCausalLM, out_dir: Path) -> Path:
     Called before peft wraps the model, since LoRA injects its layers into
     the base modules in place.
     """
-    base.save_pretrained(str(out_dir / "base"), safe_serialization=True)
+    base.save_pretrained(str(out_dir / "base"))  # transformers 5 always writes safetensors
     return out_dir / "base"
 
 
@@ -146,6 +146,10 @@ def save_final(model: torch.nn.Module, out_dir: Path) -> Path:
     ``adapter_config.json``) to ``OUT/adapter``, loadable on top of ``OUT/base``
     with ``PeftModel.from_pretrained``.
     """
-    target = out_dir / ("adapter" if isinstance(model, PeftModel) else "model")
-    model.save_pretrained(str(target), safe_serialization=True)
-    return target
+    if isinstance(model, PeftModel):
+        model.save_pretrained(str(out_dir / "adapter"), safe_serialization=True)
+        return out_dir / "adapter"
+    if not isinstance(model, LlamaForCausalLM):
+        raise TypeError(f"cannot save a {type(model).__name__}")
+    model.save_pretrained(str(out_dir / "model"))
+    return out_dir / "model"

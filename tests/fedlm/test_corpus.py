@@ -27,7 +27,8 @@ def test_stdlib_corpus_has_every_domain_within_the_cap() -> None:
        clients=st.integers(1, 8), alpha=st.floats(0.05, 100.0), seed=st.integers(0, 2**16))
 def test_dirichlet_split_is_a_partition_with_no_empty_client(
         labels: list[str], clients: int, alpha: float, seed: int) -> None:
-    parts = dirichlet_split(labels, clients, alpha, np.random.default_rng(seed))  # ok: data split, not a secret
+    rng = np.random.default_rng(seed)  # ok: data split, not a secret
+    parts = dirichlet_split(labels, clients, alpha, rng)
     assert len(parts) == clients
     assert all(parts)
     assert sorted(i for p in parts for i in p) == list(range(len(labels)))
@@ -35,7 +36,11 @@ def test_dirichlet_split_is_a_partition_with_no_empty_client(
 
 def test_dirichlet_split_is_seeded_and_small_alpha_is_skewed() -> None:
     labels = [d for d in "abcd" for _ in range(200)]
-    split = lambda a, s: dirichlet_split(labels, 4, a, np.random.default_rng(s))  # noqa: E731  # ok: data split, not a secret
+
+    def split(alpha: float, seed: int) -> list[list[int]]:
+        rng = np.random.default_rng(seed)  # ok: data split, not a secret
+        return dirichlet_split(labels, 4, alpha, rng)
+
     assert split(0.1, 3) == split(0.1, 3)
 
     def purity(parts: list[list[int]]) -> float:
