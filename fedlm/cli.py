@@ -64,9 +64,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def summary_table(report: dict[str, Any]) -> Table:
     """A per-round table of the report."""
     table = Table(title=f"fedlm {report['mode']} / {report['backend']} ({report['engine']})")
-    for col in ("round", "survivors", "dropped (stage)", "train", "eval", "KiB up",
-                "agg s", "|secure-plain|"):
-        table.add_column(col, justify="right")
+    for col in ("round", "survivors", "dropped@stage", "train", "eval", "KiB up",
+                "agg s", "|vs plain|"):
+        table.add_column(col, justify="right", overflow="fold")
     for r in report["rounds"]:
         dropped = ", ".join(f"{d['client']}@{d['stage']}" for d in r["dropped"]) or "-"
         if r["aborted"]:
