@@ -30,6 +30,10 @@ class RoundAborted(Exception):
     """Too few clients survived for the backend to produce an aggregate."""
 
 
+class BackendUnavailable(RuntimeError):
+    """The installed ``secagg`` cannot run the requested secure backend."""
+
+
 @dataclass(frozen=True)
 class AggregationResult:
     """The outcome of one round's aggregation.
@@ -131,7 +135,7 @@ class SecureBackend(Backend):
         max_weight: Largest integer weight any client can have.
 
     Raises:
-        RuntimeError: if the installed ``secagg`` has no ``aggregate``.
+        BackendUnavailable: if the installed ``secagg`` has no ``aggregate``.
     """
 
     def __init__(self, protocol: str, clip_bound: float, fractional_bits: int,
@@ -139,8 +143,8 @@ class SecureBackend(Backend):
         import secagg  # lazy: only secure runs need the crypto stack
 
         if not hasattr(secagg, "aggregate"):
-            raise RuntimeError("the installed secagg package has no aggregate(); "
-                               "use --backend plain or install the full secagg")
+            raise BackendUnavailable("the installed secagg package has no aggregate(); "
+                                     "use --backend plain or install the full secagg")
         self.name = protocol
         self._secagg: Any = secagg
         self._clip_bound = clip_bound

@@ -101,13 +101,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    from fedlm.loop import run  # torch and transformers load only once the flags are valid
+    from fedlm.backends import BackendUnavailable  # torch loads only once flags are valid
+    from fedlm.loop import run
     from fedlm.progress import RichProgress, RunProgress
 
-    console = Console()
+    console = Console(stderr=cfg.quiet)
     progress = RunProgress() if cfg.quiet else RichProgress(console)
-    with progress:
-        report = run(cfg, progress)
+    try:
+        with progress:
+            report = run(cfg, progress)
+    except BackendUnavailable as exc:
+        console.print(f"[red]fedlm: {exc}[/]")
+        return 2
     if cfg.quiet:
         print(f"report: {report['artifacts']['report']}")
     else:

@@ -48,3 +48,13 @@ def test_run_writes_report_and_prints_its_path(
     assert str(report_path) in printed and "held-out loss" in printed
     report = json.loads(report_path.read_text())
     assert report["final_eval_loss"] < report["initial_eval_loss"]
+
+
+def test_missing_secure_backend_is_a_clean_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "secagg", types.ModuleType("secagg"))
+    flags = _flags({**TINY, "rounds": 1})
+    assert main(["run", "--backend", "secagg+", "--out", str(tmp_path), *flags]) == 2
