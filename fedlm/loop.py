@@ -109,11 +109,18 @@ def schedule_round(cfg: RunConfig, stages: tuple[str, ...], rngs: list[np.random
 
 
 def state_digest(state: StateDict) -> bytes:
-    """SHA-256 of the global uploaded state, bound into the protocol session."""
-    h = hashlib.sha256()
+    """SHA-256 of the global uploaded state, bound into the protocol session.
+
+    Every name and tensor is length-prefixed, so two different states can
+    never serialise to the same bytes.
+    """
+    h = hashlib.sha256(b"fedlm/v1/global-state")
     for name in sorted(state):
-        h.update(name.encode())
-        h.update(state[name].detach().contiguous().numpy().tobytes())
+        tensor = state[name].detach().contiguous()
+        for part in (name.encode(), str(tuple(tensor.shape)).encode(), str(tensor.dtype).encode(),
+                     tensor.numpy().tobytes()):
+            h.update(len(part).to_bytes(8, "big"))
+            h.update(part)
     return h.digest()
 
 

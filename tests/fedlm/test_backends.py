@@ -66,3 +66,13 @@ def test_secure_backend_turns_insufficient_parties_into_round_aborted(
     ups = _updates(3)
     with pytest.raises(RoundAborted):
         backend.aggregate(ups, {c: 1 for c in ups}, {c: first for c in ups}, b"", 1)
+
+
+def test_state_digest_binds_names_shapes_and_values() -> None:
+    from fedlm.loop import state_digest
+
+    base = {"a": torch.zeros(2, 3), "b": torch.ones(4)}
+    assert state_digest(base) == state_digest({k: v.clone() for k, v in base.items()})
+    assert state_digest(base) != state_digest({**base, "a": torch.zeros(3, 2)})
+    assert state_digest(base) != state_digest({"a": base["a"], "c": base["b"]})
+    assert state_digest(base) != state_digest({**base, "b": torch.tensor([1.0, 1, 1, 1.5])})
