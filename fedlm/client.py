@@ -100,8 +100,10 @@ def _add_dp_noise(delta: StateDict, cfg: RunConfig) -> StateDict:
     Each sampled client adds Gaussian noise of standard deviation
     ``dp_noise * dp_l2_clip / sqrt(clients_per_round)``, so the sum over a full
     round carries noise of ``dp_noise * dp_l2_clip`` (distributed Gaussian).
-    Noise comes from operating-system entropy, never from the run's seed.
-    This is the float Gaussian mechanism without a privacy accountant.
+    The noise generator is seeded from operating-system entropy, never from the
+    run's seed, but it is torch's ordinary (non-cryptographic) generator. This
+    is the float Gaussian mechanism without a privacy accountant, meant for
+    experiments; ``secagg.dp`` is the place for discrete noise and accounting.
     """
     norm = math.sqrt(sum(float(v.pow(2).sum()) for v in delta.values()))
     scale = min(1.0, cfg.dp_l2_clip / norm) if norm > 0 else 1.0
