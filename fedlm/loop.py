@@ -168,7 +168,7 @@ def build_model(cfg: RunConfig, prepared: Prepared, out_dir: Path,
     warm_loss = warm_up(base, cfg, prepared.public_blocks, progress)
     if cfg.mode != "pretrain":
         save_base(base, out_dir)
-    return wrap_for_mode(base, cfg), warm_loss
+    return wrap_for_mode(base, cfg, int(tok.eos_token_id)), warm_loss
 
 
 def finish_round(model: torch.nn.Module, backend: Backend, prepared: Prepared,

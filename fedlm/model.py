@@ -55,13 +55,15 @@ def _peft_wrap(base: LlamaForCausalLM, config: LoraConfig | PromptTuningConfig) 
         return get_peft_model(base, config)
 
 
-def wrap_for_mode(base: LlamaForCausalLM, cfg: RunConfig) -> torch.nn.Module:
+def wrap_for_mode(base: LlamaForCausalLM, cfg: RunConfig,
+                  prompt_init_token: int) -> torch.nn.Module:
     """Wraps the base model for the run's mode.
 
     ``pretrain`` keeps the bare model (all parameters train); ``lora`` adds
     LoRA adapters on every projection, with A frozen under FFA-LoRA (then the
     average of the clients' B matrices is exactly the average of their
-    low-rank updates); ``prompt`` adds a trainable soft prompt.
+    low-rank updates); ``prompt`` adds a trainable soft prompt whose virtual
+    tokens start as the embedding of ``prompt_init_token`` (the end-of-text token).
     """
     if cfg.mode == "pretrain":
         return base
@@ -74,12 +76,29 @@ def wrap_for_mode(base: LlamaForCausalLM, cfg: RunConfig) -> torch.nn.Module:
                 if "lora_A" in name:
                     param.requires_grad_(False)
         return model
-    # Starting from embeddings of sampled vocabulary tokens keeps the soft
-    # prompt on the scale of real token embeddings (a random init is ~50x larger).
     prompt = PromptTuningConfig(task_type=TaskType.CAUSAL_LM,
                                 num_virtual_tokens=cfg.num_virtual_tokens,
-                                prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB)
-    return _peft_wrap(base, prompt)
+                                prompt_tuning_init=PromptTuningInit.RANDOM)
+    model = _peft_wrap(base, prompt)
+    init_prompt_from_token(model, prompt_init_token)
+    return model
+
+
+def init_prompt_from_token(model: PeftModel, token_id: int) -> None:
+    """Sets every virtual token to the embedding of ``token_id``.
+
+    Every document in the corpus follows an end-of-text token, so a prompt of
+    end-of-text embeddings starts out as a context the model already knows. It
+    starts closer to the base model's loss than peft's random prompt (whose
+    vectors are ~50x larger than token embeddings) or a sampled-vocabulary one.
+    """
+    table = model.get_input_embeddings()
+    encoder = model.prompt_encoder[model.active_adapter]
+    prompt = getattr(encoder, "embedding", None)
+    if not (isinstance(table, torch.nn.Embedding) and isinstance(prompt, torch.nn.Embedding)):
+        raise TypeError("unexpected peft prompt-tuning layout")
+    with torch.no_grad():
+        prompt.weight.copy_(table.weight[token_id].expand_as(prompt.weight))
 
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:

@@ -15,7 +15,7 @@ from tests.fedlm.helpers import tiny_config
 def _model(tmp_path: Path, **overrides: object) -> tuple[torch.nn.Module, object]:
     cfg = tiny_config(tmp_path, **overrides)
     torch.manual_seed(0)
-    return wrap_for_mode(build_base_model(cfg, 320, 1, 0), cfg), cfg
+    return wrap_for_mode(build_base_model(cfg, 320, 1, 0), cfg, 0), cfg
 
 
 def test_default_size_is_about_one_million_parameters(tmp_path: Path) -> None:
@@ -53,3 +53,10 @@ def test_load_uploaded_state_round_trips(tmp_path: Path, mode: str) -> None:
     after = uploaded_state(model, cfg)  # type: ignore[arg-type]
     for k in state:
         torch.testing.assert_close(after[k], shifted[k])
+
+
+def test_soft_prompt_starts_as_the_end_of_text_embedding(tmp_path: Path) -> None:
+    model, cfg = _model(tmp_path, mode="prompt")
+    prompt = uploaded_state(model, cfg)["prompt_embeddings"]  # type: ignore[arg-type]
+    eos = model.get_input_embeddings().weight[0]  # type: ignore[operator]
+    torch.testing.assert_close(prompt, eos.detach().expand_as(prompt))
