@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -63,10 +64,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def summary_table(report: dict[str, Any]) -> Table:
     """A per-round table of the report."""
-    table = Table(title=f"fedlm {report['mode']} / {report['backend']} ({report['engine']})")
-    for col in ("round", "survivors", "dropped@stage", "train", "eval", "KiB up",
-                "agg s", "|vs plain|"):
-        table.add_column(col, justify="right", overflow="fold")
+    table = Table(title=f"fedlm {report['mode']} / {report['backend']} ({report['engine']})",
+                  box=box.SIMPLE_HEAD)
+    for col in ("round", "surv.", "dropped", "train", "eval", "KiB up", "agg s", "|Δ plain|"):
+        table.add_column(col, justify="right", overflow="fold",
+                         min_width=15 if col == "dropped" else None)
     for r in report["rounds"]:
         dropped = ", ".join(f"{d['client']}@{d['stage']}" for d in r["dropped"]) or "-"
         if r["aborted"]:
