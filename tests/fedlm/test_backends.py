@@ -56,7 +56,7 @@ def test_secure_equals_plain_within_bound_at_every_stage(
             assert res.average[name].shape == ups[0][name].shape
             diff = (res.average[name].double() - reference[name].double()).abs().max()
             assert float(diff) <= res.error_bound + 2.0**-22 * 0.25
-        assert 0 < res.error_bound < 1e-5
+        assert 0 < res.error_bound < 1e-3, "bound should be far below the clip bound"
 
 
 def test_secure_backend_turns_insufficient_parties_into_round_aborted(
