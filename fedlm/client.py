@@ -1,0 +1,147 @@
+"""Local training on a client's shard and the delta it uploads.
+
+A client starts from the global uploaded state, takes a few AdamW steps on
+its own token blocks with a fresh optimiser (clients keep no state between
+rounds), and uploads ``local - global``. Clipping (and optional DP noise) is
+applied here, on the client, identically for every backend: the ``plain``
+FedAvg of these clipped deltas is then the exact reference that a secure
+backend must reproduce up to its quantisation error.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from fedlm.config import RunConfig
+from fedlm.model import StateDict, load_uploaded_state, trainable_parameters, uploaded_state
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's private token blocks.
+
+    Attributes:
+        client_id: The client's id (its index).
+        blocks: ``(n, seq_len)`` int64 token blocks.
+        domains: Number of documents per domain, for the report.
+    """
+
+    client_id: int
+    blocks: torch.Tensor
+    domains: dict[str, int]
+
+    @property
+    def num_examples(self) -> int:
+        """The client's aggregation weight: how many blocks it holds."""
+        return int(self.blocks.shape[0])
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """What a client sends: a delta, its weight, and training statistics."""
+
+    delta: StateDict
+    weight: int
+    train_loss: float
+    clipped_fraction: float
+
+
+def make_blocks(stream: list[int], seq_len: int) -> torch.Tensor:
+    """Cuts a token stream into non-overlapping ``seq_len`` blocks (at least one).
+
+    A stream shorter than one block is repeated to fill it, so tiny shards
+    still train.
+    """
+    if not stream:
+        raise ValueError("cannot make blocks from an empty token stream")
+    while len(stream) < seq_len:
+        stream = stream + stream
+    usable = len(stream) // seq_len * seq_len
+    return torch.tensor(stream[:usable], dtype=torch.int64).view(-1, seq_len)
+
+
+def batch_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of a batch of blocks."""
+    loss: torch.Tensor = model(input_ids=batch, labels=batch).loss
+    return loss
+
+
+def local_train(model: torch.nn.Module, blocks: torch.Tensor, steps: int, batch_size: int,
+                lr: float, generator: torch.Generator,
+                on_step: Callable[[float], None] | None = None) -> float:
+    """Runs ``steps`` AdamW steps on random batches of ``blocks``.
+
+    Returns:
+        The mean training loss over the steps.
+    """
+    model.train()
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=lr, weight_decay=0.0)
+    total = 0.0
+    for _ in range(steps):
+        idx = torch.randint(0, blocks.shape[0], (batch_size,), generator=generator)
+        loss = batch_loss(model, blocks[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        total += float(loss.detach())
+        if on_step is not None:
+            on_step(float(loss.detach()))
+    return total / steps
+
+
+def _add_dp_noise(delta: StateDict, cfg: RunConfig) -> StateDict:
+    """Clips the delta to L2 norm ``dp_l2_clip`` and adds this client's noise share.
+
+    Each sampled client adds Gaussian noise of standard deviation
+    ``dp_noise * dp_l2_clip / sqrt(clients_per_round)``, so the sum over a full
+    round carries noise of ``dp_noise * dp_l2_clip`` (distributed Gaussian).
+    The noise generator is seeded from operating-system entropy, never from the
+    run's seed, but it is torch's ordinary (non-cryptographic) generator. This
+    is the float Gaussian mechanism without a privacy accountant, meant for
+    experiments; ``secagg.dp`` is the place for discrete noise and accounting.
+    """
+    norm = math.sqrt(sum(float(v.pow(2).sum()) for v in delta.values()))
+    scale = min(1.0, cfg.dp_l2_clip / norm) if norm > 0 else 1.0
+    std = cfg.dp_noise * cfg.dp_l2_clip / math.sqrt(cfg.clients_per_round)
+    noise_rng = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+    return {k: v * scale + std * torch.randn(v.shape, generator=noise_rng)
+            for k, v in delta.items()}
+
+
+def clip_delta(delta: StateDict, bound: float) -> tuple[StateDict, float]:
+    """Clips every coordinate to ``[-bound, bound]``.
+
+    Returns:
+        The clipped delta and the fraction of coordinates that were clipped.
+    """
+    total = sum(v.numel() for v in delta.values())
+    clipped = sum(int((v.abs() > bound).sum()) for v in delta.values())
+    return {k: v.clamp(-bound, bound) for k, v in delta.items()}, clipped / max(total, 1)
+
+
+def client_update(model: torch.nn.Module, global_state: StateDict, data: ClientData,
+                  cfg: RunConfig, round_number: int,
+                  on_step: Callable[[float], None] | None = None) -> ClientUpdate:
+    """Trains one client from the global state and returns its clipped delta.
+
+    The model is restored to ``global_state`` afterwards, so one model object
+    serves every client of a round.
+    """
+    load_uploaded_state(model, global_state)
+    generator = torch.Generator().manual_seed(
+        (cfg.seed * 1_000_003 + round_number * 10_007 + data.client_id) % 2**63)
+    loss = local_train(model, data.blocks, cfg.local_steps, cfg.batch_size,
+                       cfg.resolved_lr, generator, on_step)
+    local = uploaded_state(model, cfg)
+    load_uploaded_state(model, global_state)
+    delta = {k: local[k] - global_state[k] for k in global_state}
+    if cfg.dp_noise > 0:
+        delta = _add_dp_noise(delta, cfg)
+    delta, fraction = clip_delta(delta, cfg.resolved_clip_bound)
+    return ClientUpdate(delta=delta, weight=data.num_examples, train_loss=loss,
+                        clipped_fraction=fraction)

@@ -1,0 +1,182 @@
+"""Run configuration for ``fedlm``: one frozen, validated dataclass.
+
+Modelled on peft's ``LoraConfig``: every field carries its help text in
+``metadata["help"]`` (the CLI reuses it) and ``__post_init__`` checks every
+relation between fields, with a message that says which relation failed and
+how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+MODES: tuple[str, ...] = ("pretrain", "lora", "prompt")
+BACKENDS: tuple[str, ...] = ("plain", "secagg", "secagg+", "ckks")
+SECURE_BACKENDS: tuple[str, ...] = ("secagg", "secagg+", "ckks")
+
+#: Per-mode local learning rates: full-parameter training needs a small step,
+#: LoRA a medium one and a soft prompt (a handful of vectors) a large one.
+DEFAULT_LR: dict[str, float] = {"pretrain": 2e-3, "lora": 1e-2, "prompt": 1e-1}
+
+
+def _f(default: Any, help_text: str) -> Any:
+    """Declares a dataclass field with help text, as peft does."""
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one ``fedlm run`` needs; immutable and validated on construction.
+
+    Fields left as ``None`` are resolved from the others (see ``resolved_*``
+    properties), so the object itself never changes after construction.
+    """
+
+    mode: str = _f("lora", "pretrain | lora | prompt: what the clients train and upload.")
+    backend: str = _f("secagg+", "plain | secagg | secagg+ | ckks: how updates are aggregated.")
+    rounds: int = _f(10, "Number of federated rounds.")
+    clients: int = _f(10, "Number of clients holding data.")
+    clients_per_round: int = _f(5, "Clients sampled each round.")
+    local_steps: int = _f(10, "AdamW steps each sampled client takes per round.")
+    batch_size: int = _f(8, "Sequences per local step.")
+    seq_len: int = _f(64, "Tokens per training sequence.")
+    lr: float | None = _f(None, "Local learning rate; default depends on the mode.")
+    dropout: float = _f(0.2, "Probability that a sampled client drops out during the round.")
+    dirichlet_alpha: float = _f(0.5, "Dirichlet concentration of the non-IID split (small=skewed).")
+    seed: int = _f(0, "Seed for data split, client sampling, dropouts and model init.")
+    data: tuple[str, ...] = _f((), "User .txt/.jsonl files to use instead of the stdlib corpus.")
+    out: str = _f("runs/latest", "Output directory for report, plots, adapter and tokenizer.")
+    report: str | None = _f(None, "Path of the JSON report (default OUT/report.json).")
+    freeze_a: bool | None = _f(None, "FFA-LoRA: freeze LoRA A (default: on iff DP noise is on).")
+    quiet: bool = _f(False, "No progress bars or summary.")
+    warmup_steps: int = _f(300, "Central warm-up steps on public data before federation.")
+    eval_batches: int = _f(4, "Held-out batches per domain for each evaluation.")
+    vocab_size: int = _f(1024, "BPE vocabulary size.")
+    hidden_size: int = _f(128, "Model width.")
+    num_layers: int = _f(4, "Transformer layers.")
+    num_heads: int = _f(4, "Attention heads.")
+    lora_r: int = _f(8, "LoRA rank.")
+    lora_alpha: int = _f(16, "LoRA scaling numerator.")
+    num_virtual_tokens: int = _f(8, "Soft-prompt length in prompt mode.")
+    clip_bound: float | None = _f(None, "Per-coordinate clip of each delta (default: steps*lr).")
+    fractional_bits: int = _f(20, "Fixed-point fractional bits of the secure encoding.")
+    dp_noise: float = _f(0.0, "Gaussian noise multiplier per round (0 = no DP).")
+    dp_l2_clip: float = _f(1.0, "L2 norm each client clips its delta to when DP is on.")
+    max_chars_per_domain: int = _f(150_000, "Cap on corpus characters per domain.")
+    threads: int = _f(1, "torch threads (0 = torch's default); 1 stays fast on a shared CPU.")
+
+    def __post_init__(self) -> None:
+        """Validates field values and the relations between them.
+
+        Raises:
+            ValueError: naming the violated relation and how to fix it.
+        """
+        object.__setattr__(self, "data", tuple(str(p) for p in self.data))
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r}: choose one of {MODES}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r}: choose one of {BACKENDS}")
+        self._check_counts()
+        self._check_rates()
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}"
+            )
+        if self.freeze_a and self.mode != "lora":
+            raise ValueError("freeze_a applies to --mode lora only; drop --freeze-a")
+        for path in self.data:
+            if Path(path).suffix not in (".txt", ".jsonl"):
+                raise ValueError(f"data file {path!r}: expected a .txt or .jsonl file")
+
+    def _check_counts(self) -> None:
+        """Checks the positive integer fields and the sampling relation."""
+        positive = ("rounds", "clients", "clients_per_round", "local_steps", "batch_size",
+                    "seq_len", "eval_batches", "hidden_size", "num_layers", "num_heads",
+                    "lora_r", "lora_alpha", "num_virtual_tokens", "fractional_bits")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.warmup_steps < 0 or self.threads < 0:
+            raise ValueError("warmup_steps and threads must be >= 0")
+        if self.clients_per_round > self.clients:
+            raise ValueError(
+                f"clients_per_round={self.clients_per_round} > clients={self.clients}: "
+                "sample at most as many clients as exist"
+            )
+        if self.vocab_size < 300:
+            raise ValueError(f"vocab_size={self.vocab_size}: byte-level BPE needs >= 300")
+        if self.max_chars_per_domain < 1000:
+            raise ValueError("max_chars_per_domain must be >= 1000 to leave held-out text")
+
+    def _check_rates(self) -> None:
+        """Checks probabilities, learning rate, clip and DP parameters."""
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if not (self.dirichlet_alpha > 0 and math.isfinite(self.dirichlet_alpha)):
+            raise ValueError(f"dirichlet_alpha={self.dirichlet_alpha} must be a positive number")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr={self.lr} must be > 0")
+        if self.clip_bound is not None and not self.clip_bound > 0:
+            raise ValueError(f"clip_bound={self.clip_bound} must be > 0")
+        if self.dp_noise < 0 or not self.dp_l2_clip > 0:
+            raise ValueError("dp_noise must be >= 0 and dp_l2_clip > 0")
+
+    @property
+    def resolved_lr(self) -> float:
+        """The local learning rate: ``lr`` or the mode's default."""
+        return self.lr if self.lr is not None else DEFAULT_LR[self.mode]
+
+    @property
+    def resolved_freeze_a(self) -> bool:
+        """Whether LoRA A is frozen (FFA-LoRA); defaults to on exactly when DP is on."""
+        if self.mode != "lora":
+            return False
+        return self.freeze_a if self.freeze_a is not None else self.dp_noise > 0
+
+    @property
+    def resolved_clip_bound(self) -> float:
+        """Public per-coordinate clip bound of each uploaded delta.
+
+        AdamW moves each coordinate by about ``lr`` per step (its update is a
+        ratio of moment estimates of order one), so ``local_steps * lr`` bounds
+        a delta with room to spare and clipping almost never bites. A tight
+        bound matters because the secure encoding spends bits on the range
+        ``[-clip, clip]``; LoRA and prompt deltas are small, so this stays well
+        below 1.0 for LoRA and around 0.25 for the soft prompt. Under DP the
+        bound instead covers the L2 clip plus four noise standard deviations.
+        """
+        if self.clip_bound is not None:
+            return self.clip_bound
+        if self.dp_noise > 0:
+            # Under DP the delta is L2-clipped and noised; cover the noise to 4 sigma.
+            return self.dp_l2_clip * (1.0 + 4.0 * self.dp_noise)
+        return self.local_steps * self.resolved_lr
+
+    @property
+    def report_path(self) -> Path:
+        """Where the JSON report is written."""
+        return Path(self.report) if self.report else Path(self.out) / "report.json"
+
+    @property
+    def is_secure(self) -> bool:
+        """Whether the backend is a secure-aggregation protocol."""
+        return self.backend in SECURE_BACKENDS
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as JSON-ready data, with resolved defaults filled in."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["data"] = list(self.data)
+        data.update(lr=self.resolved_lr, freeze_a=self.resolved_freeze_a,
+                    clip_bound=self.resolved_clip_bound, report=str(self.report_path))
+        return data
+
+
+def field_help(name: str) -> str:
+    """The help text of a ``RunConfig`` field, for the CLI."""
+    for f in fields(RunConfig):
+        if f.name == name:
+            return str(f.metadata["help"])
+    raise KeyError(name)

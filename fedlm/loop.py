@@ -1,0 +1,251 @@
+"""The federated round loop, nanoGPT style: one flat loop with small helpers.
+
+A run is: build the corpus and tokenizer, warm the model up centrally on
+public text, then for each round "sample clients, train locally, aggregate,
+apply, evaluate". Dropouts are injected at the backend's protocol stages and
+the round completes with the survivors; a round with too few survivors is
+recorded as aborted and the global model is left unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from fedlm.backends import AggregationResult, Backend, RoundAborted, fedavg, make_backend
+from fedlm.client import (ClientData, ClientUpdate, batch_loss, client_update, local_train,
+                          make_blocks)
+from fedlm.config import RunConfig
+from fedlm.corpus import Corpus, load_corpus
+from fedlm.model import (StateDict, build_base_model, load_uploaded_state, parameter_count,
+                         save_base, save_final, uploaded_state, wrap_for_mode)
+from fedlm.progress import RunProgress
+from fedlm.report import finish_report, round_record, write_outputs
+from fedlm.tokenizer import encode_documents, save_tokenizer, train_tokenizer
+
+ENGINE = "in-memory"
+WARMUP_LR = 3e-3
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Tokenised data of a run."""
+
+    tokenizer: PreTrainedTokenizerFast
+    public_blocks: torch.Tensor
+    eval_blocks: dict[str, torch.Tensor]
+    clients: list[ClientData]
+
+
+def prepare_data(cfg: RunConfig, corpus: Corpus) -> Prepared:
+    """Trains the tokenizer on public text and cuts every text into blocks."""
+    public_docs = [d for domain in corpus.domains for d in corpus.public[domain]]
+    tokenizer = train_tokenizer(public_docs, cfg.vocab_size)
+    public = make_blocks(encode_documents(tokenizer, public_docs), cfg.seq_len)
+    n_eval = cfg.eval_batches * cfg.batch_size
+    eval_blocks = {d: make_blocks(encode_documents(tokenizer, corpus.heldout[d]),
+                                  cfg.seq_len)[:n_eval] for d in corpus.domains}
+    clients = []
+    for cid, docs in enumerate(corpus.clients):
+        counts: dict[str, int] = {}
+        for domain, _ in docs:
+            counts[domain] = counts.get(domain, 0) + 1
+        stream = encode_documents(tokenizer, [text for _, text in docs])
+        clients.append(ClientData(cid, make_blocks(stream, cfg.seq_len), counts))
+    return Prepared(tokenizer, public, eval_blocks, clients)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, eval_blocks: dict[str, torch.Tensor],
+             batch_size: int) -> dict[str, float]:
+    """Mean held-out loss per domain."""
+    model.eval()
+    losses: dict[str, float] = {}
+    for domain, blocks in eval_blocks.items():
+        batches = torch.split(blocks, batch_size)
+        total = sum(float(batch_loss(model, b)) * b.shape[0] for b in batches)
+        losses[domain] = total / blocks.shape[0]
+    return losses
+
+
+def mean_loss(losses: dict[str, float]) -> float:
+    """Unweighted mean over domains."""
+    return sum(losses.values()) / len(losses)
+
+
+def warm_up(model: torch.nn.Module, cfg: RunConfig, blocks: torch.Tensor,
+            progress: RunProgress) -> float | None:
+    """Central training on public text before federation; returns its mean loss."""
+    if cfg.warmup_steps == 0:
+        return None
+    progress.start_steps(cfg.warmup_steps, "warm-up (public data)")
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return local_train(model, blocks, cfg.warmup_steps, cfg.batch_size, WARMUP_LR,
+                       generator, progress.step)
+
+
+def schedule_round(cfg: RunConfig, stages: tuple[str, ...], rngs: list[np.random.Generator]
+                   ) -> tuple[list[int], dict[int, str]]:
+    """Samples the round's clients and who drops at which stage.
+
+    Who drops and where are drawn from separate generators, so runs with the
+    same seed drop the same clients whatever the backend's stage names.
+    """
+    sample_rng, drop_rng, stage_rng = rngs
+    n = cfg.clients_per_round
+    chosen = sample_rng.choice(cfg.clients, size=n, replace=False)  # ok: simulation, not a secret
+    sampled = sorted(int(c) for c in chosen)
+    drops = drop_rng.random(n) < cfg.dropout  # ok: simulation schedule, not a secret
+    picks = stage_rng.integers(0, len(stages), size=n)  # ok: simulation schedule, not a secret
+    dropouts = {c: stages[int(p)] for c, d, p in zip(sampled, drops, picks) if d}
+    return sampled, dropouts
+
+
+def state_digest(state: StateDict) -> bytes:
+    """SHA-256 of the global uploaded state, bound into the protocol session.
+
+    Every name and tensor is length-prefixed, so two different states can
+    never serialise to the same bytes.
+    """
+    h = hashlib.sha256(b"fedlm/v1/global-state")
+    for name in sorted(state):
+        tensor = state[name].detach().contiguous()
+        for part in (name.encode(), str(tuple(tensor.shape)).encode(), str(tensor.dtype).encode(),
+                     tensor.numpy().tobytes()):
+            h.update(len(part).to_bytes(8, "big"))
+            h.update(part)
+    return h.digest()
+
+
+def max_abs_diff(a: StateDict, b: StateDict) -> float:
+    """Largest absolute coordinate difference, computed in float64."""
+    return max(float((a[k].to(torch.float64) - b[k].to(torch.float64)).abs().max()) for k in a)
+
+
+def train_clients(model: torch.nn.Module, global_state: StateDict, prepared: Prepared,
+                  sampled: list[int], cfg: RunConfig, round_number: int,
+                  progress: RunProgress) -> dict[int, ClientUpdate]:
+    """Local training of every sampled client from the same global state."""
+    updates = {}
+    for cid in sampled:
+        progress.start_steps(cfg.local_steps, f"round {round_number} client {cid}")
+        updates[cid] = client_update(model, global_state, prepared.clients[cid], cfg,
+                                     round_number, progress.step)
+    return updates
+
+
+def aggregate_round(backend: Backend, updates: dict[int, ClientUpdate],
+                    dropouts: dict[int, str], global_state: StateDict,
+                    round_number: int) -> tuple[AggregationResult, float]:
+    """Aggregates and checks the result against plain FedAvg of the same survivors.
+
+    Returns:
+        The result and ``max_abs_diff_vs_plain``.
+
+    Raises:
+        RoundAborted: if the backend could not aggregate.
+    """
+    deltas = {c: u.delta for c, u in updates.items()}
+    weights = {c: u.weight for c, u in updates.items()}
+    result = backend.aggregate(deltas, weights, dropouts, state_digest(global_state),
+                               round_number)
+    reference = fedavg(deltas, weights, result.survivors)
+    return result, max_abs_diff(result.average, reference)
+
+
+def build_model(cfg: RunConfig, prepared: Prepared, out_dir: Path,
+                progress: RunProgress) -> tuple[torch.nn.Module, float | None]:
+    """Builds the base model, warms it up on public data and wraps it for the mode."""
+    tok = prepared.tokenizer
+    base = build_base_model(cfg, len(tok), int(tok.pad_token_id), int(tok.eos_token_id))
+    warm_loss = warm_up(base, cfg, prepared.public_blocks, progress)
+    if cfg.mode != "pretrain":
+        save_base(base, out_dir)
+    return wrap_for_mode(base, cfg, int(tok.eos_token_id)), warm_loss
+
+
+def finish_round(model: torch.nn.Module, backend: Backend, prepared: Prepared,
+                 global_state: StateDict, rnd: int, sampled: list[int],
+                 updates: dict[int, ClientUpdate], dropouts: dict[int, str],
+                 batch_size: int) -> tuple[StateDict, dict[str, Any]]:
+    """Aggregates, applies the average to the global state and evaluates.
+
+    Returns:
+        The new global state (unchanged if the round aborted) and the round's record.
+    """
+    try:
+        result, diff = aggregate_round(backend, updates, dropouts, global_state, rnd)
+    except RoundAborted as exc:
+        losses = evaluate(model, prepared.eval_blocks, batch_size)
+        return global_state, round_record(rnd, sampled, updates, None, dropouts, losses,
+                                          None, aborted=str(exc) or "too few survivors")
+    global_state = {k: global_state[k] + result.average[k] for k in global_state}
+    load_uploaded_state(model, global_state)
+    losses = evaluate(model, prepared.eval_blocks, batch_size)
+    return global_state, round_record(rnd, sampled, updates, result, dropouts, losses, diff)
+
+
+def round_line(record: dict[str, Any]) -> str:
+    """One-line progress summary of a round."""
+    if record["aborted"]:
+        return f"round {record['round']}: aborted ({record['abort_reason']})"
+    return (f"round {record['round']}: {len(record['survivors'])}/{len(record['sampled'])} "
+            f"survived, eval loss {record['eval_loss_mean']:.4f}")
+
+
+def setup(cfg: RunConfig, out_dir: Path, progress: RunProgress) -> Prepared:
+    """Seeds torch, builds the corpus and tokenizer, and saves the tokenizer."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress.message("building corpus and training the tokenizer")
+    corpus = load_corpus(cfg.data, cfg.clients, cfg.dirichlet_alpha, cfg.seed,
+                         cfg.max_chars_per_domain)
+    prepared = prepare_data(cfg, corpus)
+    save_tokenizer(prepared.tokenizer, out_dir / "tokenizer")
+    return prepared
+
+
+def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
+    """Runs the whole federated training and writes report, plots and model.
+
+    Args:
+        cfg: The run configuration.
+        progress: Where to show progress; silent when ``None``.
+
+    Returns:
+        The JSON report (also written to ``cfg.report_path``).
+    """
+    progress = progress or RunProgress()
+    start = time.perf_counter()
+    out_dir = Path(cfg.out)
+    prepared = setup(cfg, out_dir, progress)
+    backend = make_backend(cfg, max(c.num_examples for c in prepared.clients))
+    model, warm_loss = build_model(cfg, prepared, out_dir, progress)
+    global_state = uploaded_state(model, cfg)
+    initial = evaluate(model, prepared.eval_blocks, cfg.batch_size)
+    progress.message(f"held-out loss after warm-up: {mean_loss(initial):.4f}")
+    # Client sampling, who drops and where: three streams seeded from --seed.
+    rngs = [np.random.default_rng([cfg.seed, k]) for k in (1, 2, 3)]  # ok: simulation, not a secret
+    records: list[dict[str, Any]] = []
+    progress.start_rounds(cfg.rounds)
+    for rnd in range(1, cfg.rounds + 1):
+        sampled, dropouts = schedule_round(cfg, backend.stages, rngs)
+        updates = train_clients(model, global_state, prepared, sampled, cfg, rnd, progress)
+        global_state, record = finish_round(model, backend, prepared, global_state, rnd,
+                                            sampled, updates, dropouts, cfg.batch_size)
+        records.append(record)
+        progress.end_round(round_line(record))
+    artifact = save_final(model, out_dir)
+    report = finish_report(cfg, ENGINE, initial, records, warm_loss, parameter_count(model),
+                           global_state, prepared, artifact, time.perf_counter() - start)
+    write_outputs(report, cfg, out_dir)
+    return report
