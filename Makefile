@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: $(STAMP)
+	$(BIN)/fedlm run --out runs/latest --report runs/latest/report.json
+
+simulate: $(STAMP)
 	$(BIN)/secagg simulate --protocol secagg+ --clients 50 --dim 100000 --dropout 0.2 --json
 
 test: $(STAMP)

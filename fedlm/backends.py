@@ -30,10 +30,6 @@ class RoundAborted(Exception):
     """Too few clients survived for the backend to produce an aggregate."""
 
 
-class BackendUnavailable(RuntimeError):
-    """The installed ``secagg`` cannot run the requested secure backend."""
-
-
 @dataclass(frozen=True)
 class AggregationResult:
     """The outcome of one round's aggregation.
@@ -133,18 +129,12 @@ class SecureBackend(Backend):
         clip_bound: Public per-coordinate clip bound of the deltas.
         fractional_bits: Fixed-point precision of the encoding.
         max_weight: Largest integer weight any client can have.
-
-    Raises:
-        BackendUnavailable: if the installed ``secagg`` has no ``aggregate``.
     """
 
     def __init__(self, protocol: str, clip_bound: float, fractional_bits: int,
                  max_weight: int) -> None:
         import secagg  # lazy: only secure runs need the crypto stack
 
-        if not hasattr(secagg, "aggregate"):
-            raise BackendUnavailable("the installed secagg package has no aggregate(); "
-                                     "use --backend plain or install the full secagg")
         self.name = protocol
         self._secagg: Any = secagg
         self._clip_bound = clip_bound

@@ -89,7 +89,8 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
                   f"{report['final_eval_loss']:.4f}   wall {report['wall_seconds']:.1f} s")
     verdict = "[green]yes[/]" if report["secure_equals_plain"] else "[red]NO[/]"
     console.print(f"secure == plain FedAvg within bound: {verdict} (max |diff| "
-                  f"{report['max_abs_diff_vs_plain']:.3e}, bound {report['error_bound']:.3e})")
+                  f"{report['max_abs_diff_vs_plain']:.3e} <= quantisation bound {report['error_bound']:.3e}"
+                  f" + float32 rounding {report['float32_slack']:.3e})")
     console.print(f"model: {report['artifacts']['model']}   plots: "
                   + ", ".join(report["artifacts"]["plots"]))
     console.print(f"report: {report['artifacts']['report']}")
@@ -103,8 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    from fedlm.backends import BackendUnavailable  # torch loads only once flags are valid
-    from fedlm.loop import run
+    from fedlm.loop import run  # torch loads only once flags are valid
+    from secagg import SecAggError
     from fedlm.progress import RichProgress, RunProgress
 
     console = Console(stderr=cfg.quiet)
@@ -112,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with progress:
             report = run(cfg, progress)
-    except BackendUnavailable as exc:
+    except SecAggError as exc:
         console.print(f"[red]fedlm: {exc}[/]")
         return 2
     if cfg.quiet:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -13,14 +12,8 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture
-def secagg_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    """The real ``secagg`` when it has ``aggregate``, else the test double in its place."""
+def secagg_module() -> Iterator[ModuleType]:
+    """The real ``secagg`` package, whose ``aggregate`` runs the protocols in memory."""
     import secagg
 
-    if hasattr(secagg, "aggregate"):
-        yield secagg
-        return
-    from tests.fedlm import secagg_double
-
-    monkeypatch.setitem(sys.modules, "secagg", secagg_double)
-    yield secagg_double
+    yield secagg

@@ -50,11 +50,14 @@ def test_run_writes_report_and_prints_its_path(
     assert report["final_eval_loss"] < report["initial_eval_loss"]
 
 
-def test_missing_secure_backend_is_a_clean_error(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-    import types
+def test_secagg_refusal_is_a_clean_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import secagg
 
-    monkeypatch.setitem(sys.modules, "secagg", types.ModuleType("secagg"))
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise secagg.ParameterError("the sum of 5 inputs needs 70 bits (> 64)")
+
+    monkeypatch.setattr(secagg, "aggregate", refuse)
     flags = _flags({**TINY, "rounds": 1})
     assert main(["run", "--backend", "secagg+", "--out", str(tmp_path), *flags]) == 2
+    assert "70 bits" in capsys.readouterr().err
