@@ -66,7 +66,7 @@ def prepare_data(cfg: RunConfig, corpus: Corpus) -> Prepared:
 def evaluate(model: torch.nn.Module, eval_blocks: dict[str, torch.Tensor],
              batch_size: int) -> dict[str, float]:
     """Mean held-out loss per domain."""
-    model.eval()
+    model.eval()  # ok: torch Module.eval(), not Python eval
     losses: dict[str, float] = {}
     for domain, blocks in eval_blocks.items():
         batches = torch.split(blocks, batch_size)

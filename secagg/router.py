@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import functools
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from .errors import SecAggError
 from .protocols.secagg import AggregateResult, SecAggClient, SecAggServer, Stage
+from .results import Trace
 from .wire import SERVER_ID
 
 __all__ = ["RoundTrace", "Tap", "run_round", "stages_for"]
@@ -31,17 +30,8 @@ def stages_for(malicious: bool) -> tuple[str, ...]:
     return tuple(names)
 
 
-@dataclass
-class RoundTrace:
-    """What happened in one round, for reports and tests."""
-
-    result: AggregateResult
-    dropped: dict[int, str]
-    aborted: dict[int, str] = field(default_factory=dict)
-    client_seconds: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    server_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    upload_bytes: dict[int, int] = field(default_factory=lambda: defaultdict(int))
-    download_bytes: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+RoundTrace = Trace[AggregateResult]
+"""The trace of a SecAgg / SecAgg+ round (see :class:`secagg.results.Trace`)."""
 
 
 class _Router:

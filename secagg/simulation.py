@@ -16,6 +16,7 @@ from .errors import ParameterError
 from .hazmat.keys import SigningKey
 from .params import SecAggConfig, ThreatModel
 from .protocols.secagg import SecAggClient, SecAggServer
+from .results import Trace
 from .router import RoundTrace, run_round, stages_for
 
 __all__ = ["simulate", "aggregate", "AggregationOutcome", "make_config", "DROPOUT_STAGES", "dropout_schedule"]
@@ -210,15 +211,23 @@ def aggregate(
     server, parties = _parties(config, round_number, context)
     for index, cid in enumerate(ids):
         parties[index].set_input(updates[cid], (weights or {}).get(cid, 1))
-    local_drops = {ids.index(c): s for c, s in (dropouts or {}).items() if c in updates}
     start = time.perf_counter()
-    trace = run_round(server, parties, local_drops)
-    seconds = time.perf_counter() - start
+    trace = run_round(server, parties, local_dropouts(ids, dropouts))
+    return outcome_of(ids, trace, time.perf_counter() - start)
+
+
+def local_dropouts(ids: list[int], dropouts: Mapping[int, str] | None) -> dict[int, str]:
+    """Caller client ids -> protocol ids ``0 .. n-1`` (the position in sorted order)."""
+    position = {cid: i for i, cid in enumerate(ids)}
+    return {position[c]: s for c, s in (dropouts or {}).items() if c in position}
+
+
+def outcome_of(ids: list[int], trace: Trace[Any], seconds: float) -> AggregationOutcome:
+    """Translate a protocol trace back to the caller's client ids."""
     result = trace.result
-    survivors = [ids[i] for i in result.survivors]
     return AggregationOutcome(
         average=result.average(),
-        survivors=survivors,
+        survivors=[ids[i] for i in result.survivors],
         dropped={ids[i]: s for i, s in trace.dropped.items()},
         bytes_up_per_client=statistics.fmean(trace.upload_bytes[i] for i in result.survivors),
         seconds=seconds,

@@ -19,7 +19,7 @@ from secagg.audit.uniformity import byte_test, chi2_sf, word_test
 from secagg.protocols.secagg import SecAggServer
 from secagg.protocols.secagg import messages as m
 from secagg.router import run_round
-from secagg.wire import SERVER_ID, Header
+from secagg.wire import SERVER_ID
 
 
 def record(path: Path, protocol: str = "secagg+", malicious: bool = False, dropouts=None) -> Path:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Any, Mapping
 
 from ...encoding import Schema
 from ...errors import ParameterError
-from ...simulation import AggregationOutcome
+from ...simulation import AggregationOutcome, local_dropouts, outcome_of
 from .client import CkksClient
 from .config import CkksConfig
 from .driver import DROPOUT_STAGES, run_ckks_round
@@ -55,17 +54,6 @@ def aggregate_ckks(
     parties = {i: CkksClient(config, i, round_number=round_number, context=context) for i in range(len(ids))}
     for index, cid in enumerate(ids):
         parties[index].set_input(updates[cid], (weights or {}).get(cid, 1))
-    local_drops = {ids.index(c): s for c, s in (dropouts or {}).items() if c in updates}
     start = time.perf_counter()
-    trace = run_ckks_round(server, parties, local_drops)
-    seconds = time.perf_counter() - start
-    result = trace.result
-    return AggregationOutcome(
-        average=result.average(),
-        survivors=[ids[i] for i in result.survivors],
-        dropped={ids[i]: s for i, s in trace.dropped.items()},
-        bytes_up_per_client=statistics.fmean(trace.upload_bytes[i] for i in result.survivors),
-        seconds=seconds,
-        error_bound=result.error_bound,
-        weight_sum=result.weight_sum,
-    )
+    trace = run_ckks_round(server, parties, local_dropouts(ids, dropouts))
+    return outcome_of(ids, trace, time.perf_counter() - start)

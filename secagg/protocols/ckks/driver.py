@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import functools
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from ...errors import ParameterError, SecAggError
+from ...results import Trace
 from .client import CkksClient
 from .common import Stage
 from .server import CkksResult, CkksServer
@@ -30,16 +30,9 @@ _TIMING_STAGE = {"advertise": "advertise", "generate": "generate", "before-uploa
 
 
 @dataclass
-class CkksTrace:
-    """What happened in one round (the fields of :class:`secagg.router.RoundTrace`)."""
+class CkksTrace(Trace[CkksResult]):
+    """The trace of a CKKS round: :class:`secagg.results.Trace` plus the ciphertext upload sizes."""
 
-    result: CkksResult
-    dropped: dict[int, str]
-    aborted: dict[int, str] = field(default_factory=dict)
-    client_seconds: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    server_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    upload_bytes: dict[int, int] = field(default_factory=lambda: defaultdict(int))
-    download_bytes: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     ciphertext_upload_bytes: dict[int, int] = field(default_factory=dict)
     """Size of each client's one upload message (the per-round cost that scales with d)."""
 

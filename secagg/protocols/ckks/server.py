@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InsufficientParties, ProtocolAbort
+from ...results import WeightedSum
 from ...wire import SERVER_ID, Header, Writer
 from . import he
 from . import messages as m
@@ -37,7 +38,7 @@ _EXPECTED = {
 
 
 @dataclass(frozen=True)
-class CkksResult:
+class CkksResult(WeightedSum):
     """The released aggregate: the contributors' weighted sum, their weight sum and who they are."""
 
     config: CkksConfig
@@ -47,29 +48,10 @@ class CkksResult:
     decrypted_by: int
     dropped: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
-    def average_vector(self) -> np.ndarray:
-        """Flat weighted average (float64)."""
-        if self.weight_sum <= 0:
-            raise ProtocolAbort("the aggregated weight sum is not positive")
-        return self.weighted_sum / self.weight_sum
-
-    def average(self) -> Any:
-        """The weighted average in the caller's original shape (state dict, list or array)."""
-        return self.config.schema.unflatten(self.average_vector())
-
-    def total(self) -> Any:
-        """The weighted sum in the caller's shape."""
-        return self.config.schema.unflatten(self.weighted_sum)
-
     @property
     def sum_error_bound(self) -> float:
         """Worst-case |weighted_sum - exact weighted sum of clipped inputs|: n * 2^-g."""
         return len(self.survivors) * 2.0**-self.config.grid_bits
-
-    @property
-    def error_bound(self) -> float:
-        """Worst-case error of :meth:`average` against the exact average of clipped inputs."""
-        return self.config.encoding.average_error_bound(len(self.survivors), self.weight_sum)
 
 
 class CkksServer:

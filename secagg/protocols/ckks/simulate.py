@@ -58,7 +58,7 @@ def simulate_ckks(
         raise ParameterError(f"unknown CKKS preset {preset!r}; choose one of {sorted(PRESETS)}")
     if not 0 <= dropout < 1:
         raise ParameterError("dropout must be in [0, 1)")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # ok: synthetic inputs and dropout schedule, not secrets
     updates = [rng.normal(0.0, 0.1, dim).astype(np.float32) for _ in range(clients)]
     weights = [int(w) for w in rng.integers(1, max_weight + 1, size=clients)]
     committee = tuple(range(min(committee_size, clients)))

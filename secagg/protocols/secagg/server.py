@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from typing import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Callable
 
 import numpy as np
 
@@ -23,6 +22,7 @@ from ...hazmat.keys import AgreementKeyPair, derive_key, verify_signature
 from ...hazmat.prg import MaskStream
 from ...params import SecAggConfig
 from ...hazmat.random import RandomSource, system_random
+from ...results import WeightedSum
 from ...wire import SERVER_ID, Header
 from . import messages as m
 from .client import advertise_signed_bytes, survivors_signed_bytes
@@ -60,7 +60,7 @@ _EXPECTED = {
 
 
 @dataclass(frozen=True)
-class AggregateResult:
+class AggregateResult(WeightedSum):
     """What the server learns: the survivors' weighted sum, their weight sum and the survivor set."""
 
     config: SecAggConfig
@@ -69,25 +69,6 @@ class AggregateResult:
     weight_sum: int
     survivors: tuple[int, ...]
     dropped: dict[str, tuple[int, ...]] = field(default_factory=dict)
-
-    def average_vector(self) -> np.ndarray:
-        """Flat weighted average (float64)."""
-        if self.weight_sum <= 0:
-            raise ProtocolAbort("the aggregated weight sum is not positive")
-        return self.weighted_sum / self.weight_sum
-
-    def average(self) -> Any:
-        """The weighted average in the caller's original shape (state dict, list or array)."""
-        return self.config.schema.unflatten(self.average_vector())
-
-    def total(self) -> Any:
-        """The weighted sum in the caller's shape."""
-        return self.config.schema.unflatten(self.weighted_sum)
-
-    @property
-    def error_bound(self) -> float:
-        """Worst-case rounding error of :meth:`average` against the exact average of clipped inputs."""
-        return self.config.encoding.average_error_bound(len(self.survivors), self.weight_sum)
 
 
 class SecAggServer:

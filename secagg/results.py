@@ -1,0 +1,67 @@
+"""What every protocol hands back: the released weighted sum and the trace of a driven round."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import numpy as np
+
+from .encoding import FixedPoint, Schema
+from .errors import ProtocolAbort
+
+__all__ = ["WeightedSum", "Trace"]
+
+
+class _HasLayout(Protocol):
+    @property
+    def schema(self) -> Schema: ...
+
+    @property
+    def encoding(self) -> FixedPoint: ...
+
+
+class WeightedSum:
+    """Mixin for a released aggregate with fields ``config``, ``weighted_sum``, ``weight_sum`` and
+    ``survivors``: the average in the caller's shape and its error bound."""
+
+    config: _HasLayout
+    weighted_sum: np.ndarray
+    weight_sum: int
+    survivors: tuple[int, ...]
+
+    def average_vector(self) -> np.ndarray:
+        """Flat weighted average (float64)."""
+        if self.weight_sum <= 0:
+            raise ProtocolAbort("the aggregated weight sum is not positive")
+        return self.weighted_sum / self.weight_sum
+
+    def average(self) -> Any:
+        """The weighted average in the caller's original shape (state dict, list or array)."""
+        return self.config.schema.unflatten(self.average_vector())
+
+    def total(self) -> Any:
+        """The weighted sum in the caller's shape."""
+        return self.config.schema.unflatten(self.weighted_sum)
+
+    @property
+    def error_bound(self) -> float:
+        """Worst-case rounding error of :meth:`average` against the exact average of clipped inputs."""
+        return self.config.encoding.average_error_bound(len(self.survivors), self.weight_sum)
+
+
+ResultT = TypeVar("ResultT")
+
+
+@dataclass
+class Trace(Generic[ResultT]):
+    """What happened in one driven round, for reports and tests."""
+
+    result: ResultT
+    dropped: dict[int, str]
+    aborted: dict[int, str] = field(default_factory=dict)
+    client_seconds: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    server_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    upload_bytes: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    download_bytes: dict[int, int] = field(default_factory=lambda: defaultdict(int))
