@@ -11,11 +11,12 @@ backend must reproduce up to its quantisation error.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from secagg.hazmat.noise import gaussian
 
 from fedlm.config import RunConfig
 from fedlm.model import StateDict, load_uploaded_state, trainable_parameters, uploaded_state
@@ -100,16 +101,14 @@ def _add_dp_noise(delta: StateDict, cfg: RunConfig) -> StateDict:
     Each sampled client adds Gaussian noise of standard deviation
     ``dp_noise * dp_l2_clip / sqrt(clients_per_round)``, so the sum over a full
     round carries noise of ``dp_noise * dp_l2_clip`` (distributed Gaussian).
-    The noise generator is seeded from operating-system entropy, never from the
-    run's seed, but it is torch's ordinary (non-cryptographic) generator. This
-    is the float Gaussian mechanism without a privacy accountant, meant for
-    experiments; ``secagg.dp`` is the place for discrete noise and accounting.
+    The noise comes from :func:`secagg.hazmat.noise.gaussian` (AES-CTR keyed from
+    the OS CSPRNG), never from the run's seed. This is the float Gaussian
+    mechanism without a privacy accountant, meant for experiments.
     """
     norm = math.sqrt(sum(float(v.pow(2).sum()) for v in delta.values()))
     scale = min(1.0, cfg.dp_l2_clip / norm) if norm > 0 else 1.0
     std = cfg.dp_noise * cfg.dp_l2_clip / math.sqrt(cfg.clients_per_round)
-    noise_rng = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
-    return {k: v * scale + std * torch.randn(v.shape, generator=noise_rng)
+    return {k: v * scale + torch.from_numpy(gaussian(v.numel(), std)).reshape(v.shape).to(v.dtype)
             for k, v in delta.items()}
 
 
