@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+import time
+from typing import Any, Callable, Generic, Mapping, Protocol, TypeVar
 
 import numpy as np
 
 from .encoding import FixedPoint, Schema
-from .errors import ProtocolAbort
+from .errors import ProtocolAbort, SecAggError
 
 __all__ = ["WeightedSum", "Trace"]
 
@@ -65,3 +66,34 @@ class Trace(Generic[ResultT]):
     server_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     upload_bytes: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     download_bytes: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+
+    def attempt(
+        self,
+        cid: int,
+        stage: str,
+        dropouts: Mapping[int, str],
+        make: Callable[[], bytes | None],
+        timing: str | None = None,
+    ) -> bytes | None:
+        """Let client ``cid`` act in ``stage`` unless it has dropped (now or earlier) or it aborts.
+
+        Records the drop in ``dropped``, an abort in ``aborted`` and ``dropped``, the client's time
+        under ``timing`` (default: the stage) and its upload size. Returns the bytes to deliver.
+        """
+        if cid in self.dropped:
+            return None
+        if dropouts.get(cid) == stage:
+            self.dropped[cid] = stage
+            return None
+        start = time.perf_counter()
+        try:
+            data = make()
+        except SecAggError as exc:
+            self.aborted[cid] = f"{stage}: {type(exc).__name__}: {exc}"
+            self.dropped[cid] = stage
+            return None
+        finally:
+            self.client_seconds[timing or stage].append(time.perf_counter() - start)
+        if data is not None:
+            self.upload_bytes[cid] += len(data)
+        return data

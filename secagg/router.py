@@ -10,7 +10,6 @@ import functools
 import time
 from typing import Callable, Mapping
 
-from .errors import SecAggError
 from .protocols.secagg import AggregateResult, SecAggClient, SecAggServer, Stage
 from .results import Trace
 from .wire import SERVER_ID
@@ -40,25 +39,12 @@ class _Router:
     def __init__(self, server: SecAggServer, dropouts: dict[int, str], tap: Tap | None) -> None:
         self.server, self.dropouts, self.tap = server, dropouts, tap
         self.trace = RoundTrace(result=None, dropped={})  # type: ignore[arg-type]
-        self.gone: dict[int, str] = {}
 
     def client_step(self, cid: int, stage: str, make: Callable[[], bytes]) -> None:
         """Let client ``cid`` produce its message for ``stage`` (unless it drops) and deliver it."""
-        if cid in self.gone:
+        data = self.trace.attempt(cid, stage, self.dropouts, make)
+        if data is None:
             return
-        if self.dropouts.get(cid) == stage:
-            self.gone[cid] = stage
-            return
-        start = time.perf_counter()
-        try:
-            data = make()
-        except SecAggError as exc:
-            self.trace.aborted[cid] = f"{stage}: {type(exc).__name__}: {exc}"
-            self.gone[cid] = stage
-            return
-        finally:
-            self.trace.client_seconds[stage].append(time.perf_counter() - start)
-        self.trace.upload_bytes[cid] += len(data)
         if self.tap is not None:
             self.tap(cid, SERVER_ID, data)
         start = time.perf_counter()
@@ -107,5 +93,4 @@ def run_round(
         for cid, data in sorted(outbox.items()):
             router.client_step(cid, server.stage.value, functools.partial(clients[cid].handle, data))
     router.trace.result = server.result()
-    router.trace.dropped = router.gone
     return router.trace

@@ -168,14 +168,6 @@ def read_transcript(path: str | Path) -> Transcript:
     return Transcript("server" if role == 0 else "client", party, meta, tuple(records))
 
 
-_BODIES: dict[int, Any] = {
-    m.Kind.ADVERTISE: m.Advertise, m.Kind.KEY_LIST: m.KeyList, m.Kind.SHARES: m.ShareBundle,
-    m.Kind.DELIVERY: m.ShareDelivery, m.Kind.SURVIVORS: m.SurvivorList,
-    m.Kind.SURVIVOR_SIGNATURE: m.SurvivorSignature, m.Kind.UNMASK_REQUEST: m.UnmaskRequest,
-    m.Kind.UNMASK_RESPONSE: m.UnmaskResponse,
-}
-
-
 def decode_untagged(data: bytes, max_parties: int = m.MAX_PARTIES) -> tuple[Header, m.Body]:
     """Decode a message without checking its tag.
 
@@ -193,16 +185,10 @@ def decode_untagged(data: bytes, max_parties: int = m.MAX_PARTIES) -> tuple[Head
             raise MalformedMessage("message shorter than its tag")
         data = data[:-TAG_BYTES]
     header, reader = Header.decode(data)
-    body: m.Body
+    words = None
     if header.kind == m.Kind.MASKED_INPUT:
         peek = Reader(memoryview(data)[HEADER_BYTES:])
-        itemsize, count = peek.u8(), peek.u64()
-        if itemsize not in (1, 2, 4, 8):
-            raise MalformedMessage(f"masked input with {itemsize}-byte words")
-        body = m.MaskedInput.read_vector(reader, itemsize, count)
-    elif header.kind in _BODIES:
-        body = _BODIES[header.kind].read(reader, max_parties)
-    else:
-        raise MalformedMessage(f"unknown message kind {header.kind}")
-    reader.done()
-    return header, body
+        words = (peek.u8(), peek.u64())
+        if words[0] not in (1, 2, 4, 8):
+            raise MalformedMessage(f"masked input with {words[0]}-byte words")
+    return header, m.read_body(header, reader, max_parties, words)

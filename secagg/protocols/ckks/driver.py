@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from ...errors import ParameterError, SecAggError
+from ...errors import ParameterError
 from ...results import Trace
 from .client import CkksClient
 from .common import Stage
@@ -43,27 +43,16 @@ class _Round:
     def __init__(self, server: CkksServer, clients: Mapping[int, CkksClient], dropouts: Mapping[int, str]) -> None:
         self.server, self.clients, self.dropouts = server, clients, dropouts
         self.trace = CkksTrace(result=None, dropped={})  # type: ignore[arg-type]
-        self.gone: dict[int, str] = {}
+        self.gone = self.trace.dropped
 
     def step(self, cid: int, stage: str, make: Callable[[], bytes | None]) -> None:
         """Run one client action unless it dropped; deliver its reply to the server."""
-        if cid in self.gone or cid not in self.clients:
-            return
-        if self.dropouts.get(cid) == stage:
-            self.gone[cid] = stage
+        if cid not in self.clients:
             return
         timing = _TIMING_STAGE[stage]
-        start = time.perf_counter()
-        try:
-            data = make()
-        except SecAggError as exc:
-            self.trace.aborted[cid] = f"{stage}: {type(exc).__name__}: {exc}"
-            self.gone[cid] = stage
-            return
+        data = self.trace.attempt(cid, stage, self.dropouts, make, timing)
         if data is None:
             return
-        self.trace.client_seconds[timing].append(time.perf_counter() - start)
-        self.trace.upload_bytes[cid] += len(data)
         if stage == "before-upload":
             self.trace.ciphertext_upload_bytes[cid] = len(data)
         start = time.perf_counter()
@@ -112,5 +101,4 @@ def run_ckks_round(
         for cid in sorted(set(clients) - set(run.gone)):
             clients[cid].close()
     run.trace.result = server.result()
-    run.trace.dropped = dict(run.gone)
     return run.trace

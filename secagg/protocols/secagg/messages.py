@@ -31,6 +31,7 @@ __all__ = [
     "UnmaskResponse",
     "Body",
     "decode",
+    "read_body",
     "encode",
     "AUTHENTICATED_KINDS",
     "MAX_CIPHERTEXT",
@@ -310,6 +311,15 @@ def decode(
         if tag_key is None:
             raise MalformedMessage(f"message kind {header.kind} is not expected here")
         header, reader = Header.decode(strip_tag(data, tag_key(header)))
+    return header, read_body(header, reader, max_parties, vector_words)
+
+
+def read_body(header: Header, reader: Reader, max_parties: int, vector_words: tuple[int, int] | None) -> Body:
+    """Parse the body that follows ``header`` (tag already checked or removed) to its last byte.
+
+    Raises:
+        MalformedMessage: the bytes are not a canonical body of the header's kind.
+    """
     body: Body
     if header.kind == Kind.MASKED_INPUT:
         if vector_words is None:
@@ -320,4 +330,4 @@ def decode(
     else:
         raise MalformedMessage(f"unknown message kind {header.kind}")
     reader.done()
-    return header, body
+    return body
