@@ -10,27 +10,37 @@ import json
 import sys
 from typing import Any, Sequence
 
+import numpy as np
+
 from .audit import cli as audit_cli
-from .encoding import FixedPoint
+from .encoding import FixedPoint, Schema
 from .errors import SecAggError
 from .graphparams import CORRECTNESS_BITS, SECURITY_BITS, find_harary_parameters
-from .params import Adversary, ThreatModel
+from .params import Adversary, SecAggConfig, ThreatModel
 
 __all__ = ["main"]
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
-    malicious = args.adversary == "malicious"
-    graph = find_harary_parameters(args.clients, args.corrupt, args.dropout, malicious)
+    threat = ThreatModel(Adversary(args.adversary), args.corrupt, args.dropout)
+    schema = Schema.of(np.zeros(1, dtype=np.float32))
+    if args.protocol == "secagg":
+        config = SecAggConfig.secagg(args.clients, schema, threat)
+    else:
+        graph = find_harary_parameters(args.clients, args.corrupt, args.dropout, threat.is_malicious)
+        config = SecAggConfig(args.clients, graph.threshold, schema, FixedPoint(max_clients=args.clients),
+                              graph.degree, threat)
     return {
-        "k": graph.degree,
-        "t": graph.threshold,
+        "k": config.degree if config.degree is not None else args.clients - 1,
+        "t": config.threshold,
+        "protocol": config.protocol,
         "clients": args.clients,
         "dropout": args.dropout,
         "corrupt": args.corrupt,
         "adversary": args.adversary,
         "security_bits": SECURITY_BITS,
         "correctness_bits": CORRECTNESS_BITS,
+        **config.security_summary(),
     }
 
 
@@ -63,7 +73,8 @@ def _print(report: dict[str, Any], as_json: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secagg", description="Secure aggregation for federated learning.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("params", help="choose the SecAgg+ degree k and threshold t (fcp's parameter finder)")
+    p = sub.add_parser("params", help="choose the threshold t (and the SecAgg+ degree k) and show the guarantees")
+    p.add_argument("--protocol", choices=["secagg", "secagg+"], default="secagg+")
     p.add_argument("--clients", type=int, required=True)
     p.add_argument("--dropout", type=float, required=True, help="expected dropout fraction")
     p.add_argument("--corrupt", type=float, required=True, help="fraction of clients colluding with the server")

@@ -1,8 +1,18 @@
 """Choosing the SecAgg+ Harary-graph degree k and Shamir threshold t.
 
-Reimplements the search of Google's fcp ``graph_parameter_finder`` (Bell et al., CCS'20):
-security sigma = 40 bits split over two bad events (2^-41 each), correctness eta = 20 bits.
-Hypergeometric tails are summed exactly in log space with ``math.lgamma``.
+Follows the search of Google's fcp ``graph_parameter_finder`` (Bell et al., CCS'20): security
+sigma = 40 bits split over two bad events (2^-41 each), correctness eta = 20 bits. Hypergeometric
+tails are summed exactly in log space with ``math.lgamma``.
+
+Two departures, both for a deviating (malicious) server; SECURITY.md proves them:
+
+- fcp's semi-malicious threshold ``ceil((t1 + k - 1.25)/2) + 1`` lets a server that shows a client
+  only t - 1 neighbours and calls the honest ones dropped recover its input. We take the smallest t
+  with ``2t >= k + t1 + 3`` (the neighbourhood form of t + q > n + c + 1, see :mod:`secagg.bounds`).
+- The graph is derived from the setup id, which the server influences through the round number and
+  the caller context (e.g. a model digest it may perturb). A server that tries 2^g values offline
+  and keeps the graph it likes multiplies the failure probability by 2^g, so the malicious search
+  targets 2^-(sigma + g) per graph, with g = ``GRINDING_BITS`` = 40.
 """
 
 from __future__ import annotations
@@ -12,10 +22,14 @@ from dataclasses import dataclass
 
 from .errors import ParameterError
 
-__all__ = ["GraphParameters", "find_harary_parameters", "Hypergeometric", "SECURITY_BITS", "CORRECTNESS_BITS"]
+__all__ = [
+    "GraphParameters", "find_harary_parameters", "corrupt_neighbour_bound", "Hypergeometric",
+    "SECURITY_BITS", "CORRECTNESS_BITS", "GRINDING_BITS",
+]
 
 SECURITY_BITS = 40
 CORRECTNESS_BITS = 20
+GRINDING_BITS = 40
 MAX_CLIENTS = 1_000_000
 _SMALL = 1e-14
 
@@ -121,21 +135,38 @@ def _log_prob_disconnected(n: int, k: int, corrupt: float, dropout: float) -> fl
     return gap_pairs + lg(bad + 1) + lg(n - k + 1) - lg(n + 1) - lg(bad - k + 1)
 
 
+def _event_bits(malicious: bool) -> int:
+    """-log2 of the probability budget of each of the two bad events, per graph."""
+    return SECURITY_BITS + 1 + (GRINDING_BITS if malicious else 0)
+
+
+def corrupt_neighbour_bound(n: int, k: int, corrupt: float, malicious: bool) -> int:
+    """t1: no client has more than this many corrupt neighbours, except with probability 2^-sigma.
+
+    A hypergeometric tail bound over a uniformly random Harary labelling, union-bounded over the n
+    clients (and over 2^GRINDING_BITS graphs when the server is malicious). Never above k or the
+    number of corrupt clients.
+    """
+    marked = math.floor((corrupt + _SMALL) * n)
+    if k >= n - 1:
+        return marked
+    adversarial = Hypergeometric(n, marked, k)
+    return int(min(k, marked, adversarial.quantile(2.0 ** -_event_bits(malicious) / n, complement=True)))
+
+
 def _threshold_for_degree(n: int, k: int, corrupt: float, dropout: float, malicious: bool) -> int | None:
-    per_event = SECURITY_BITS + 1
+    per_event = _event_bits(malicious)
     if _log_prob_disconnected(n, k, corrupt, dropout) >= -per_event * math.log(2):
         return None
-    adversarial = Hypergeometric(n, math.floor((corrupt + _SMALL) * n), k)
     surviving = Hypergeometric(n, math.ceil((1 - dropout - _SMALL) * n), k)
-    t1 = adversarial.quantile(2.0**-per_event / n, complement=True)
+    t1 = corrupt_neighbour_bound(n, k, corrupt, malicious)
     t2 = surviving.quantile(2.0**-CORRECTNESS_BITS / n)
     if surviving.cdf(t2) < 2.0**-CORRECTNESS_BITS / n:
         t2 += 1
+    threshold = max(t1 + 1, 2)
     if malicious:
-        t1 = math.ceil((t1 + k - 1.25) / 2)
-    if t2 <= t1:
-        return None
-    threshold = int(max(t1 + 1, 2))
+        # t + q_nb >= k + t1 + 3 with q_nb = t (secagg.bounds): no client can be isolated.
+        threshold = max(threshold, -(-(k + t1 + 3) // 2))
     # fcp returns max(t1 + 1, 2) even when that exceeds t2 (e.g. n=5, 10% corrupt, 20% dropout gives
     # k=2, t=2, where one dropped neighbour breaks the round). We require t <= t2 so the 2^-20
     # correctness target holds too, and search on to a larger k instead.
@@ -144,6 +175,8 @@ def _threshold_for_degree(n: int, k: int, corrupt: float, dropout: float, malici
 
 def find_harary_parameters(n: int, corrupt: float, dropout: float, malicious: bool = False) -> GraphParameters:
     """The smallest even degree k (and its threshold t) meeting sigma = 40, eta = 20.
+
+    Malicious: also 2t >= k + t1 + 3 against 2^GRINDING_BITS re-drawn graphs (module docstring).
 
     Raises:
         ParameterError: the rates are infeasible or no degree below n - 1 works (use the complete

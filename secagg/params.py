@@ -12,9 +12,10 @@ import math
 import struct
 from dataclasses import dataclass, field
 
+from .bounds import ThresholdBounds
 from .encoding import FixedPoint, Schema
 from .errors import ParameterError
-from .graphparams import find_harary_parameters
+from .graphparams import GRINDING_BITS, corrupt_neighbour_bound, find_harary_parameters
 
 __all__ = ["Adversary", "ThreatModel", "SecAggConfig", "PROTOCOL_IDS"]
 
@@ -62,15 +63,23 @@ class ThreatModel:
     def is_malicious(self) -> bool:
         return self.adversary is Adversary.MALICIOUS
 
+    def corrupt_bound(self, num_clients: int) -> int:
+        """c = floor(gamma * n): the number of corrupt clients every guarantee assumes."""
+        return math.floor(self.corrupt_fraction * num_clients + 1e-9)
+
 
 def complete_graph_threshold(n: int, threat: ThreatModel) -> int:
-    """Smallest safe t for the complete graph: t > gamma*n, or t > (n + gamma*n)/2 if malicious.
+    """Smallest safe t for the complete graph.
+
+    Semi-honest: t = c + 1. Malicious: t = q = ceil((n + c + 2)/2), the smallest value with
+    2q > n + c and t + q > n + c + 1 (SECURITY.md), so the server learns no sum of fewer than two
+    honest inputs.
 
     Raises:
         ParameterError: t would exceed the expected survivors n - floor(delta*n).
     """
-    corrupt = math.floor(threat.corrupt_fraction * n + 1e-9)
-    t = (n + corrupt) // 2 + 1 if threat.is_malicious else corrupt + 1
+    corrupt = threat.corrupt_bound(n)
+    t = -(-(n + corrupt + 2) // 2) if threat.is_malicious else corrupt + 1
     t = max(t, 2) if n >= 3 else n
     survivors = n - math.floor(threat.dropout_fraction * n + 1e-9)
     if t > survivors:
@@ -107,17 +116,16 @@ class SecAggConfig:
             raise ParameterError(
                 f"encoding.max_clients={self.encoding.max_clients} < num_clients={n}: the sum could overflow"
             )
-        holders = (n - 1 if k is None else min(k, n - 1)) + 1  # the neighbours and the client itself
+        holders = self.holders
         if k is not None and (k < 2 or k % 2):
             raise ParameterError(f"the Harary degree k must be even and >= 2, got {k}")
         if not 1 <= t <= holders:
             raise ParameterError(f"threshold t={t} must be in [1, {holders}] (each secret has {holders} share holders)")
-        corrupt = math.floor(self.threat.corrupt_fraction * n + 1e-9)
-        if k is None and not self.threat.is_malicious and t <= corrupt:
-            raise ParameterError(f"t={t} must exceed the {corrupt} corrupt clients, or they recover masks")
-        if k is None and self.threat.is_malicious and t <= (n + corrupt) / 2:
+        broken = self.bounds().violations()
+        if broken:
             raise ParameterError(
-                f"against a malicious server t must exceed (n + corrupt)/2 = {(n + corrupt) / 2}, got {t}"
+                f"{self.threat.adversary.value} {self.protocol} with n={n}, k={k}, t={t} breaks "
+                + "; ".join(broken) + " (SECURITY.md, 'Thresholds')"
             )
         if self.chunk_size < 1024 or self.chunk_size % 64:
             raise ParameterError("chunk_size must be a multiple of 64 and at least 1024")
@@ -159,17 +167,61 @@ class SecAggConfig:
         return self.schema.size + 1
 
     @property
+    def corrupt_bound(self) -> int:
+        """c: the number of corrupt clients the guarantees assume (floor(gamma * n))."""
+        return self.threat.corrupt_bound(self.num_clients)
+
+    @property
+    def holders(self) -> int:
+        """h: share holders of each client's secrets (its neighbours and itself)."""
+        n, k = self.num_clients, self.degree
+        return n if k is None else min(k, n - 1) + 1
+
+    @property
     def quorum(self) -> int:
         """Fewest clients that must sign the survivor set (and appear in the key list) per session.
 
-        Semi-honest: t. Malicious: max(t, floor((n + corrupt)/2) + 1), an honest-majority quorum, so
-        no two disjoint groups of honest clients can each complete a session (Bonawitz et al. need
-        it for the consistency round; for the complete graph t already exceeds it).
+        Semi-honest: t. Malicious: max(t, floor((n + c)/2) + 1), so 2q > n + c and no two disjoint
+        groups of honest clients can each complete a session.
         """
         if not self.threat.is_malicious:
             return self.threshold
-        corrupt = math.floor(self.threat.corrupt_fraction * self.num_clients + 1e-9)
-        return max(self.threshold, (self.num_clients + corrupt) // 2 + 1)
+        return max(self.threshold, (self.num_clients + self.corrupt_bound) // 2 + 1)
+
+    @property
+    def local_quorum(self) -> int:
+        """q_nb: how many of a client's own share holders (itself included) must be in the survivor
+        set it signs (malicious variant). The quorum itself for the complete graph; t for SecAgg+."""
+        return self.quorum if self.holders == self.num_clients else self.threshold
+
+    @property
+    def corrupt_holders(self) -> int:
+        """c_nb: the most corrupt share holders an honest client has (except w.p. 2^-sigma for SecAgg+)."""
+        c = self.corrupt_bound
+        if self.holders == self.num_clients:
+            return c
+        return corrupt_neighbour_bound(self.num_clients, self.holders - 1, self.threat.corrupt_fraction,
+                                       self.threat.is_malicious)
+
+    def bounds(self) -> ThresholdBounds:
+        """The parameters as the security argument (:mod:`secagg.bounds`) sees them."""
+        return ThresholdBounds(self.num_clients, self.holders, self.threshold, self.corrupt_bound,
+                               self.corrupt_holders, self.quorum, self.local_quorum, self.threat.is_malicious)
+
+    def security_summary(self) -> dict[str, int]:
+        """What the guarantees assume and promise (SECURITY.md, 'Thresholds'); JSON-ready.
+
+        ``min_honest_inputs`` is the fewest honest inputs in any sum the server can learn (for
+        SecAgg+ except with probability 2^-40, after ``grinding_bits`` of graph re-draws).
+        """
+        return {
+            "quorum": self.quorum,
+            "local_quorum": self.local_quorum,
+            "corrupt_bound": self.corrupt_bound,
+            "corrupt_neighbours": self.corrupt_holders,
+            "min_honest_inputs": self.bounds().min_honest_inputs(),
+            "grinding_bits": GRINDING_BITS if self.holders < self.num_clients and self.threat.is_malicious else 0,
+        }
 
     def digest(self) -> bytes:
         """SHA-256 over every public parameter; bound into the session id."""

@@ -145,6 +145,7 @@ def simulate(
         "aborted_clients": trace.aborted,
         "threshold": config.threshold,
         "degree": config.degree if config.degree is not None else clients - 1,
+        **config.security_summary(),
         "adversary": threat.adversary.value,
         "modulus_bits": encoding.modulus_bits,
         "word_bytes": encoding.dtype.itemsize,

@@ -19,7 +19,9 @@ def test_params_json(capsys) -> None:
     assert (out["k"], out["t"]) == (30, 17)
     out = run_cli(capsys, "params", "--clients", "1000", "--dropout", "0.05", "--corrupt", "0.05",
                   "--adversary", "malicious", "--json")
-    assert (out["k"], out["t"]) == (52, 37)
+    assert (out["k"], out["t"]) == (68, 51)  # fcp: (52, 37), isolatable; see tests/test_params.py
+    assert (out["quorum"], out["corrupt_bound"], out["local_quorum"]) == (526, 50, 51)
+    assert out["min_honest_inputs"] >= 2 and out["grinding_bits"] == 40
 
 
 def test_params_refuses_infeasible_with_reason(capsys) -> None:

@@ -10,16 +10,39 @@ import numpy as np
 import pytest
 
 from secagg import FixedPoint, ParameterError, Schema, SecAggConfig, ThreatModel, find_harary_parameters
-from secagg.graphparams import Hypergeometric
+from secagg.graphparams import Hypergeometric, corrupt_neighbour_bound
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "fcp_graph_parameters.json").read_text())
 
 
-def test_fcp_known_answers() -> None:
+def test_fcp_known_answers_semi_honest() -> None:
     assert VECTORS["provenance"]
-    for n, corrupt, dropout, adversary, k, t in VECTORS["cases"]:
-        got = find_harary_parameters(n, corrupt, dropout, adversary == "malicious")
+    cases = [c for c in VECTORS["cases"] if c[3] == "semi-honest"]
+    assert len(cases) >= 40
+    for n, corrupt, dropout, adversary, k, t in cases:
+        got = find_harary_parameters(n, corrupt, dropout, False)
         assert (got.degree, got.threshold) == (k, t), (n, corrupt, dropout, adversary)
+
+
+def test_malicious_answers_deviate_from_fcp_where_fcp_is_isolatable() -> None:
+    """fcp's semi-malicious t = ceil((t1 + k - 1.25)/2) + 1 can break 2t >= k + t1 + 3 (issue 8).
+
+    Ours never does, at 2^-(40 + 40) per graph (grinding charged), so our degree is never smaller.
+    """
+    cases = [c for c in VECTORS["cases"] if c[3] == "malicious"]
+    fcp_isolatable = 0
+    for n, corrupt, dropout, _, k, t in cases:
+        fcp_t1 = corrupt_neighbour_bound(n, k, corrupt, True)
+        fcp_isolatable += 2 * t < k + fcp_t1 + 3
+        try:
+            got = find_harary_parameters(n, corrupt, dropout, True)
+        except ParameterError:  # no sparse graph is safe here: SecAggConfig.secagg_plus uses the complete one
+            assert SecAggConfig.secagg_plus(n, Schema.of(np.zeros(2)), ThreatModel.malicious(corrupt, dropout)).degree is None
+            continue
+        ours_t1 = corrupt_neighbour_bound(n, got.degree, corrupt, True)
+        assert 2 * got.threshold >= got.degree + ours_t1 + 3 and got.threshold > ours_t1, (n, corrupt, dropout)
+        assert got.degree >= k, (n, corrupt, dropout)
+    assert len(cases) >= 40 and fcp_isolatable > 0
 
 
 def test_documented_deviations_from_fcp() -> None:

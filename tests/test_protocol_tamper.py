@@ -19,7 +19,7 @@ TYPED = (MalformedMessage, ProtocolAbort, IntegrityError)
 
 def _config(malicious: bool = False):
     threat = ThreatModel.malicious(0.0, 0.0) if malicious else ThreatModel.semi_honest(0.0, 0.0)
-    return small_config(5, 12, threshold=3 if not malicious else 3, threat=threat)
+    return small_config(5, 12, threshold=3 if not malicious else 4, threat=threat)
 
 
 def _flip(data: bytes, position: int, bit: int) -> bytes:

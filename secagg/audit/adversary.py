@@ -23,7 +23,9 @@ from ..hazmat.prg import MaskStream
 from ..params import SecAggConfig
 from ..protocols.secagg import AggregateResult, SecAggClient, SecAggServer, Stage
 from ..protocols.secagg import messages as m
-from ..protocols.secagg.common import LABEL_PAIRWISE_MASK, LABEL_SELF_MASK, TO_CLIENT, apply_masks, message_key
+from ..protocols.secagg.common import (
+    LABEL_PAIRWISE_MASK, LABEL_SELF_MASK, TO_CLIENT, apply_masks, message_key, pairwise_context,
+)
 from ..wire import HEADER_BYTES, SERVER_ID, Header
 
 __all__ = ["AdversarialServer", "Cast", "Play", "Deviation", "ACCEPTED", "replace_body", "cast", "play", "kind_name", "plain_sum"]
@@ -111,10 +113,10 @@ class AdversarialServer(SecAggServer):
     def shared(self) -> tuple[int, ...]:
         return self._shared
 
-    def _require(self, count: int, what: str) -> None:
+    def _require(self, count: int, what: str, needed: int) -> None:
         """The attacker never holds itself back: clients must do the refusing."""
         if count == 0:
-            super()._require(count, what)
+            super()._require(count, what, 1)
 
     # -- keep everything --------------------------------------------------------------------------
     def _accept_masked(self, sender: int, vector: np.ndarray) -> None:
@@ -168,7 +170,9 @@ class AdversarialServer(SecAggServer):
         pair = AgreementKeyPair.from_private_bytes(key)
         for v in self._graph[owner]:
             if v in self._shared_set:
-                mask = pair.agree(self._keys[v].mask_key, LABEL_PAIRWISE_MASK, self._session)
+                peer_key = self._keys[v].mask_key
+                context = pairwise_context(self._session, owner, pair.public_bytes, v, peer_key)
+                mask = pair.agree(peer_key, LABEL_PAIRWISE_MASK, context)
                 streams.append((MaskStream(mask), -1 if owner < v else +1))
         apply_masks(out, streams, self.config.chunk_size)
         unmasked: np.ndarray = out & out.dtype.type(self.config.encoding.ring_mask)

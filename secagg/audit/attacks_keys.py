@@ -17,6 +17,7 @@ from ..hazmat.keys import SigningKey
 from ..hazmat.random import RandomSource
 from ..params import SecAggConfig
 from ..protocols.secagg import SecAggServer, Stage
+from ..protocols.secagg.common import ring_order, setup_id
 from .adversary import AdversarialServer, Cast, Play, _hand, cast, kind_name, play, plain_sum
 from .harness import CONTEXT, Observation, observe
 
@@ -134,17 +135,24 @@ def _relay(servers: dict[bytes, SecAggServer], senders: dict[int, bytes]) -> Non
 
 
 def split_sessions(config: SecAggConfig) -> Observation:
-    """Two separate sessions, each told it is the whole round: first half on model A, rest on B."""
-    contexts = {i: CONTEXT + (b"/A" if i < config.num_clients // 2 else b"/B") for i in range(config.num_clients)}
-    parties = cast(config, range(config.num_clients), context=contexts)
+    """Two separate sessions of one round, each told it is the whole round.
+
+    The server splits the registered clients into two arcs of the (public) Harary ring, so that in a
+    sparse graph each client keeps most of its neighbours, and runs one session with each arc.
+    """
+    ring = [int(c) for c in ring_order(config.num_clients, setup_id(config, 0, CONTEXT))]
+    if config.degree is None:
+        ring = sorted(ring)
+    half = set(ring[: config.num_clients // 2])
+    parties = cast(config, range(config.num_clients), context=CONTEXT)
     merged, sums = Play(), []
-    for ctx in sorted(set(contexts.values())):
-        members = {i: c for i, c in parties.clients.items() if contexts[i] == ctx}
-        log = play(AdversarialServer(config, context=ctx, registry=parties.registry), members)
+    for name, group in (("A", half), ("B", set(range(config.num_clients)) - half)):
+        members = {i: c for i, c in parties.clients.items() if i in group}
+        log = play(AdversarialServer(config, context=CONTEXT, registry=parties.registry), members)
         merged.refusals.update(log.refusals)
         merged.server_error = merged.server_error or log.server_error
         if log.result is not None:
             exact = np.array_equal(log.result.ring_sum, plain_sum(config, parties.inputs, log.result.survivors))
-            sums.append(f"{ctx[-1:].decode()}: {len(log.result.survivors)} clients (exact: {exact})")
+            sums.append(f"{name}: {len(log.result.survivors)} clients (exact: {exact})")
     note = f"partial sums released: {', '.join(sums) or 'none'}"
     return observe(merged, [], {"key-list"}, goal=len(sums) == 2, note=note)

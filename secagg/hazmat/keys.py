@@ -27,6 +27,7 @@ __all__ = [
     "AgreementKeyPair",
     "SigningKey",
     "derive_key",
+    "is_canonical_public_key",
     "seal",
     "open_sealed",
     "verify_signature",
@@ -40,6 +41,19 @@ _RAW = serialization.Encoding.Raw
 _RAW_PUB = serialization.PublicFormat.Raw
 _RAW_PRIV = serialization.PrivateFormat.Raw
 _NO_ENC = serialization.NoEncryption()
+
+
+_FIELD_PRIME_25519 = 2**255 - 19
+
+
+def is_canonical_public_key(data: bytes) -> bool:
+    """True iff ``data`` is the one canonical encoding of an X25519 u-coordinate (RFC 7748).
+
+    RFC 7748 decoders mask bit 255 and reduce modulo 2^255 - 19, so several byte strings decode to
+    one point; only the encoding with u < 2^255 - 19 (which has bit 255 clear) is canonical. Keys
+    compared as bytes are compared as points only after this check.
+    """
+    return len(data) == PUBLIC_KEY_BYTES and int.from_bytes(data, "little") < _FIELD_PRIME_25519
 
 
 def derive_key(secret: bytes, label: bytes, context: bytes = b"", length: int = 32) -> bytes:
@@ -89,8 +103,8 @@ class AgreementKeyPair:
         Raises:
             IntegrityError: the peer key is malformed or of low order (all-zero shared secret).
         """
-        if len(peer_public) != PUBLIC_KEY_BYTES:
-            raise IntegrityError("invalid peer key")
+        if not is_canonical_public_key(peer_public):
+            raise IntegrityError("invalid peer key (wrong length or not canonically encoded)")
         try:
             shared = self._private.exchange(X25519PublicKey.from_public_bytes(peer_public))
         except ValueError:

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import IntegrityError, ParameterError
 from .random import RandomSource, system_random
 
-__all__ = ["PRIME", "CHUNK_BYTES", "MAX_X", "split", "reconstruct", "lagrange_at_zero", "share_bytes"]
+__all__ = ["PRIME", "CHUNK_BYTES", "MAX_X", "split", "reconstruct", "lagrange_at_zero", "share_bytes", "consistent_holders"]
 
 PRIME = (1 << 31) - 1
 CHUNK_BYTES = 2
@@ -122,3 +122,88 @@ def reconstruct(xs: Sequence[int], shares: np.ndarray) -> list[bytes]:
         raise IntegrityError("secret reconstruction failed")
     chunks = total.astype("<u2")
     return [row.tobytes() for row in chunks]
+
+
+def _solve_mod(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
+    """One solution x of ``matrix @ x = rhs`` over GF(PRIME), or None if there is none.
+
+    Gauss-Jordan elimination with whole-row numpy operations; products of two field elements fit
+    in int64 (< 2^62).
+    """
+    rows, cols = matrix.shape
+    aug = np.concatenate([matrix % PRIME, (rhs % PRIME)[:, None]], axis=1).astype(np.int64)
+    pivots: list[int] = []
+    r = 0
+    for col in range(cols):
+        nonzero = np.flatnonzero(aug[r:, col]) + r
+        if nonzero.size == 0:
+            continue
+        p = int(nonzero[0])
+        aug[[r, p]] = aug[[p, r]]
+        aug[r] = aug[r] * pow(int(aug[r, col]), PRIME - 2, PRIME) % PRIME
+        factors = aug[:, col].copy()
+        factors[r] = 0
+        aug = (aug - (factors[:, None] * aug[r][None, :]) % PRIME) % PRIME
+        pivots.append(col)
+        r += 1
+        if r == rows:
+            break
+    if (aug[r:, -1] != 0).any():
+        return None
+    x = np.zeros(cols, dtype=np.int64)
+    for i, col in enumerate(pivots):
+        x[col] = aug[i, -1]
+    return x
+
+
+def _poly_divide(num: list[int], den: list[int]) -> tuple[list[int], bool]:
+    """Quotient of two polynomials over GF(PRIME) (lowest degree first) and whether it is exact."""
+    num = list(num)
+    inv = pow(den[-1], PRIME - 2, PRIME)
+    quotient = [0] * max(1, len(num) - len(den) + 1)
+    for i in range(len(num) - len(den), -1, -1):
+        coef = num[i + len(den) - 1] * inv % PRIME
+        quotient[i] = coef
+        for j, d in enumerate(den):
+            num[i + j] = (num[i + j] - coef * d) % PRIME
+    return quotient, not any(num[: len(den) - 1])
+
+
+def consistent_holders(xs: Sequence[int], shares: np.ndarray, threshold: int) -> list[int]:
+    """Indices of the shares that lie on the polynomials the majority defines (Berlekamp-Welch).
+
+    Args:
+        xs: m distinct evaluation points; shares: shape ``(m, secrets, chunks)``.
+    Returns:
+        the rows consistent with every chunk's degree-(t-1) polynomial, when at most
+        ``(m - t) // 2`` rows are wrong (the unique-decoding radius). With more wrong rows the
+        result may be wrong or empty; callers verify what they reconstruct (e.g. a commitment).
+    """
+    arr = np.asarray(shares, dtype=np.int64)
+    m = len(xs)
+    errors = (m - threshold) // 2
+    if errors <= 0:
+        return list(range(m))
+    x = np.asarray(xs, dtype=np.int64) % PRIME
+    powers = np.ones((m, errors + threshold), dtype=np.int64)
+    for j in range(1, errors + threshold):
+        powers[:, j] = powers[:, j - 1] * x % PRIME
+    bad: set[int] = set()
+    for column in arr.reshape(m, -1).T:
+        y = column % PRIME
+        # Q(x_i) - y_i * (e_0 + ... + e_{E-1} x_i^{E-1}) = y_i * x_i^E, Q of degree < E + t.
+        left = np.concatenate([powers, (-(y[:, None] * powers[:, :errors]) % PRIME)], axis=1)
+        right = y * (powers[:, errors - 1] * x % PRIME) % PRIME
+        solution = _solve_mod(left, right)
+        if solution is None:
+            return []
+        q = [int(v) for v in solution[: errors + threshold]]
+        e = [int(v) for v in solution[errors + threshold :]] + [1]
+        p, exact = _poly_divide(q, e)
+        if not exact:
+            return []
+        values = np.zeros(m, dtype=np.int64)
+        for coef in reversed(p):
+            values = (values * x + coef) % PRIME
+        bad.update(int(i) for i in np.flatnonzero(values != y))
+    return [i for i in range(m) if i not in bad]

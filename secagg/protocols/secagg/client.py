@@ -36,8 +36,11 @@ from .common import (
     Stage,
     apply_masks,
     check_binding,
+    neighbours,
     neighbours_of,
+    pairwise_context,
     protocol_id,
+    prune_to_local_quorum,
     seed_commitment,
     session_id,
     setup_id,
@@ -208,7 +211,7 @@ class SecAggClient:
         self._validate_key_list(keys, body.server_key)
         session = session_id(self._setup, body.body_bytes())
         channel = self._encryption.agree(body.server_key, LABEL_SERVER_CHANNEL, channel_context(session, self.client_id))
-        mine = neighbours_of(self.client_id, sorted(keys), self.config.degree, session)
+        mine = neighbours_of(self.client_id, sorted(keys), self.config.degree, self._setup, self.config.num_clients)
         if len(mine) + 1 < self.config.threshold:
             raise InsufficientParties(f"only {len(mine)} neighbours advertised keys; threshold is {self.config.threshold}")
         seed = self._random(32)
@@ -277,8 +280,11 @@ class SecAggClient:
     def _masked_vector(self, peers: tuple[int, ...]) -> np.ndarray:
         cfg, enc = self.config, self.config.encoding
         streams = [(MaskStream(derive_key(self._seed, LABEL_SELF_MASK, self._session)), +1)]
+        mine = self._masking.public_bytes
         for peer in peers:
-            key = self._masking.agree(self._keys[peer].mask_key, LABEL_PAIRWISE_MASK, self._session)
+            peer_key = self._keys[peer].mask_key
+            context = pairwise_context(self._session, self.client_id, mine, peer, peer_key)
+            key = self._masking.agree(peer_key, LABEL_PAIRWISE_MASK, context)
             streams.append((MaskStream(key), +1 if self.client_id < peer else -1))
         out = np.empty(cfg.dim, dtype=enc.dtype)
         values, encoded, d = self._values, self._encoded, cfg.schema.size
@@ -305,8 +311,14 @@ class SecAggClient:
         survivors = body.survivors
         if self.client_id not in survivors or not set(survivors) <= set(self._keys):
             raise ProtocolAbort("the survivor set omits this client or names unknown clients")
-        if len(survivors) < self.config.threshold:
-            raise InsufficientParties(f"{len(survivors)} survivors; threshold is {self.config.threshold}")
+        if len(survivors) < self.config.quorum:
+            raise InsufficientParties(f"{len(survivors)} survivors; the quorum is {self.config.quorum}")
+        graph = neighbours(survivors, self.config.degree, self._setup, self.config.num_clients)
+        if prune_to_local_quorum(survivors, graph, self.config.local_quorum) != survivors:
+            raise ProtocolAbort(
+                f"a survivor has fewer than q_nb = {self.config.local_quorum} of its share holders in the survivor "
+                "set: signing it could expose that client's input (SECURITY.md, lemma 'isolation')"
+            )
         self._survivors = survivors
         signature = self._identity.sign(LABEL_SURVIVORS_SIG, survivors_signed_bytes(self._session, survivors))
         self._stage = Stage.UNMASK

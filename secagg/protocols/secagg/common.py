@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import struct
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -30,6 +30,9 @@ __all__ = [
     "session_id",
     "neighbours",
     "neighbours_of",
+    "prune_to_local_quorum",
+    "ring_order",
+    "pairwise_context",
     "share_context",
     "apply_masks",
     "protocol_id",
@@ -92,38 +95,72 @@ def session_id(setup: bytes, key_list_body: bytes) -> bytes:
     return hashlib.sha256(b"secagg/v1/session\x00" + setup + key_list_body).digest()
 
 
-def _ring(ids: Sequence[int], session: bytes) -> list[int]:
-    """The clients in ring order: a permutation derived from the session id alone."""
-    keys = np.empty(len(ids), dtype="<u8")
-    MaskStream(derive_key(session, LABEL_GRAPH)).fill(keys)
-    return [ids[i] for i in np.argsort(keys, kind="stable")]
+def ring_order(num_clients: int, setup: bytes) -> np.ndarray:
+    """Every registered client in ring order: a permutation derived from the setup id alone."""
+    keys = np.empty(num_clients, dtype="<u8")
+    MaskStream(derive_key(setup, LABEL_GRAPH)).fill(keys)
+    ring: np.ndarray = np.argsort(keys, kind="stable")
+    return ring
 
 
-def _near(ring: list[int], pos: int, half: int) -> tuple[int, ...]:
+def _near(ring: np.ndarray, pos: int, half: int, members: frozenset[int] | set[int]) -> tuple[int, ...]:
     m = len(ring)
-    return tuple(sorted({ring[(pos + off) % m] for off in range(-half, half + 1) if off}))
+    return tuple(sorted({int(ring[(pos + off) % m]) for off in range(-half, half + 1) if off} & members))
 
 
-def neighbours(ids: Sequence[int], degree: int | None, session: bytes) -> dict[int, tuple[int, ...]]:
-    """The share/mask graph over the advertised clients ``ids``.
+def neighbours(ids: Sequence[int], degree: int | None, setup: bytes, num_clients: int) -> dict[int, tuple[int, ...]]:
+    """The share/mask graph among the clients ``ids`` that advertised keys.
 
-    ``degree=None`` (or degree >= len(ids) - 1) is the complete graph. Otherwise a Harary graph
-    H(m, k): clients are relabelled by a permutation derived from the session id (so neither the
-    server nor any client chooses it) and each links to the k/2 nearest on either side of a ring.
+    ``degree=None`` (or degree >= num_clients - 1) is the complete graph. Otherwise the Harary graph
+    H(num_clients, k) over every registered client, restricted to ``ids``: clients are placed on a
+    ring by a permutation derived from the setup id (config, round and caller context), so the
+    graph is fixed before any key is advertised; neither who advertises nor the server's keys can
+    change it (SECURITY.md: graph grinding, dropout amplification).
     """
-    if degree is None or degree >= len(ids) - 1:
-        everyone = tuple(ids)
+    members = set(ids)
+    if degree is None or degree >= num_clients - 1:
+        everyone = tuple(sorted(members))
         return {u: tuple(v for v in everyone if v != u) for u in everyone}
-    ring = _ring(ids, session)
-    return {u: _near(ring, pos, degree // 2) for pos, u in enumerate(ring)}
+    ring = ring_order(num_clients, setup)
+    return {int(u): _near(ring, pos, degree // 2, members) for pos, u in enumerate(ring) if int(u) in members}
 
 
-def neighbours_of(client: int, ids: Sequence[int], degree: int | None, session: bytes) -> tuple[int, ...]:
-    """``neighbours(ids, degree, session)[client]`` without building the whole graph."""
-    if degree is None or degree >= len(ids) - 1:
-        return tuple(v for v in ids if v != client)
-    ring = _ring(ids, session)
-    return _near(ring, ring.index(client), degree // 2)
+def neighbours_of(client: int, ids: Sequence[int], degree: int | None, setup: bytes, num_clients: int) -> tuple[int, ...]:
+    """``neighbours(ids, degree, setup, num_clients)[client]`` without building the whole graph."""
+    if degree is None or degree >= num_clients - 1:
+        return tuple(sorted(v for v in set(ids) if v != client))
+    ring = ring_order(num_clients, setup)
+    pos = int(np.flatnonzero(ring == client)[0])
+    return _near(ring, pos, degree // 2, set(ids))
+
+
+def prune_to_local_quorum(alive: Sequence[int], graph: Mapping[int, Sequence[int]], local_quorum: int) -> tuple[int, ...]:
+    """The largest subset A of ``alive`` in which every member has >= ``local_quorum`` of its share
+    holders (itself included) in A.
+
+    The malicious server offers only such a set for signing and honest clients sign only such a set
+    (``prune_to_local_quorum(A) == A``): then no survivor can have been isolated by showing it few
+    honest share holders and calling them dropped (SECURITY.md, lemma "isolation").
+    """
+    members = set(alive)
+    changed = True
+    while changed:
+        changed = False
+        for u in sorted(members):
+            if 1 + sum(1 for v in graph.get(u, ()) if v in members) < local_quorum:
+                members.discard(u)
+                changed = True
+    return tuple(sorted(members))
+
+
+def pairwise_context(session: bytes, u: int, key_u: bytes, v: int, key_v: bytes) -> bytes:
+    """KDF context of the pairwise mask of u and v: the session and the sorted (id, mask key) pairs.
+
+    Binding both identities and both keys means a key advertised under another client's id (e.g. an
+    honest key re-advertised by a corrupt client) never yields the same mask as the honest pair.
+    """
+    (a, ka), (b, kb) = sorted(((u, key_u), (v, key_v)))
+    return session + struct.pack("<II", a, b) + ka + kb
 
 
 def share_context(session: bytes, round_number: int, sender: int, recipient: int) -> bytes:

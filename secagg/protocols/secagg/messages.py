@@ -13,7 +13,7 @@ from typing import Any, Callable, Union
 import numpy as np
 
 from ...errors import MalformedMessage, ParameterError
-from ...hazmat.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
+from ...hazmat.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, is_canonical_public_key
 from ...wire import Header, Reader, Writer, strip_tag
 
 __all__ = [
@@ -66,6 +66,18 @@ class ShareKind(enum.IntEnum):
     MASK_KEY = 2
 
 
+def _public_key(reader: Reader) -> bytes:
+    """An X25519 public key in its one canonical encoding (u < 2^255 - 19, so bit 255 is clear).
+
+    X25519 ignores bit 255, so without this check two byte strings name one point and a key could
+    be re-advertised under a different encoding that compares unequal.
+    """
+    key = reader.fixed(PUBLIC_KEY_BYTES)
+    if not is_canonical_public_key(key):
+        raise MalformedMessage("an X25519 public key is not canonically encoded")
+    return key
+
+
 def _signature(reader: Reader) -> bytes:
     sig = reader.blob(SIGNATURE_BYTES)
     if len(sig) not in (0, SIGNATURE_BYTES):
@@ -87,7 +99,7 @@ class Advertise:
 
     @classmethod
     def read(cls, r: Reader, max_parties: int) -> Advertise:
-        return cls(r.fixed(PUBLIC_KEY_BYTES), r.fixed(PUBLIC_KEY_BYTES), _signature(r))
+        return cls(_public_key(r), _public_key(r), _signature(r))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +126,9 @@ class KeyList:
 
     @classmethod
     def read(cls, r: Reader, max_parties: int) -> KeyList:
-        server_key = r.fixed(PUBLIC_KEY_BYTES)
+        server_key = _public_key(r)
         ids = r.ids(max_parties)
-        return cls(server_key, tuple(KeyEntry(i, r.fixed(PUBLIC_KEY_BYTES), r.fixed(PUBLIC_KEY_BYTES), _signature(r)) for i in ids))
+        return cls(server_key, tuple(KeyEntry(i, _public_key(r), _public_key(r), _signature(r)) for i in ids))
 
     def body_bytes(self) -> bytes:
         w = Writer()

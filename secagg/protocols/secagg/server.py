@@ -9,7 +9,6 @@ accumulator as they arrive.
 
 from __future__ import annotations
 
-import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
@@ -41,7 +40,9 @@ from .common import (
     apply_masks,
     check_binding,
     neighbours,
+    pairwise_context,
     protocol_id,
+    prune_to_local_quorum,
     seed_commitment,
     session_id,
     setup_id,
@@ -49,7 +50,6 @@ from .common import (
 
 __all__ = ["SecAggServer", "AggregateResult"]
 
-_MAX_RETRIES = 256  # subsets of t share holders tried per secret before giving up
 _EXPECTED = {
     Stage.ADVERTISE: m.Kind.ADVERTISE,
     Stage.SHARE: m.Kind.SHARES,
@@ -232,17 +232,12 @@ class SecAggServer:
             self._stage = Stage.ABORTED
             raise
 
-    def _require(self, count: int, what: str) -> None:
-        needed = self.config.threshold
-        if what == "advertised keys":
-            needed = max(needed, self.config.quorum)
-        elif what == "signed the survivor set":
-            needed = self.config.quorum
+    def _require(self, count: int, what: str, needed: int) -> None:
         if count < needed:
             raise InsufficientParties(f"only {count} clients {what}; {needed} are needed")
 
     def _close_advertise(self) -> dict[int, bytes]:
-        self._require(len(self._inbox), "advertised keys")
+        self._require(len(self._inbox), "advertised keys", self.config.quorum)
         entries = []
         for client in sorted(self._inbox):
             body = self._inbox[client]
@@ -255,7 +250,7 @@ class SecAggServer:
             e.client: self._channel_key.agree(e.encryption_key, LABEL_SERVER_CHANNEL, channel_context(self._session, e.client))
             for e in entries
         }
-        self._graph = neighbours(sorted(self._keys), self.config.degree, self._session)
+        self._graph = neighbours(sorted(self._keys), self.config.degree, self._setup, self.config.num_clients)
         self.dropped["advertise"] = ()
         self._next(Stage.SHARE)
         encoded = key_list.body_bytes()  # identical for everyone: encode once, not n times
@@ -267,7 +262,7 @@ class SecAggServer:
 
     def _close_shares(self) -> dict[int, bytes]:
         bundles = {c: b for c, b in self._inbox.items() if isinstance(b, m.ShareBundle)}
-        self._require(len(bundles), "shared their keys")
+        self._require(len(bundles), "shared their keys", self.config.threshold)
         self._shared = tuple(sorted(bundles))
         self._commitments = {c: b.seed_commitment for c, b in bundles.items()}
         self._shared_set = set(self._shared)
@@ -285,8 +280,18 @@ class SecAggServer:
         return out
 
     def _close_masked(self) -> dict[int, bytes]:
-        self._require(len(self._inbox), "sent masked inputs")
+        self._require(len(self._inbox), "sent masked inputs", self.config.quorum)
         self._survivors = tuple(sorted(self._inbox))
+        if self.config.threat.is_malicious:
+            # Honest clients sign only a set in which every member has q_nb of its share holders. The
+            # inputs are already summed, so a client below that cannot be taken out: abort instead
+            # (the parameters make this as rare as too few surviving neighbours, < 2^-20).
+            kept = prune_to_local_quorum(self._survivors, self._graph, self.config.local_quorum)
+            if kept != self._survivors:
+                lacking = sorted(set(self._survivors) - set(kept))
+                raise InsufficientParties(
+                    f"clients {lacking[:8]} have fewer than q_nb = {self.config.local_quorum} of their share "
+                    "holders among the survivors")
         self.dropped["mask"] = tuple(sorted(self._shared_set - set(self._survivors)))
         if self.config.threat.is_malicious:
             self._next(Stage.CONSISTENCY)
@@ -295,7 +300,7 @@ class SecAggServer:
         return self._unmask_requests(m.UnmaskRequest(self._survivors, self.dropped["mask"]))
 
     def _close_consistency(self) -> dict[int, bytes]:
-        self._require(len(self._inbox), "signed the survivor set")
+        self._require(len(self._inbox), "signed the survivor set", self.config.quorum)
         signers = tuple(sorted(self._inbox))
         sigs = []
         for c in signers:
@@ -364,13 +369,20 @@ class SecAggServer:
         return shamir.reconstruct([h + 1 for h in holders], stacked.astype(np.int64))
 
     def _retry(self, owner: int, held: dict[int, dict[int, bytes]], verify: Callable[[int, bytes], bool]) -> bytes:
+        """Find and leave out wrong shares (Berlekamp-Welch over every held share), then verify.
+
+        Succeeds whenever the honest shares outnumber the wrong ones by at least t (the unique
+        decoding radius); a random retry would almost never avoid every wrong share.
+        """
         holders, t = sorted(held[owner]), self.config.threshold
-        for window in itertools.islice(itertools.combinations(holders, t), 1, _MAX_RETRIES):
+        table = np.stack([np.frombuffer(held[owner][h], dtype="<u4") for h in holders]).astype(np.int64)
+        good = [holders[i] for i in shamir.consistent_holders([h + 1 for h in holders], table[:, None, :], t)]
+        if len(good) >= t:
             try:
-                secret = self._interpolate(window, [owner], held)[0]
+                secret = self._interpolate(tuple(good[:t]), [owner], held)[0]
             except IntegrityError:
-                continue
-            if verify(owner, secret):
+                secret = b""
+            if secret and verify(owner, secret):
                 return secret
         raise IntegrityError(f"no consistent set of {t} shares reconstructs client {owner}'s secret")
 
@@ -382,7 +394,9 @@ class SecAggServer:
             keypair = AgreementKeyPair.from_private_bytes(private)
             for v in self._graph[u]:
                 if v in alive:
-                    key = keypair.agree(self._keys[v].mask_key, LABEL_PAIRWISE_MASK, self._session)
+                    peer_key = self._keys[v].mask_key
+                    context = pairwise_context(self._session, u, keypair.public_bytes, v, peer_key)
+                    key = keypair.agree(peer_key, LABEL_PAIRWISE_MASK, context)
                     # v added +p if v < u and -p otherwise; undo it.
                     streams.append((MaskStream(key), -1 if v < u else +1))
         return streams
