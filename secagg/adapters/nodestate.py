@@ -8,18 +8,26 @@ neighbours' shares), and :class:`~secagg.SecAggClient` refuses pickling on purpo
 - At ``advertise`` the node draws one fresh 32-byte *replay key*. Every random byte the client ever
   uses in this round comes from an AES-256-CTR stream keyed by HKDF(replay key, round binding), so
   the client is a deterministic function of (replay key, public parameters, server messages).
-- After each stage the node appends the server's message (public: the server wrote it) to a
-  transcript. To answer the next message it rebuilds the client by replaying the transcript, then
-  handles the new message live. The masked input of a replayed mask step was already sent; the
-  replay feeds a zero input there, which changes only that discarded output.
+- After each stage the node appends the server's message (public: the server wrote it) and its own
+  reply to a transcript. To answer the next message it rebuilds the client by replaying the
+  transcript, then handles the new message live. The masked input of a replayed mask step was
+  already sent; the replay feeds a zero input there, which changes only that discarded output. Every
+  other replayed output must equal the recorded reply, or the replay is refused as diverged.
 - The record (replay key, transcript) is written and fsync'ed *before* the reply is returned, under
-  an exclusive lock. This is what makes replay safe: a client must never answer one stage twice from
-  the same state (a fork). Answering two different unmask requests from one state would reveal both
-  the self-mask seed share and the mask-key share of a neighbour, the exact leak SecAgg exists to
-  prevent. With the record committed first, a second message for a stage already answered finds the
-  client one stage further and is refused by the state machine.
-- Any failure while handling a message closes the round on this node: the replay key is dropped from
-  the record, which stays as a tombstone so the round can never be restarted with old secrets.
+  an exclusive lock. This is what makes replay safe: a client must never answer one stage twice with
+  different content (a fork). Answering two different unmask requests from one state would reveal
+  both the self-mask seed share and the mask-key share of a neighbour, the exact leak SecAgg exists
+  to prevent.
+- Networks retry and duplicate. A message byte-identical to one already answered (a retry of the
+  current stage, or a stale copy of an earlier one, including a repeated ``advertise``) gets the
+  recorded reply, the same bytes as the first time, and changes nothing. A *different* message of
+  a kind already answered is refused with :class:`~secagg.ProtocolAbort`, again without touching
+  the record. The masked input is never recomputed: a second input under the same masks would hand
+  the server the difference of the two.
+- Any other failure while handling a message closes the round on this node: the replay key and the
+  transcript are dropped from the record, which stays as a tombstone so the round can never be
+  restarted with old secrets. A round that completes drops its replay key at once but keeps its
+  transcript, so a retried last request is still answered, until this node starts a newer round.
 
 The record lives in a private directory (mode 0700, files 0600) owned by the node's user; it never
 travels through the FL stack. Erasure on close is a file replacement: put the directory on a tmpfs
@@ -54,8 +62,8 @@ from ..wire import Header, Reader, Writer
 __all__ = ["NodeStore", "RoundSpec"]
 
 _MAGIC = b"SAFN"
-_VERSION = 1
-_ACTIVE, _CLOSED = 1, 2
+_VERSION = 2
+_ACTIVE, _CLOSED, _COMPLETE = 1, 2, 3  # complete: the key is erased, the answers are kept for retries
 _KEY_BYTES = 32
 _MAX_BLOB = 1 << 31
 _LABEL_REPLAY = b"node-replay-random"
@@ -81,14 +89,15 @@ class _Record:
     config_digest: bytes
     context: bytes
     key: bytes
-    transcript: tuple[bytes, ...]
+    advertisement: bytes
+    steps: tuple[tuple[bytes, bytes], ...]  # (server message, this node's reply), in order
 
     def encode(self) -> bytes:
         w = Writer().fixed(_MAGIC, 4).u8(_VERSION).u8(self.status).u64(self.round_number)
         w.u32(self.client_id).u32(self.num_clients).fixed(self.config_digest, 32).blob(self.context)
-        w.fixed(self.key, _KEY_BYTES).u32(len(self.transcript))
-        for message in self.transcript:
-            w.blob(message)
+        w.fixed(self.key, _KEY_BYTES).blob(self.advertisement).u32(len(self.steps))
+        for message, reply in self.steps:
+            w.blob(message).blob(reply)
         return w.body()
 
     @classmethod
@@ -98,14 +107,25 @@ class _Record:
             raise MalformedMessage("not a secagg node-state record of this version")
         status, round_number, client_id, num_clients = r.u8(), r.u64(), r.u32(), r.u32()
         digest, context, key = r.fixed(32), r.blob(_MAX_BLOB), r.fixed(_KEY_BYTES)
-        transcript = tuple(r.blob(_MAX_BLOB) for _ in range(r.u32()))
+        advertisement = r.blob(_MAX_BLOB)
+        steps = tuple((r.blob(_MAX_BLOB), r.blob(_MAX_BLOB)) for _ in range(r.u32()))
         r.done()
-        if status not in (_ACTIVE, _CLOSED):
+        if status not in (_ACTIVE, _CLOSED, _COMPLETE):
             raise MalformedMessage("unknown node-state status")
-        return cls(status, round_number, client_id, num_clients, digest, context, key, transcript)
+        return cls(status, round_number, client_id, num_clients, digest, context, key, advertisement, steps)
+
+    def answered(self, message: bytes) -> bytes | None:
+        """The reply recorded for a byte-identical earlier ``message``, if there is one."""
+        for sent, reply in self.steps:
+            if sent == message:
+                return reply
+        return None
 
     def closed(self) -> _Record:
-        return replace(self, status=_CLOSED, key=bytes(_KEY_BYTES), transcript=())
+        return replace(self, status=_CLOSED, key=bytes(_KEY_BYTES), advertisement=b"", steps=())
+
+    def completed(self) -> _Record:
+        return replace(self, status=_COMPLETE, key=bytes(_KEY_BYTES))
 
     def __getstate__(self) -> None:
         raise TypeError("node-state records hold the replay key and cannot be pickled")
@@ -142,6 +162,14 @@ def _private_directory(path: Path) -> Path:
     return path
 
 
+def _kind(message: bytes) -> int | None:
+    """The wire kind of a server message, or None if its header does not decode."""
+    try:
+        return Header.decode(message)[0].kind
+    except MalformedMessage:
+        return None
+
+
 class NodeStore:
     """The write-ahead record of one node's SecAgg client, one file per round.
 
@@ -164,46 +192,68 @@ class NodeStore:
     def advertise(self, spec: RoundSpec) -> bytes:
         """Start this node's round: draw the replay key, commit the record, return the advertisement.
 
+        A repeated request for a round already started here gets the recorded advertisement again.
         Raises:
-            ProtocolAbort: this round was already started on this node (a round runs once).
+            ProtocolAbort: the round is closed on this node, or was started with other parameters;
+                the record is left as it was.
         """
         with self._locked():
-            if self._path(spec.round_number).exists():
-                raise ProtocolAbort(f"round {spec.round_number} was already started on this node")
+            path = self._path(spec.round_number)
+            if path.exists():
+                record = _Record.decode(path.read_bytes())
+                if record.status == _CLOSED or not self._matches(record, spec):
+                    raise ProtocolAbort(f"round {spec.round_number} was already started on this node")
+                return record.advertisement
             self._close_stale()
             config = spec.config
             record = _Record(
                 _ACTIVE, spec.round_number, spec.client_id, config.num_clients, config.digest(),
-                spec.context, system_random(_KEY_BYTES), (),
+                spec.context, system_random(_KEY_BYTES), b"", (),
             )
             _, advertisement = self._rebuild(spec, record)
+            record = replace(record, advertisement=advertisement)
             self._commit(record)
             return advertisement
 
     def respond(self, spec: RoundSpec, message: bytes, get_input: Callable[[], tuple[Any, int]]) -> bytes:
         """Answer one server message; ``get_input`` is called once, at the mask step.
 
-        ``get_input`` returns (update, integer weight) in the shape of ``spec.config.schema``.
+        ``get_input`` returns (update, integer weight) in the shape of ``spec.config.schema``. A
+        message identical to one already answered gets the recorded reply and changes nothing.
         Raises:
-            ProtocolAbort: no active round here, or the parameters differ from those advertised.
+            ProtocolAbort: no active round here, the parameters differ from those advertised, or a
+                different message arrived for a stage already answered (the record is unchanged).
             SecAggError: the client rejected the message; the round is closed on this node.
         """
         with self._locked():
-            record = self._load_active(spec)
+            record = self._load(spec)
+            recorded = record.answered(message)
+            if recorded is not None:
+                return recorded  # a retry or a stale duplicate: the first answer, never a second one
+            if record.status != _ACTIVE:
+                raise ProtocolAbort(f"round {spec.round_number} is closed on this node")
+            if _kind(message) in {_kind(sent) for sent, _ in record.steps}:
+                raise ProtocolAbort("a different message for a stage this node already answered")
             try:
-                client, _ = self._rebuild(spec, record)
-                if client.stage is Stage.MASK:
-                    if Header.decode(message)[0].kind != Kind.DELIVERY:  # ask for no input in vain
-                        raise ProtocolAbort("expected the share delivery")
-                    update, weight = get_input()
-                    client.set_input(update, weight)
-                reply = client.handle(message)
+                reply, done = self._handle(spec, record, message, get_input)
             except BaseException:
                 self._commit(record.closed())
                 raise
-            done = client.stage is Stage.DONE
-            self._commit(record.closed() if done else replace(record, transcript=record.transcript + (message,)))
+            record = replace(record, steps=record.steps + ((message, reply),))
+            self._commit(record.completed() if done else record)
             return reply
+
+    def _handle(
+        self, spec: RoundSpec, record: _Record, message: bytes, get_input: Callable[[], tuple[Any, int]]
+    ) -> tuple[bytes, bool]:
+        client, _ = self._rebuild(spec, record)
+        if client.stage is Stage.MASK:
+            if _kind(message) != Kind.DELIVERY:  # ask for no input in vain
+                raise ProtocolAbort("expected the share delivery")
+            update, weight = get_input()
+            client.set_input(update, weight)
+        reply = client.handle(message)
+        return reply, client.stage is Stage.DONE
 
     def status(self, round_number: int) -> str:
         """``"absent"``, ``"active"`` or ``"closed"`` for this node's record of a round."""
@@ -221,16 +271,21 @@ class NodeStore:
             random=_ReplayRandom(record.key, binding),
         )
         advertisement = client.advertise()
+        if record.advertisement and advertisement != record.advertisement:
+            raise ProtocolAbort("replay of the advertisement diverged")
         zero = np.zeros(spec.config.dim, dtype=spec.config.encoding.dtype)
-        for step, message in enumerate(record.transcript):
-            if client.stage is Stage.MASK:
+        for step, (message, recorded) in enumerate(record.steps):
+            masking = client.stage is Stage.MASK
+            if masking:
                 # This masked input was sent in an earlier process and is discarded now; the input
                 # only enters that output, never later state or randomness.
                 client.set_encoded_input(zero)
             try:
-                client.handle(message)
+                reply = client.handle(message)
             except Exception as exc:
                 raise ProtocolAbort(f"replay of step {step} diverged: {type(exc).__name__}") from None
+            if not masking and reply != recorded:
+                raise ProtocolAbort(f"replay of step {step} diverged from the recorded reply")
         return client, advertisement
 
     # -- storage ---------------------------------------------------------------------------------------
@@ -238,22 +293,26 @@ class NodeStore:
         return self.directory / f"{self.scope}-round{round_number}.state"
 
     def _close_stale(self) -> None:
-        """Erase the keys of rounds left open (a crashed step): a newer round means they are over."""
+        """Erase rounds left open (a crashed step) and completed rounds' answers: a newer round ends them."""
         for path in self.directory.glob(f"{self.scope}-round*.state"):
             record = _Record.decode(path.read_bytes())
-            if record.status == _ACTIVE:
+            if record.status != _CLOSED:
                 self._commit(record.closed())
 
-    def _load_active(self, spec: RoundSpec) -> _Record:
+    def _matches(self, record: _Record, spec: RoundSpec) -> bool:
+        expected = (spec.client_id, spec.config.num_clients, spec.config.digest(), spec.context)
+        return (record.client_id, record.num_clients, record.config_digest, record.context) == expected
+
+    def _load(self, spec: RoundSpec) -> _Record:
         path = self._path(spec.round_number)
         if not path.exists():
             raise ProtocolAbort(f"round {spec.round_number} was never started on this node")
         record = _Record.decode(path.read_bytes())
-        if record.status != _ACTIVE:
+        if record.status == _CLOSED:
             raise ProtocolAbort(f"round {spec.round_number} is closed on this node")
-        expected = (spec.client_id, spec.config.num_clients, spec.config.digest(), spec.context)
-        if (record.client_id, record.num_clients, record.config_digest, record.context) != expected:
-            self._commit(record.closed())
+        if not self._matches(record, spec):
+            if record.status == _ACTIVE:
+                self._commit(record.closed())
             raise ProtocolAbort("round parameters differ from those this node advertised under")
         return record
 

@@ -10,7 +10,6 @@ Exit status 0 when every attack matched its expectation / the transcript passed,
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from ..wire import SERVER_ID
 from .attacks import attack_names
 from .harness import run_attacks
 from .transcript import TranscriptRecorder, config_meta, read_transcript
-from .transcript_check import check_transcript
+from .transcript_check import check_transcript, read_registry
 
 __all__ = ["register", "run", "succeeded"]
 
@@ -43,7 +42,9 @@ def register(subparsers: Any) -> None:
     a.add_argument("--json", action="store_true")
     t = sub.add_parser("transcript", help="check a server-side transcript")
     t.add_argument("file", type=Path)
-    t.add_argument("--registry", type=Path, default=None, help='JSON {"client id": "Ed25519 public key hex"}')
+    t.add_argument("--registry", type=Path, default=None,
+                   help='the auditor\'s own registry, JSON {"client id": "Ed25519 public key hex"}; without it '
+                        "signatures are checked only against the registry the server recorded")
     t.add_argument("--alpha", type=float, default=1e-3, help="family-wise significance of the chi-square tests")
     t.add_argument("--json", action="store_true")
     r = sub.add_parser("record", help="run one in-memory round and record the server's transcript")
@@ -63,14 +64,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         protocols = ("secagg", "secagg+") if args.protocol == "all" else (args.protocol,)
         return run_attacks(args.adversary, protocols, tuple(args.attack) if args.attack else None)
     if args.audit_command == "transcript":
-        if not args.file.is_file():
-            raise ParameterError(f"no transcript at {args.file}")
-        registry = None
-        if args.registry is not None:
-            registry = {int(k): bytes.fromhex(v) for k, v in json.loads(args.registry.read_text()).items()}
-        report = check_transcript(read_transcript(args.file), registry, args.alpha)
-        return {"file": str(args.file), **report}
+        return _check_transcript_file(args.file, args.registry, args.alpha)
     return record_round(args.file, args.protocol, args.clients, args.dim, args.adversary, args.dropout, args.seed)
+
+
+def _check_transcript_file(path: Path, registry_path: Path | None, alpha: float) -> dict[str, Any]:
+    """``secagg audit transcript``: every failure is a :class:`SecAggError` (one line, exit status 2)."""
+    if not path.is_file():
+        raise ParameterError(f"no transcript at {path}")
+    registry = read_registry(registry_path) if registry_path is not None else None
+    try:
+        transcript = read_transcript(path)
+    except OSError as exc:
+        raise ParameterError(f"cannot read the transcript {path}: {type(exc).__name__}") from None
+    return {"file": str(path), **check_transcript(transcript, registry=registry, alpha=alpha)}
 
 
 def succeeded(report: dict[str, Any]) -> bool:

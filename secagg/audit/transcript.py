@@ -7,7 +7,9 @@ File layout (little-endian, no pickle)::
 
 ``meta`` is UTF-8 JSON with the public parameters a checker needs (protocol, n, t, modulus bits,
 and the identity registry the party used, if any): nothing secret is ever written. Messages are
-stored exactly as they crossed the wire, tags included.
+stored exactly as they crossed the wire, tags included. The metadata is whatever the recorder
+wrote: a checker treats it as hostile input, and a registry in it is only the server's claim (an
+auditor checks signatures against a registry of their own).
 
 Record with :class:`TranscriptRecorder`: call :meth:`~TranscriptRecorder.sent` and
 :meth:`~TranscriptRecorder.received` from your transport, or pass the recorder as ``tap`` to
@@ -153,8 +155,10 @@ def read_transcript(path: str | Path) -> Transcript:
         raise MalformedMessage("transcript metadata truncated")
     try:
         meta = json.loads(data[_HEAD.size:pos].decode())
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise MalformedMessage("transcript metadata is not JSON") from None
+    if not isinstance(meta, dict):
+        raise MalformedMessage("transcript metadata is not a JSON object")
     records: list[Record] = []
     while pos < len(data):
         if pos + _RECORD.size > len(data):

@@ -7,25 +7,34 @@ Four checks, each with a plain-language detail:
 2. ``one-share-kind-per-client``: no client released both its share of a user's self-mask seed and
    of that user's mask key, and no user had both kinds released by different clients.
 3. ``signatures``: every signature in the transcript (advertisements, key lists, survivor-set
-   signatures, unmask requests) verifies under the identity registry.
+   signatures, unmask requests) verifies under the identity registry, and every key the server
+   recorded in its transcript's registry is the one the auditor's registry holds. Only a registry
+   the auditor obtained independently (``registry=``, ``--registry FILE``) proves anything: the one
+   inside the transcript was written by the server under audit. Without one, signatures are checked
+   against the recorded registry for consistency only, and the report says so
+   (``signatures_checked_against_registry: false``).
 4. ``revealed-only-survivors-and-aggregate``: one survivor set was sent to everyone; it holds
    exactly the clients whose masked inputs arrived; the dropped list holds only clients that shared
    keys and sent no input; shares were released only as the request asked. Then the shares reveal
    the survivor set and the survivors' sum, and nothing else.
 
-Tags are not verified (see :func:`secagg.audit.transcript.decode_untagged`).
+Tags are not verified (see :func:`secagg.audit.transcript.decode_untagged`). The transcript is
+hostile input: malformed metadata raises :class:`~secagg.MalformedMessage`, never another exception.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import IntegrityError, SecAggError
-from ..hazmat.keys import verify_signature
+from ..errors import IntegrityError, MalformedMessage, ParameterError, SecAggError
+from ..hazmat.keys import PUBLIC_KEY_BYTES, verify_signature
 from ..protocols.secagg import messages as m
 from ..protocols.secagg.client import advertise_signed_bytes, survivors_signed_bytes
 from ..protocols.secagg.common import LABEL_ADVERTISE_SIG, LABEL_SURVIVORS_SIG
@@ -33,9 +42,85 @@ from ..wire import Header
 from .transcript import RECEIVED, SENT, Record, Transcript, decode_untagged
 from .uniformity import ChiSquare, byte_test, word_test
 
-__all__ = ["Check", "check_transcript"]
+__all__ = ["Check", "check_transcript", "parse_registry", "read_registry"]
 
 View = tuple[Record, Header, m.Body]
+_ID = re.compile(r"0|[1-9][0-9]{0,9}")
+_KEY_HEX = re.compile(f"[0-9a-fA-F]{{{2 * PUBLIC_KEY_BYTES}}}")
+_MAX_ID = 2**32 - 1
+
+
+def _registry(data: object, error: type[SecAggError], what: str) -> dict[int, bytes]:
+    if not isinstance(data, dict):
+        raise error(f"{what} must be a JSON object mapping client ids to public keys")
+    registry: dict[int, bytes] = {}
+    for key, value in data.items():
+        if not (isinstance(key, str) and _ID.fullmatch(key) and int(key) <= _MAX_ID):
+            raise error(f"{what}: {str(key)[:20]!r} is not a client id (a decimal integer below 2^32)")
+        if not (isinstance(value, str) and _KEY_HEX.fullmatch(value)):
+            raise error(f"{what}: the key of client {key} is not {PUBLIC_KEY_BYTES} bytes of hex")
+        registry[int(key)] = bytes.fromhex(value)
+    return registry
+
+
+def parse_registry(data: object) -> dict[int, bytes]:
+    """An auditor's registry from parsed JSON: ``{"client id": "Ed25519 public key hex", ...}``.
+
+    Raises:
+        ParameterError: not an object of decimal client ids to 32-byte hex keys.
+    """
+    return _registry(data, ParameterError, "the registry")
+
+
+def read_registry(path: str | Path) -> dict[int, bytes]:
+    """Read an auditor's registry file (see :func:`parse_registry`).
+
+    Raises:
+        ParameterError: the file cannot be read or does not hold a registry.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ParameterError(f"cannot read the registry {path}: {type(exc).__name__}") from None
+    return parse_registry(data)
+
+
+def _checked_registry(registry: Mapping[int, bytes]) -> dict[int, bytes]:
+    if not isinstance(registry, Mapping):
+        raise ParameterError("registry must map client ids to Ed25519 public keys")
+    for client, key in registry.items():
+        if type(client) is not int or not 0 <= client <= _MAX_ID:
+            raise ParameterError(f"registry: {client!r} is not a client id")
+        if not isinstance(key, bytes) or len(key) != PUBLIC_KEY_BYTES:
+            raise ParameterError(f"registry: the key of client {client} is not {PUBLIC_KEY_BYTES} bytes")
+    return dict(registry)
+
+
+@dataclass(frozen=True)
+class _Session:
+    """The transcript metadata the checks use, validated: the server wrote it, so it is hostile."""
+
+    num_clients: int
+    threshold: int
+    modulus_bits: int
+    registry: dict[int, bytes] | None
+
+
+def _meta_int(meta: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = meta.get(name, default)
+    if type(value) is not int or not low <= value <= high:  # not bool, float or string
+        raise MalformedMessage(f"transcript metadata: {name} must be an integer in [{low}, {high}]")
+    return value
+
+
+def _session(meta: object) -> _Session:
+    if not isinstance(meta, dict):
+        raise MalformedMessage("transcript metadata is not a JSON object")
+    num_clients = _meta_int(meta, "num_clients", m.MAX_PARTIES, 1, m.MAX_PARTIES)
+    threshold = _meta_int(meta, "threshold", 1, 1, num_clients)
+    bits = _meta_int(meta, "modulus_bits", 64, 1, 64)
+    recorded = _registry(meta["registry"], MalformedMessage, "transcript metadata: registry") if "registry" in meta else None
+    return _Session(num_clients, threshold, bits, recorded)
 
 
 @dataclass(frozen=True)
@@ -45,9 +130,8 @@ class Check:
     detail: str
 
 
-def _decode(transcript: Transcript) -> tuple[list[View], list[str]]:
+def _decode(transcript: Transcript, limit: int) -> tuple[list[View], list[str]]:
     views, errors = [], []
-    limit = int(transcript.meta.get("num_clients", m.MAX_PARTIES))
     for i, record in enumerate(transcript.records):
         try:
             header, body = decode_untagged(record.data, limit)
@@ -129,7 +213,8 @@ def _verifier(registry: Mapping[int, bytes] | None) -> tuple[Any, list[str], lis
     return verify, failures, count
 
 
-def _signatures(views: list[View], registry: Mapping[int, bytes] | None) -> Check:
+def _signatures(views: list[View], registry: Mapping[int, bytes] | None, independent: bool,
+                mismatched: list[int]) -> Check:
     verify, failures, count = _verifier(registry)
     signed_sets: dict[int, tuple[int, ...]] = {}
     for record, header, body in views:
@@ -149,13 +234,24 @@ def _signatures(views: list[View], registry: Mapping[int, bytes] | None) -> Chec
             for signer, sig in zip(body.signers, body.signatures):
                 msg = survivors_signed_bytes(header.session, body.alive)
                 verify(signer, sig, LABEL_SURVIVORS_SIG, msg, "signature in an unmask request")
-    if not count[0]:
-        return Check("signatures", True, "no signatures in this transcript (semi-honest variant)")
+    caveat = "" if independent else (
+        "; NOT checked against an independent registry (the transcript's own was written by the server): "
+        "supply the auditor's registry (--registry FILE)")
+    problems = []
+    if mismatched:
+        more = f" (+{len(mismatched) - 5} more)" if len(mismatched) > 5 else ""
+        problems.append(f"the server's recorded registry disagrees with the auditor's for client(s) "
+                        f"{mismatched[:5]}{more}: substituted or unregistered identity keys")
     if failures:
         more = f" (+{len(failures) - 3} more)" if len(failures) > 3 else ""
         why = "" if registry is not None else " (no registry to check them against)"
-        return Check("signatures", False, f"{len(failures)} of {count[0]} signatures fail{why}: {'; '.join(failures[:3])}{more}")
-    return Check("signatures", True, f"all {count[0]} distinct signatures verify under the registry")
+        problems.append(f"{len(failures)} of {count[0]} signatures fail{why}: {'; '.join(failures[:3])}{more}")
+    if problems:
+        return Check("signatures", False, "; ".join(problems) + caveat)
+    if not count[0]:
+        return Check("signatures", True, "no signatures in this transcript (semi-honest variant)" + caveat)
+    under = "the auditor's registry" if independent else "the registry the server recorded"
+    return Check("signatures", True, f"all {count[0]} distinct signatures verify under {under}" + caveat)
 
 
 def _request_problems(alive: set[int], dropped: set[int], masked: set[int], shared: set[int], t: int) -> list[str]:
@@ -200,25 +296,49 @@ def _revealed(views: list[View], threshold: int) -> tuple[Check, dict[str, Any]]
                  f"and the {len(dropped)} dropped clients' mask keys only"), revealed
 
 
+def _mismatches(independent: Mapping[int, bytes], recorded: Mapping[int, bytes] | None) -> list[int]:
+    """Clients whose key in the server's recorded registry is absent from or differs in the auditor's."""
+    return sorted(c for c, key in (recorded or {}).items() if independent.get(c) != key)
+
+
 def check_transcript(transcript: Transcript, registry: Mapping[int, bytes] | None = None,
                      alpha: float = 1e-3) -> dict[str, Any]:
-    """Run every check on a server transcript; ``registry`` defaults to the one it recorded."""
-    source = "argument" if registry is not None else "transcript" if "registry" in transcript.meta else "none"
-    if registry is None and "registry" in transcript.meta:
-        registry = {int(k): bytes.fromhex(v) for k, v in transcript.meta["registry"].items()}
-    views, errors = _decode(transcript)
+    """Run every check on a server transcript.
+
+    Args:
+        transcript: a parsed transcript (e.g. from :func:`~secagg.audit.transcript.read_transcript`).
+        registry: the auditor's own registry (client id -> Ed25519 public key), obtained
+            independently of the server. Without it, signatures are checked only against the
+            registry the server recorded, and ``signatures_checked_against_registry`` is false.
+        alpha: family-wise significance of the chi-square tests.
+    Returns:
+        The report: ``ok``, the list of ``checks``, what was ``revealed`` and the ``chi_square`` tests.
+    Raises:
+        MalformedMessage: the transcript's metadata is malformed.
+        ParameterError: ``registry`` is not a mapping of client ids to 32-byte keys.
+    """
+    session = _session(transcript.meta)
+    independent = registry is not None
+    if registry is not None:
+        registry = _checked_registry(registry)
+        mismatched = _mismatches(registry, session.registry)
+    else:
+        registry, mismatched = session.registry, []
+    source = "argument" if independent else "transcript" if session.registry is not None else "none"
+    views, errors = _decode(transcript, session.num_clients)
     checks = [Check("decodes", not errors, f"{len(views)} messages decoded" if not errors else "; ".join(errors[:3]))]
     if transcript.role != "server":
         checks.append(Check("server-transcript", False, "this is a client's transcript; record the server's"))
-    bits = int(transcript.meta.get("modulus_bits", 64))
-    uniform, tests = _uniformity(views, bits, alpha)
-    revealed_check, revealed = _revealed(views, int(transcript.meta.get("threshold", 1)))
-    checks += [uniform, _share_release(views), _signatures(views, registry), revealed_check]
+    uniform, tests = _uniformity(views, session.modulus_bits, alpha)
+    revealed_check, revealed = _revealed(views, session.threshold)
+    checks += [uniform, _share_release(views), _signatures(views, registry, independent, mismatched), revealed_check]
     return {
         "ok": all(c.ok for c in checks),
         "role": transcript.role,
         "messages": len(transcript.records),
         "registry_source": source,
+        "signatures_checked_against_registry": independent,
+        "registry_mismatches": mismatched,
         "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks],
         "revealed": revealed,
         "chi_square": [{"test": t.name, "statistic": round(t.statistic, 3), "df": t.df, "samples": t.samples,

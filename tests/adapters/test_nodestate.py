@@ -63,30 +63,140 @@ def test_round_through_fresh_stores_is_exact(tmp_path, drop) -> None:
     assert _store(tmp_path, 0).status(0) == "closed"  # finished rounds keep no key
 
 
-def test_each_stage_is_answered_once(tmp_path) -> None:
+def _no_input():
+    pytest.fail("a recorded answer must not ask for the input again")
+
+
+def _state(tmp_path, c: int) -> bytes:
+    return _store(tmp_path, c)._path(0).read_bytes()
+
+
+def _run_with_retries(tmp_path, config, inputs, resend) -> tuple[object, list[tuple[int, bytes, bytes]]]:
+    """Run a round; after every answer, ``resend(c, history)`` picks earlier messages to deliver again."""
+    server = SecAggServer(config, round_number=0, context=CTX)
+    history: dict[int, list[tuple[bytes | None, bytes]]] = {}  # None stands for the advertise request
+    for c in range(config.num_clients):
+        advertisement = _store(tmp_path, c).advertise(RoundSpec(config, c, 0, CTX))
+        history[c] = [(None, advertisement)]
+        server.receive(advertisement)
+    checked = []
+    while (outbox := server.advance()) or server.stage is not Stage.DONE:
+        for c, data in sorted(outbox.items()):
+            spec = RoundSpec(config, c, 0, CTX)
+            reply = _store(tmp_path, c).respond(spec, data, lambda c=c: inputs[c])
+            history[c].append((data, reply))
+            for message, first in resend(c, history[c]):
+                before = _state(tmp_path, c)
+                again = (_store(tmp_path, c).advertise(spec) if message is None
+                         else _store(tmp_path, c).respond(spec, message, _no_input))
+                assert _state(tmp_path, c) == before  # answered from the record, nothing changed
+                checked.append((c, first, again))
+            server.receive(reply)
+    return server.result(), checked
+
+
+def _assert_exact(result, inputs) -> None:
+    survivors = list(result.survivors)
+    assert survivors == sorted(inputs)
+    weights = sum(inputs[c][1] for c in survivors)
+    expected = sum(inputs[c][1] * inputs[c][0] for c in survivors) / weights
+    assert np.abs(result.average_vector() - expected).max() <= result.error_bound
+
+
+def test_a_retried_message_gets_the_same_reply_and_the_round_completes(tmp_path) -> None:
+    config = _config()
+    inputs = _inputs(6)
+    result, checked = _run_with_retries(tmp_path, config, inputs, lambda c, history: history[-1:] * 2)
+    assert len(checked) == 6 * 3 * 2  # share, mask and unmask, each delivered three times
+    assert all(first == again for _, first, again in checked)
+    _assert_exact(result, inputs)
+    # The last stage can still be retried after the round completed on the node; the key is gone.
+    assert _store(tmp_path, 0).status(0) == "closed"
+    record = _Record.decode(_state(tmp_path, 0))
+    assert record.key == bytes(32)
+    message, reply = record.steps[-1]
+    assert _store(tmp_path, 0).respond(RoundSpec(config, 0, 0, CTX), message, _no_input) == reply
+
+
+def test_stale_duplicates_of_earlier_stages_are_answered_from_the_record(tmp_path) -> None:
+    config = _config()
+    inputs = _inputs(6)
+    result, checked = _run_with_retries(tmp_path, config, inputs, lambda c, history: history[:-1])
+    assert len(checked) == 6 * (1 + 2 + 3)  # the advertise request, then every earlier message
+    assert all(first == again for _, first, again in checked)
+    _assert_exact(result, inputs)
+
+
+def _mutated(message: bytes) -> bytes:
+    return message[:-1] + bytes([message[-1] ^ 1])  # same header, same kind, other content
+
+
+def test_a_different_message_for_an_answered_stage_is_refused_without_a_state_change(tmp_path) -> None:
+    config = _config()
+    inputs = _inputs(6)
+    refused = []
+
+    def hostile(c, history):
+        for message, _ in history[1:]:  # the current stage and every earlier one
+            before = _state(tmp_path, c)
+            with pytest.raises(ProtocolAbort, match="already answered|closed"):  # closed: complete
+                _store(tmp_path, c).respond(RoundSpec(config, c, 0, CTX), _mutated(message), _no_input)
+            assert _state(tmp_path, c) == before
+            refused.append(c)
+        return []
+
+    result, _ = _run_with_retries(tmp_path, config, inputs, hostile)
+    assert len(refused) == 6 * (1 + 2 + 3)
+    _assert_exact(result, inputs)
+    record = _Record.decode(_state(tmp_path, 3))
+    with pytest.raises(SecAggError):  # after completion too: only the recorded bytes are answered
+        _store(tmp_path, 3).respond(RoundSpec(config, 3, 0, CTX), _mutated(record.steps[-1][0]), _no_input)
+    assert _state(tmp_path, 3) == record.encode()
+
+
+def test_another_clients_message_for_an_answered_stage_is_refused(tmp_path) -> None:
     config = _config()
     server = SecAggServer(config, round_number=0, context=CTX)
     for c in range(6):
         server.receive(_store(tmp_path, c).advertise(RoundSpec(config, c, 0, CTX)))
     key_lists = server.advance()
     spec = RoundSpec(config, 0, 0, CTX)
-    first = _store(tmp_path, 0).respond(spec, key_lists[0], lambda: pytest.fail("no input before mask"))
-    with pytest.raises(SecAggError):  # the record already moved past this stage: no fork
-        _store(tmp_path, 0).respond(spec, key_lists[0], lambda: pytest.fail("no input before mask"))
-    assert first and _store(tmp_path, 0).status(0) == "closed"
+    first = _store(tmp_path, 0).respond(spec, key_lists[0], _no_input)
+    before = _state(tmp_path, 0)
+    with pytest.raises(ProtocolAbort, match="already answered"):
+        _store(tmp_path, 0).respond(spec, key_lists[1], _no_input)
+    assert _state(tmp_path, 0) == before and _store(tmp_path, 0).status(0) == "active"
+    assert _store(tmp_path, 0).respond(spec, key_lists[0], _no_input) == first
+
+
+def test_a_rejected_message_for_the_current_stage_closes_the_round(tmp_path) -> None:
+    config = _config()
+    server = SecAggServer(config, round_number=0, context=CTX)
+    for c in range(6):
+        server.receive(_store(tmp_path, c).advertise(RoundSpec(config, c, 0, CTX)))
+    key_lists = server.advance()
+    spec = RoundSpec(config, 0, 0, CTX)
+    with pytest.raises(SecAggError):
+        _store(tmp_path, 0).respond(spec, _mutated(key_lists[0]), _no_input)
+    assert _store(tmp_path, 0).status(0) == "closed"
     with pytest.raises(ProtocolAbort, match="closed"):
-        _store(tmp_path, 0).respond(spec, key_lists[0], lambda: pytest.fail("no input"))
+        _store(tmp_path, 0).respond(spec, key_lists[0], _no_input)
 
 
 def test_a_round_starts_once_and_parameters_must_match(tmp_path) -> None:
     config = _config()
     store = _store(tmp_path, 1)
-    store.advertise(RoundSpec(config, 1, 0, CTX))
+    advertisement = store.advertise(RoundSpec(config, 1, 0, CTX))
+    before = store._path(0).read_bytes()
+    assert store.advertise(RoundSpec(config, 1, 0, CTX)) == advertisement  # a retry, not a restart
     with pytest.raises(ProtocolAbort, match="already started"):
-        store.advertise(RoundSpec(config, 1, 0, CTX))
+        store.advertise(RoundSpec(config, 2, 0, CTX))
+    assert store._path(0).read_bytes() == before
     with pytest.raises(ProtocolAbort, match="differ"):
         store.respond(RoundSpec(config, 2, 0, CTX), b"", lambda: pytest.fail("no input"))
     assert store.status(0) == "closed"
+    with pytest.raises(ProtocolAbort, match="already started"):
+        store.advertise(RoundSpec(config, 1, 0, CTX))
     with pytest.raises(ProtocolAbort, match="never started"):
         store.respond(RoundSpec(config, 1, 5, CTX), b"", lambda: pytest.fail("no input"))
 
@@ -98,7 +208,16 @@ def test_a_new_round_erases_rounds_left_open(tmp_path) -> None:
     store.advertise(RoundSpec(config, 0, 1, CTX))
     assert (store.status(0), store.status(1)) == ("closed", "active")
     record = _Record.decode(store._path(0).read_bytes())
-    assert record.key == bytes(32) and record.transcript == ()
+    assert record.key == bytes(32) and record.steps == () and record.advertisement == b""
+
+
+def test_a_new_round_erases_the_answers_of_a_completed_round(tmp_path) -> None:
+    config = _config()
+    _run(tmp_path, config, _inputs(6), {})
+    assert _Record.decode(_state(tmp_path, 0)).steps  # kept for a retry of the last request
+    _store(tmp_path, 0).advertise(RoundSpec(config, 0, 1, CTX))
+    record = _Record.decode(_state(tmp_path, 0))
+    assert record.key == bytes(32) and record.steps == () and _store(tmp_path, 0).status(0) == "closed"
 
 
 def test_input_is_requested_once_at_the_mask_step(tmp_path) -> None:
