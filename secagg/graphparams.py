@@ -165,7 +165,7 @@ def _threshold_for_degree(n: int, k: int, corrupt: float, dropout: float, malici
         t2 += 1
     threshold = max(t1 + 1, 2)
     if malicious:
-        # t + q_nb >= k + t1 + 3 with q_nb = t (secagg.bounds): no client can be isolated.
+        # 2t - (k + 1) >= t1 + 2 (secagg.bounds): no client can be isolated.
         threshold = max(threshold, -(-(k + t1 + 3) // 2))
     # fcp returns max(t1 + 1, 2) even when that exceeds t2 (e.g. n=5, 10% corrupt, 20% dropout gives
     # k=2, t=2, where one dropped neighbour breaks the round). We require t <= t2 so the 2^-20

@@ -189,12 +189,6 @@ class SecAggConfig:
         return max(self.threshold, (self.num_clients + self.corrupt_bound) // 2 + 1)
 
     @property
-    def local_quorum(self) -> int:
-        """q_nb: how many of a client's own share holders (itself included) must be in the survivor
-        set it signs (malicious variant). The quorum itself for the complete graph; t for SecAgg+."""
-        return self.quorum if self.holders == self.num_clients else self.threshold
-
-    @property
     def corrupt_holders(self) -> int:
         """c_nb: the most corrupt share holders an honest client has (except w.p. 2^-sigma for SecAgg+)."""
         c = self.corrupt_bound
@@ -206,7 +200,7 @@ class SecAggConfig:
     def bounds(self) -> ThresholdBounds:
         """The parameters as the security argument (:mod:`secagg.bounds`) sees them."""
         return ThresholdBounds(self.num_clients, self.holders, self.threshold, self.corrupt_bound,
-                               self.corrupt_holders, self.quorum, self.local_quorum, self.threat.is_malicious)
+                               self.corrupt_holders, self.quorum, self.threat.is_malicious)
 
     def security_summary(self) -> dict[str, int]:
         """What the guarantees assume and promise (SECURITY.md, 'Thresholds'); JSON-ready.
@@ -216,7 +210,6 @@ class SecAggConfig:
         """
         return {
             "quorum": self.quorum,
-            "local_quorum": self.local_quorum,
             "corrupt_bound": self.corrupt_bound,
             "corrupt_neighbours": self.corrupt_holders,
             "min_honest_inputs": self.bounds().min_honest_inputs(),

@@ -20,7 +20,7 @@ def test_params_json(capsys) -> None:
     out = run_cli(capsys, "params", "--clients", "1000", "--dropout", "0.05", "--corrupt", "0.05",
                   "--adversary", "malicious", "--json")
     assert (out["k"], out["t"]) == (68, 51)  # fcp: (52, 37), isolatable; see tests/test_params.py
-    assert (out["quorum"], out["corrupt_bound"], out["local_quorum"]) == (526, 50, 51)
+    assert (out["quorum"], out["corrupt_bound"]) == (526, 50)
     assert out["min_honest_inputs"] >= 2 and out["grinding_bits"] == 40
 
 

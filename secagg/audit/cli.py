@@ -3,6 +3,7 @@
 - ``secagg audit attacks --adversary semi-honest|malicious [--protocol secagg|secagg+|all] --json``
 - ``secagg audit transcript FILE [--registry FILE] --json``
 - ``secagg audit record FILE [--protocol secagg+ --clients 20 --dim 1000 --adversary ...] --json``
+- ``secagg audit search --protocol secagg|secagg+ --clients N --corrupt C --adversary malicious --json``
 
 Exit status 0 when every attack matched its expectation / the transcript passed, 1 otherwise.
 """
@@ -18,13 +19,14 @@ import numpy as np
 from ..encoding import FixedPoint, Schema
 from ..errors import ParameterError
 from ..hazmat.keys import SigningKey
-from ..params import ThreatModel
+from ..params import SecAggConfig, ThreatModel
 from ..protocols.secagg import SecAggClient, SecAggServer
 from ..router import run_round, stages_for
 from ..simulation import dropout_schedule, make_config
 from ..wire import SERVER_ID
 from .attacks import attack_names
 from .harness import run_attacks
+from .search import Model, search
 from .transcript import TranscriptRecorder, config_meta, read_transcript
 from .transcript_check import check_transcript, read_registry
 
@@ -47,6 +49,20 @@ def register(subparsers: Any) -> None:
                         "signatures are checked only against the registry the server recorded")
     t.add_argument("--alpha", type=float, default=1e-3, help="family-wise significance of the chi-square tests")
     t.add_argument("--json", action="store_true")
+    s = sub.add_parser("search", help="search a deviating server's strategies for a sum of too few honest inputs")
+    s.add_argument("--protocol", choices=["secagg", "secagg+"], default="secagg")
+    s.add_argument("--clients", type=int, required=True)
+    s.add_argument("--corrupt", type=float, required=True,
+                   help="corrupt clients: a count (>= 1) or a fraction of --clients (< 1)")
+    s.add_argument("--adversary", choices=["malicious"], default="malicious",
+                   help="the search models a deviating server, which only the malicious variant defends against")
+    s.add_argument("--dropout", type=float, default=0.0, help="dropout rate used to choose the thresholds")
+    s.add_argument("--degree", type=int, default=None, help="SecAgg+ Harary degree k (default: the parameter search's)")
+    for name in ("threshold", "quorum"):
+        s.add_argument(f"--{name}", type=int, default=None,
+                       help=f"override the {name.replace('-', ' ')} (to probe parameters the config refuses)")
+    s.add_argument("--samples", type=int, default=2000, help="random strategies beyond n = 7")
+    s.add_argument("--json", action="store_true")
     r = sub.add_parser("record", help="run one in-memory round and record the server's transcript")
     r.add_argument("file", type=Path)
     r.add_argument("--protocol", choices=["secagg", "secagg+"], default="secagg+")
@@ -65,6 +81,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return run_attacks(args.adversary, protocols, tuple(args.attack) if args.attack else None)
     if args.audit_command == "transcript":
         return _check_transcript_file(args.file, args.registry, args.alpha)
+    if args.audit_command == "search":
+        return run_search(args)
     return record_round(args.file, args.protocol, args.clients, args.dim, args.adversary, args.dropout, args.seed)
 
 
@@ -82,7 +100,43 @@ def _check_transcript_file(path: Path, registry_path: Path | None, alpha: float)
 
 def succeeded(report: dict[str, Any]) -> bool:
     """Whether a report from :func:`run` means success (exit status 0)."""
+    if "leaks" in report:
+        return not report["leaks"]
     return bool(report.get("all_ok", report.get("ok", False)))
+
+
+def search_config(protocol: str, clients: int, corrupt: int, dropout: float, degree: int | None) -> SecAggConfig:
+    """The malicious config the parameter code yields (or, with ``degree``, the smallest valid t)."""
+    threat = ThreatModel.malicious(corrupt / clients, dropout)
+    schema = Schema.of(np.zeros(1, dtype=np.float32))
+    encoding = FixedPoint(max_clients=clients)
+    if degree is None:
+        return make_config(protocol, clients, schema, threat, encoding)
+    for t in range(1, degree + 2):
+        try:
+            return SecAggConfig(clients, t, schema, encoding, degree, threat)
+        except ParameterError:
+            continue
+    raise ParameterError(f"no threshold makes degree k={degree} safe for n={clients} and {corrupt} corrupt clients")
+
+
+def run_search(args: argparse.Namespace) -> dict[str, Any]:
+    """``secagg audit search``: the adversary search of :mod:`secagg.audit.search` on one parameter set."""
+    n = args.clients
+    corrupt = int(args.corrupt) if args.corrupt >= 1 else int(args.corrupt * n + 1e-9)
+    if corrupt != args.corrupt and args.corrupt >= 1:
+        raise ParameterError("--corrupt is a whole number of clients (>= 1) or a fraction (< 1)")
+    if not 0 <= corrupt < n:
+        raise ParameterError(f"--corrupt must leave at least one honest client of {n}")
+    degree = args.degree if args.protocol == "secagg+" else None
+    config = search_config(args.protocol, n, corrupt, args.dropout, degree)
+    model = Model.of_config(config)
+    overrides = {"threshold": args.threshold, "quorum": args.quorum}
+    if any(v is not None for v in overrides.values()):
+        chosen = {k: (v if v is not None else getattr(model, k)) for k, v in overrides.items()}
+        model = Model.build(n, model.degree, chosen["threshold"], chosen["quorum"], corrupt, promised=model.promised)
+    report = search(model, samples=args.samples)
+    return {"protocol": args.protocol, "adversary": args.adversary, **report.to_json()}
 
 
 def record_round(path: Path, protocol: str, clients: int, dim: int, adversary: str, dropout: float,

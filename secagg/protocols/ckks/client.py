@@ -1,9 +1,10 @@
 """CKKS client state machine (no I/O): one upload per client; committee members also hold the key.
 
 Drive it with :meth:`CkksClient.advertise` (committee members only) and then :meth:`handle` for each
-server message; each call returns the bytes to send back. A malformed message or one for another
-stage, round or session raises without changing state; a hostile or inconsistent one aborts the
-client for good (stage ``ABORTED``).
+server message; each call returns the bytes to send back. A malformed message (including a
+decryption request with a ciphertext that does not parse as one of the session's) or one for another
+stage, round or session raises without changing state: a key holder keeps its key. A hostile or
+inconsistent one aborts the client for good (stage ``ABORTED``).
 
 Threat model. The server is honest-but-curious: it relays messages faithfully and never holds the
 secret key, so alone it learns only ciphertexts and the released aggregate. Key holders (the
@@ -24,7 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import InsufficientParties, IntegrityError, ParameterError, ProtocolAbort, SecAggError
+from ...errors import (
+    InsufficientParties,
+    IntegrityError,
+    MalformedMessage,
+    ParameterError,
+    ProtocolAbort,
+    SecAggError,
+)
 from ...hazmat.keys import AgreementKeyPair, open_sealed, seal
 from ...hazmat.prg import MaskStream
 from ...hazmat.random import RandomSource, system_random
@@ -126,20 +134,22 @@ class CkksClient:
         """Process one server message and return the reply.
 
         Raises:
-            MalformedMessage, ProtocolAbort: the message is not for this stage (state unchanged).
+            MalformedMessage, ProtocolAbort: the message is malformed or not for this stage (state
+                unchanged, the key kept).
             IntegrityError, InsufficientParties, ProtocolAbort, ParameterError: the client aborted.
         """
         if self._stage not in _EXPECTED:
             raise ProtocolAbort(f"client {self.client_id} expects no message in stage {self._stage.value}")
         header, body = m.decode(data, self._limits)
         self._check_header(header)
+        secret_ctx = self._parse_request(body) if isinstance(body, m.DecryptRequest) else None
         try:
             if isinstance(body, m.KeyList):
                 return self._on_key_list(body)
             if isinstance(body, m.ContextBroadcast):
                 return self._on_context(body)
             assert isinstance(body, m.DecryptRequest)
-            return self._on_decrypt(body)
+            return self._on_decrypt(body, secret_ctx)
         except SecAggError:
             self._abort()
             raise
@@ -154,6 +164,28 @@ class CkksClient:
             raise ProtocolAbort("message for another session")
         if header.sender != SERVER_ID or header.recipient != self.client_id:
             raise ProtocolAbort("message not addressed from the server to this client")
+
+    def _parse_request(self, body: m.DecryptRequest) -> Any:
+        """Parse every ciphertext of a decryption request before the key is spent on it.
+
+        Parsing (layout, TenSEAL's parser, the session's parameters) depends on public bytes only,
+        so refusing here reveals nothing about the key. Chunks are parsed one at a time and
+        dropped; decryption parses them again, possibly in worker processes.
+
+        Returns:
+            The secret context.
+        Raises:
+            MalformedMessage: a ciphertext is malformed (state unchanged, key kept).
+        """
+        cfg = self.config
+        assert self._secret is not None  # stage DECRYPT is reached only with a key
+        ctx = he.load_context(self._secret, cfg.preset, cfg.log_scale, secret=True)
+        try:
+            for blob in body.chunks:
+                he.load_ciphertexts(ctx, [blob], cfg.preset, cfg.log_scale)
+        except IntegrityError:
+            raise MalformedMessage("the decryption request holds a malformed ciphertext") from None
+        return ctx
 
     def _send(self, kind: m.Kind, session: bytes, body: m.Body) -> bytes:
         data = m.encode(Header(kind, PROTOCOL_ID, self.round, session, self.client_id, SERVER_ID), body)
@@ -246,8 +278,11 @@ class CkksClient:
         return m.Upload(tuple(blobs))
 
     # -- decryption -------------------------------------------------------------------------------
-    def _on_decrypt(self, body: m.DecryptRequest) -> bytes:
-        """The key holder: decrypt the sum once, check it against the noise bound, round, release."""
+    def _on_decrypt(self, body: m.DecryptRequest, ctx: Any) -> bytes:
+        """The key holder: decrypt the sum once, check it against the noise bound, round, release.
+
+        ``ctx`` is the secret context :meth:`_parse_request` loaded after parsing every chunk.
+        """
         cfg, n = self.config, len(body.contributors)
         if body.contributors and body.contributors[-1] >= cfg.num_clients:
             raise ProtocolAbort("the decryption request names an unknown client")
@@ -255,7 +290,6 @@ class CkksClient:
             raise InsufficientParties(f"{n} contributors; a key holder decrypts sums of at least {cfg.min_contributors}")
         assert self._secret is not None
         secret, self._secret = self._secret, None  # one decryption per key, whatever happens next
-        ctx = he.load_context(secret, cfg.preset, cfg.log_scale, secret=True)
         pool = self._pool or default_pool()
         slots = pool.decrypt(ctx, secret, body.chunks, cfg.preset, cfg.log_scale).reshape(-1)
         grid = self._round_to_grid(slots, n)
@@ -270,7 +304,7 @@ class CkksClient:
         if float(np.max(np.abs(scaled - grid))) > cfg.noise_bound(n) * 2.0**g:
             raise IntegrityError("the decrypted sum is off the grid: not a sum of honest ciphertexts")
         values, weight, padding = grid[: cfg.schema.size], grid[cfg.schema.size], grid[cfg.dim :]
-        limit = n * (cfg.encoding.scaled_bound + 1)
+        limit = n * cfg.encoding.scaled_bound  # every encoded value lies in [-M, M] (FixedPoint)
         if padding.any() or float(np.max(np.abs(values), initial=0.0)) > limit:
             raise IntegrityError("the decrypted sum is out of range or has non-zero padding")
         weight_sum, rest = divmod(int(weight), 1 << g)

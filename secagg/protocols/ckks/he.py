@@ -2,9 +2,13 @@
 
 Everything that comes from the wire (a context, a ciphertext) is parsed inside one ``try`` and then
 checked against the preset: a parse failure or any mismatch raises :class:`IntegrityError`, never a
-TenSEAL exception, so a hostile peer cannot crash a party. CKKS ciphertexts carry no authentication:
-a client can always submit *some* valid ciphertext; the key holder's grid check (see
-:mod:`.client`) is what catches a sum that is not a sum of honest inputs.
+TenSEAL exception, so a hostile peer cannot crash a party. Before TenSEAL sees a ciphertext,
+:func:`check_layout` requires the exact bytes TenSEAL writes for one fresh chunk: its metadata (the
+``sizes`` list, the ciphertext count, the scale, SEAL's length header) is otherwise trusted by
+TenSEAL, and e.g. ``sizes = [1024, 1024]`` over one ciphertext parses but decrypts to 1024 values.
+CKKS ciphertexts carry no authentication: a client can always submit *some* valid ciphertext; the
+key holder's grid check (see :mod:`.client`) is what catches a sum that is not a sum of honest
+inputs.
 
 Security assumption: SEAL's CKKS is IND-CPA under RLWE for the HE-standard parameters; SEAL draws
 key and encryption randomness from its own CSPRNG (seeded from ``std::random_device``), which the
@@ -14,6 +18,7 @@ protocol's injectable :data:`~secagg.hazmat.random.RandomSource` does not replac
 from __future__ import annotations
 
 import functools
+import struct
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,6 +30,7 @@ from .presets import CkksPreset
 __all__ = [
     "generate_context",
     "load_context",
+    "check_layout",
     "load_ciphertexts",
     "encrypt_chunks",
     "decrypt_chunks",
@@ -36,6 +42,12 @@ __all__ = [
 
 SAVE_PUBLIC = {"save_public_key": True, "save_secret_key": False, "save_galois_keys": False, "save_relin_keys": False}
 SAVE_SECRET = {"save_public_key": True, "save_secret_key": True, "save_galois_keys": False, "save_relin_keys": False}
+
+# TenSEAL's CKKSVectorProto is (1) packed uint32 ``sizes``, (2) repeated bytes ``ciphertexts``,
+# (3) double ``scale``; each ciphertext starts with SEAL's 16-byte header (magic, header size,
+# version, compression, reserved, total size).
+_SEAL_HEADER = struct.Struct("<HBBBBHQ")
+_SEAL_MAGIC = 0xA15E
 
 
 def _make(preset: CkksPreset, log_scale: int) -> ts.Context:
@@ -87,17 +99,70 @@ def load_context(data: bytes, preset: CkksPreset, log_scale: int, *, secret: boo
     return ctx
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(data: memoryview, pos: int) -> tuple[int, int]:
+    """A protobuf varint at ``pos``: (value, position after it); at most 10 bytes."""
+    value = 0
+    for i in range(10):
+        if pos + i >= len(data):
+            break
+        byte = data[pos + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if byte < 0x80:
+            return value, pos + i + 1
+    raise IntegrityError("malformed CKKS ciphertext")
+
+
+def check_layout(blob: bytes, preset: CkksPreset, log_scale: int) -> None:
+    """Check that ``blob`` is laid out exactly as TenSEAL serializes one chunk of the session.
+
+    That is ``sizes == [N/2]``, one ciphertext whose SEAL header is consistent with its length, and
+    the session's scale, each field once, in order, canonically encoded, nothing else. Cheap (reads
+    a few dozen bytes, no TenSEAL), so a key holder can run it before it spends its key.
+
+    Raises:
+        IntegrityError: any other layout (wrong or extra ``sizes``, no or several ciphertexts,
+            truncation, another scale, trailing bytes).
+    """
+    view = memoryview(blob)
+    slots = _varint(preset.slots)
+    sizes = b"\x0a" + _varint(len(slots)) + slots
+    scale = b"\x19" + struct.pack("<d", 2.0**log_scale)
+    start = len(sizes) + 1
+    ok = len(view) > start + _SEAL_HEADER.size + len(scale)
+    ok = ok and view[: len(sizes)] == sizes and view[len(sizes)] == 0x12 and view[-len(scale) :] == scale
+    if not ok:
+        raise IntegrityError("malformed CKKS ciphertext")
+    length, pos = _read_varint(view, start)
+    canonical = view[start:pos] == _varint(length)
+    if not canonical or length < _SEAL_HEADER.size or pos + length + len(scale) != len(view):
+        raise IntegrityError("malformed CKKS ciphertext")
+    magic, header_size, _major, _minor, _mode, reserved, total = _SEAL_HEADER.unpack_from(view, pos)
+    if (magic, header_size, reserved, total) != (_SEAL_MAGIC, _SEAL_HEADER.size, 0, length):
+        raise IntegrityError("malformed CKKS ciphertext")
+
+
 def load_ciphertexts(ctx: ts.Context, blobs: Sequence[bytes], preset: CkksPreset, log_scale: int) -> list[Any]:
     """Parse chunk ciphertexts and check each is one fresh-shaped ciphertext of the session.
 
     Raises:
-        IntegrityError: unparsable, or not exactly one 2-polynomial NTT-form ciphertext at the data
-            level with the session's scale and N/2 slots.
+        IntegrityError: not laid out as :func:`check_layout` requires, unparsable, or not exactly
+            one 2-polynomial NTT-form ciphertext at the data level with the session's scale and
+            N/2 slots.
     """
     expected_ids = _reference_ids(preset)[1]
     primes = len(preset.coeff_mod_bit_sizes) - 1
     out = []
     for blob in blobs:
+        check_layout(blob, preset, log_scale)
         try:
             vec = ts.ckks_vector_from(ctx, bytes(blob))
             inner = vec.ciphertext()
@@ -121,10 +186,20 @@ def encrypt_chunks(ctx: ts.Context, grid_bits: int, words: np.ndarray) -> list[b
 
 
 def decrypt_chunks(vectors: Sequence[Any], slots: int) -> np.ndarray:
-    """Decrypt validated chunk vectors (their context holds the secret key) into (chunks, slots)."""
+    """Decrypt validated chunk vectors (their context holds the secret key) into (chunks, slots).
+
+    Raises:
+        IntegrityError: a chunk does not decrypt to exactly ``slots`` values.
+    """
     out = np.empty((len(vectors), slots), dtype=np.float64)
     for i, vec in enumerate(vectors):
-        out[i] = vec.decrypt()
+        try:
+            values = vec.decrypt()
+        except Exception:  # noqa: BLE001 - foreign library
+            raise IntegrityError("CKKS decryption failed") from None
+        if len(values) != slots:
+            raise IntegrityError("CKKS ciphertext does not match the session's parameters")
+        out[i] = values
     return out
 
 

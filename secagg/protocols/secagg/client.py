@@ -36,11 +36,9 @@ from .common import (
     Stage,
     apply_masks,
     check_binding,
-    neighbours,
     neighbours_of,
     pairwise_context,
     protocol_id,
-    prune_to_local_quorum,
     seed_commitment,
     session_id,
     setup_id,
@@ -313,12 +311,6 @@ class SecAggClient:
             raise ProtocolAbort("the survivor set omits this client or names unknown clients")
         if len(survivors) < self.config.quorum:
             raise InsufficientParties(f"{len(survivors)} survivors; the quorum is {self.config.quorum}")
-        graph = neighbours(survivors, self.config.degree, self._setup, self.config.num_clients)
-        if prune_to_local_quorum(survivors, graph, self.config.local_quorum) != survivors:
-            raise ProtocolAbort(
-                f"a survivor has fewer than q_nb = {self.config.local_quorum} of its share holders in the survivor "
-                "set: signing it could expose that client's input (SECURITY.md, lemma 'isolation')"
-            )
         self._survivors = survivors
         signature = self._identity.sign(LABEL_SURVIVORS_SIG, survivors_signed_bytes(self._session, survivors))
         self._stage = Stage.UNMASK

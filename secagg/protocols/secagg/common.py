@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import struct
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -30,7 +30,6 @@ __all__ = [
     "session_id",
     "neighbours",
     "neighbours_of",
-    "prune_to_local_quorum",
     "ring_order",
     "pairwise_context",
     "share_context",
@@ -132,25 +131,6 @@ def neighbours_of(client: int, ids: Sequence[int], degree: int | None, setup: by
     ring = ring_order(num_clients, setup)
     pos = int(np.flatnonzero(ring == client)[0])
     return _near(ring, pos, degree // 2, set(ids))
-
-
-def prune_to_local_quorum(alive: Sequence[int], graph: Mapping[int, Sequence[int]], local_quorum: int) -> tuple[int, ...]:
-    """The largest subset A of ``alive`` in which every member has >= ``local_quorum`` of its share
-    holders (itself included) in A.
-
-    The malicious server offers only such a set for signing and honest clients sign only such a set
-    (``prune_to_local_quorum(A) == A``): then no survivor can have been isolated by showing it few
-    honest share holders and calling them dropped (SECURITY.md, lemma "isolation").
-    """
-    members = set(alive)
-    changed = True
-    while changed:
-        changed = False
-        for u in sorted(members):
-            if 1 + sum(1 for v in graph.get(u, ()) if v in members) < local_quorum:
-                members.discard(u)
-                changed = True
-    return tuple(sorted(members))
 
 
 def pairwise_context(session: bytes, u: int, key_u: bytes, v: int, key_v: bytes) -> bytes:

@@ -42,7 +42,6 @@ from .common import (
     neighbours,
     pairwise_context,
     protocol_id,
-    prune_to_local_quorum,
     seed_commitment,
     session_id,
     setup_id,
@@ -282,16 +281,6 @@ class SecAggServer:
     def _close_masked(self) -> dict[int, bytes]:
         self._require(len(self._inbox), "sent masked inputs", self.config.quorum)
         self._survivors = tuple(sorted(self._inbox))
-        if self.config.threat.is_malicious:
-            # Honest clients sign only a set in which every member has q_nb of its share holders. The
-            # inputs are already summed, so a client below that cannot be taken out: abort instead
-            # (the parameters make this as rare as too few surviving neighbours, < 2^-20).
-            kept = prune_to_local_quorum(self._survivors, self._graph, self.config.local_quorum)
-            if kept != self._survivors:
-                lacking = sorted(set(self._survivors) - set(kept))
-                raise InsufficientParties(
-                    f"clients {lacking[:8]} have fewer than q_nb = {self.config.local_quorum} of their share "
-                    "holders among the survivors")
         self.dropped["mask"] = tuple(sorted(self._shared_set - set(self._survivors)))
         if self.config.threat.is_malicious:
             self._next(Stage.CONSISTENCY)
