@@ -2,8 +2,9 @@
 
 :class:`Schema` records names, shapes and dtypes so the aggregate comes back in the caller's shape.
 :class:`FixedPoint` clips, scales by 2^f, multiplies by an integer weight and rounds stochastically
-(unbiased, random bits from an AES-CTR stream keyed from the CSPRNG), and picks the smallest modulus
-2^b for which the sum of ``max_clients`` inputs can never wrap around.
+(unbiased, random bits from an AES-CTR stream keyed from the CSPRNG) in exact arithmetic, so every
+encoded coordinate provably lies in [-M, M], and picks the smallest modulus 2^b for which the sum of
+``max_clients`` inputs can never wrap around.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Mapping
 
 import numpy as np
@@ -23,7 +25,10 @@ from .hazmat.random import RandomSource, system_random
 __all__ = ["TensorSpec", "Schema", "FixedPoint", "word_dtype"]
 
 _FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64"}
-MAX_SCALED_BOUND = 1 << 48  # keeps >= 4 fractional bits of float64 for stochastic rounding
+MAX_SCALED_BOUND = 1 << 48  # keeps every integer the rounding handles exact in float64 (< 2^53)
+_BLOCK = 1 << 15  # values rounded per pass: bounds the temporaries and keeps them in cache
+_VELTKAMP = 134217729.0  # 2^27 + 1: splits a float64 into two halves of at most 26 significant bits
+_TWO_32 = 2.0**32
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +176,46 @@ def _schema_mismatch(expected: Schema, got: Schema) -> str:
     return "tensor order differs from the session schema"
 
 
+def _split(x: np.ndarray | float) -> tuple[Any, Any]:
+    """Veltkamp's split: ``hi + lo == x`` exactly, each half with at most 26 significant bits."""
+    c = _VELTKAMP * x
+    hi = c - (c - x)
+    return hi, x - hi
+
+
+def _round_weighted(magnitude: np.ndarray, weight: int, bits: np.ndarray) -> np.ndarray:
+    """Stochastically round y = ``weight * magnitude`` (magnitude >= 0, y <= 2^48) to an integer.
+
+    Returns floor(y) or ceil(y) as float64, never anything else: ``magnitude = whole + frac``
+    exactly, ``weight * whole`` is an exact integer and Dekker's two-product gives ``weight * frac
+    == prod + err`` exactly, so the floor of y is exact and an integral y has a fraction of exactly
+    0, which never rounds up. (Partial products can underflow only for frac < 2^-900, where
+    ``prod > 0`` still fixes the floor.) ``bits`` (uniform uint32) round up with probability
+    ceil(frac(y) * 2^32) / 2^32.
+    """
+    whole: np.ndarray = np.floor(magnitude)
+    frac = magnitude - whole  # exact
+    if weight == 1:  # the common case needs no two-product
+        whole += bits < frac * _TWO_32
+        return whole
+    prod = frac * weight
+    frac_hi, frac_lo = _split(frac)
+    w_hi, w_lo = _split(float(weight))
+    err = ((frac_hi * w_hi - prod) + frac_hi * w_lo + frac_lo * w_hi) + frac_lo * w_lo
+    base = np.floor(prod)
+    above = prod - base  # exact
+    # prod is rounded to nearest: floor(weight * frac) is base, or base - 1 when prod is an integer
+    # that the exact product lies just below (err < 0); the fraction is then 1 + err.
+    borrow = (above == 0) & (err < 0)
+    phi = above + err
+    phi += borrow
+    phi *= _TWO_32
+    result: np.ndarray = whole * weight + base
+    result -= borrow
+    result += bits < phi  # phi == 0 exactly when weight * magnitude is an integer
+    return result
+
+
 def word_dtype(bits: int) -> np.dtype:
     """The smallest unsigned machine word holding ``bits`` bits."""
     for width in (8, 16, 32, 64):
@@ -219,8 +264,8 @@ class FixedPoint:
 
     @property
     def scaled_bound(self) -> int:
-        """M = ceil(c * W * 2^f): every encoded coordinate (and the weight) lies in [-M, M]."""
-        return math.ceil(self.clip_bound * self.max_weight * 2.0**self.fractional_bits)
+        """M = ceil(c * W * 2^f), in exact arithmetic: every encoded coordinate lies in [-M, M]."""
+        return math.ceil(Fraction(self.clip_bound) * self.max_weight * (1 << self.fractional_bits))
 
     @property
     def modulus_bits(self) -> int:
@@ -245,16 +290,27 @@ class FixedPoint:
     def quantize_into(self, values: np.ndarray, weight: int, noise: MaskStream, out: np.ndarray) -> None:
         """Encode ``values`` (float64, one chunk) into ``out`` (ring words), consuming ``noise``.
 
-        Guarantees E[decode] = clip(values) * weight and |error| < 2^-f per coordinate.
+        Each coordinate becomes floor(y) or floor(y) + 1 for y = weight * clip(value) * 2^f, computed
+        exactly, so ``|encoded| <= ceil(weight * c * 2^f) <= M`` by construction and the rounding
+        error is below one grid step 2^-f. It rounds up with probability frac(y) rounded up to a
+        multiple of 2^-32 (one uint32 of ``noise`` per coordinate), so E[decode] = clip(values) *
+        weight to within 2^-32 of a grid step.
+
+        Raises:
+            ParameterError: a value is NaN or infinite.
         """
-        n = values.shape[0]
-        scaled = np.clip(values, -self.clip_bound, self.clip_bound)
-        scaled *= float(weight) * 2.0**self.fractional_bits
-        bits = np.empty(n, dtype=np.uint32)
-        noise.fill(bits)
-        scaled += bits * 2.0**-32
-        np.floor(scaled, out=scaled)
-        out[:] = scaled.astype(np.int64).astype(out.dtype)
+        if not np.isfinite(values).all():
+            bad = int(np.argmin(np.isfinite(values)))
+            raise ParameterError(f"cannot encode NaN or infinity (first at index {bad} of this chunk)")
+        for start in range(0, values.shape[0], _BLOCK):
+            part = values[start : start + _BLOCK]
+            magnitude = np.minimum(np.abs(part), self.clip_bound)
+            magnitude *= 2.0**self.fractional_bits  # exact: a power-of-two scaling of at most 2^48
+            bits = np.empty(part.shape[0], dtype=np.uint32)
+            noise.fill(bits)
+            rounded = _round_weighted(magnitude, weight, bits)
+            np.negative(rounded, out=rounded, where=np.signbit(part))
+            out[start : start + part.shape[0]] = rounded.astype(np.int64).astype(out.dtype)
 
     def encode(self, vector: np.ndarray, weight: int = 1, random: RandomSource = system_random) -> np.ndarray:
         """Quantise a whole flat vector; the weight is appended as one extra coordinate."""
