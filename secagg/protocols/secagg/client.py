@@ -36,8 +36,10 @@ from .common import (
     Stage,
     apply_masks,
     check_binding,
+    neighbours,
     neighbours_of,
     pairwise_context,
+    unrecoverable_seeds,
     protocol_id,
     seed_commitment,
     session_id,
@@ -311,6 +313,12 @@ class SecAggClient:
             raise ProtocolAbort("the survivor set omits this client or names unknown clients")
         if len(survivors) < self.config.quorum:
             raise InsufficientParties(f"{len(survivors)} survivors; the quorum is {self.config.quorum}")
+        graph = neighbours(survivors, self.config.degree, self._setup, self.config.num_clients)
+        lacking = unrecoverable_seeds(survivors, graph, self.config.threshold)
+        if lacking:
+            raise ProtocolAbort(
+                f"survivors {lacking[:8]} have fewer than t = {self.config.threshold} of their share holders in the "
+                "survivor set; no honest server offers such a set (SECURITY.md, lemma 'isolation')")
         self._survivors = survivors
         signature = self._identity.sign(LABEL_SURVIVORS_SIG, survivors_signed_bytes(self._session, survivors))
         self._stage = Stage.UNMASK

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import struct
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -32,6 +32,7 @@ __all__ = [
     "neighbours_of",
     "ring_order",
     "pairwise_context",
+    "unrecoverable_seeds",
     "share_context",
     "apply_masks",
     "protocol_id",
@@ -131,6 +132,19 @@ def neighbours_of(client: int, ids: Sequence[int], degree: int | None, setup: by
     ring = ring_order(num_clients, setup)
     pos = int(np.flatnonzero(ring == client)[0])
     return _near(ring, pos, degree // 2, set(ids))
+
+
+def unrecoverable_seeds(alive: Sequence[int], graph: Mapping[int, Sequence[int]], threshold: int) -> list[int]:
+    """Members of ``alive`` with fewer than t of their share holders (themselves included) in it.
+
+    Their self-mask seeds need t shares from holders who answer as if they survived, so no round
+    with such a survivor set can finish: the server aborts before the unmask stage, and in the
+    malicious variant an honest client refuses to sign such a set. That refusal is what stops a
+    server that shows a client few holders and leaves the honest ones out (SECURITY.md, lemma
+    "isolation"): it must keep t of the client's holders in the set.
+    """
+    members = set(alive)
+    return [u for u in sorted(members) if 1 + sum(1 for v in graph.get(u, ()) if v in members) < threshold]
 
 
 def pairwise_context(session: bytes, u: int, key_u: bytes, v: int, key_v: bytes) -> bytes:

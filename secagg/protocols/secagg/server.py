@@ -41,6 +41,7 @@ from .common import (
     check_binding,
     neighbours,
     pairwise_context,
+    unrecoverable_seeds,
     protocol_id,
     seed_commitment,
     session_id,
@@ -281,6 +282,10 @@ class SecAggServer:
     def _close_masked(self) -> dict[int, bytes]:
         self._require(len(self._inbox), "sent masked inputs", self.config.quorum)
         self._survivors = tuple(sorted(self._inbox))
+        lacking = unrecoverable_seeds(self._survivors, self._graph, self.config.threshold)
+        if lacking:
+            raise InsufficientParties(
+                f"survivors {lacking[:8]} have fewer than t = {self.config.threshold} of their share holders alive")
         self.dropped["mask"] = tuple(sorted(self._shared_set - set(self._survivors)))
         if self.config.threat.is_malicious:
             self._next(Stage.CONSISTENCY)
