@@ -19,12 +19,14 @@ import numpy as np
 
 from ..errors import IntegrityError, SecAggError
 from ..hazmat.keys import AgreementKeyPair, SigningKey, derive_key
+from ..hazmat.random import RandomSource
 from ..hazmat.prg import MaskStream
 from ..params import SecAggConfig
 from ..protocols.secagg import AggregateResult, SecAggClient, SecAggServer, Stage
 from ..protocols.secagg import messages as m
 from ..protocols.secagg.common import (
-    LABEL_PAIRWISE_MASK, LABEL_SELF_MASK, TO_CLIENT, apply_masks, message_key, pairwise_context,
+    LABEL_PAIRWISE_MASK, LABEL_SELF_MASK, TO_CLIENT, TO_SERVER, apply_masks, message_key, pairwise_context,
+    protocol_id,
 )
 from ..wire import HEADER_BYTES, SERVER_ID, Header
 
@@ -90,6 +92,21 @@ class AdversarialServer(SecAggServer):
         session = self._setup if kind == m.Kind.KEY_LIST else self._session
         return self._send(kind, session, client, body)
 
+    @property
+    def setup(self) -> bytes:
+        return self._setup
+
+    def read_uplink(self, client: int, data: bytes) -> m.Body:
+        """Decode a message ``client`` sent to this server (the server holds the channel key)."""
+        words = (self.config.encoding.dtype.itemsize, self.config.dim)
+        return m.decode(data, max_parties=self.config.num_clients, vector_words=words, tag_key=self._tag_key)[1]
+
+    def forge_uplink(self, client: int, body: m.Body) -> bytes:
+        """A message of this session from ``client``, tagged with its channel key: what a corrupt
+        client (which shares that key with the server) can send."""
+        header = Header(body.KIND, protocol_id(self.config), self.round, self._session, client, SERVER_ID)
+        return m.encode(header, body, message_key(self._channels[client], TO_SERVER, body.KIND))
+
     def read(self, client: int, data: bytes) -> m.Body:
         """Decode a message this server addressed to ``client``."""
         def key(header: Header) -> bytes:
@@ -113,10 +130,13 @@ class AdversarialServer(SecAggServer):
     def shared(self) -> tuple[int, ...]:
         return self._shared
 
-    def _require(self, count: int, what: str, needed: int) -> None:
+    def _require(self, count: int, what: str, needed: int = 1) -> None:
         """The attacker never holds itself back: clients must do the refusing."""
         if count == 0:
             super()._require(count, what, 1)
+
+    def _check_recoverable(self) -> None:
+        """The attacker offers any survivor set; clients must refuse it."""
 
     # -- keep everything --------------------------------------------------------------------------
     def _accept_masked(self, sender: int, vector: np.ndarray) -> None:
@@ -178,6 +198,32 @@ class AdversarialServer(SecAggServer):
         unmasked: np.ndarray = out & out.dtype.type(self.config.encoding.ring_mask)
         return unmasked
 
+    def recover_isolated(self, owner: int, shown: tuple[int, ...], known: Mapping[int, bytes]) -> np.ndarray | None:
+        """Unmask ``owner``, who masked only with ``shown``: its seed from released seed shares, each
+        peer's mask key from ``known`` (corrupt clients) or from released mask-key shares."""
+        if owner not in self.masked:
+            return None
+        seed = self._secret(owner, self.released(owner).get(m.ShareKind.SELF_MASK_SEED, {}), self._seed_matches)
+        if seed is None:
+            return None
+        keys = {}
+        for peer in shown:
+            key = known.get(peer) or self._secret(peer, self.released(peer).get(m.ShareKind.MASK_KEY, {}),
+                                                  self._mask_key_matches)
+            if key is None:
+                return None
+            keys[peer] = key
+        out = self.masked[owner].copy()
+        saved, self._survivors = self._survivors, (owner,)
+        try:  # the server's own correction streams, for a survivor set of just the owner
+            streams = [(MaskStream(derive_key(seed, LABEL_SELF_MASK, self._session)), -1)]
+            streams += self._pairwise_corrections(keys)
+        finally:
+            self._survivors = saved
+        apply_masks(out, streams, self.config.chunk_size)
+        unmasked: np.ndarray = out & out.dtype.type(self.config.encoding.ring_mask)
+        return unmasked
+
     def _secret(self, owner: int, held: dict[int, bytes], verify: Callable[[int, bytes], bool]) -> bytes | None:
         """The verified secret behind ``held`` shares, or None without t consistent shares."""
         if len(held) < self.config.threshold:
@@ -214,10 +260,12 @@ def cast(
     registry: dict[int, bytes] | None = None,
     identities: Mapping[int, SigningKey] | None = None,
     seed: int = 0,
+    randoms: Mapping[int, RandomSource] | None = None,
 ) -> Cast:
     """Clients ``ids`` with random inputs; identity keys and a registry when given (or malicious).
 
     ``context`` may differ per client (e.g. the digest of the model each one received).
+    ``randoms`` gives some clients a randomness source the attacker can replay (corrupt clients).
     """
     if identities is None and (registry is not None or config.threat.is_malicious):
         identities = {i: SigningKey.generate() for i in ids}
@@ -227,8 +275,9 @@ def cast(
     clients, inputs = {}, {}
     for i in ids:
         ctx = context[i] if isinstance(context, Mapping) else context
+        extra = {"random": randoms[i]} if randoms and i in randoms else {}
         clients[i] = SecAggClient(config, i, round_number=round_number, context=ctx,
-                                  identity=identities[i] if identities else None, registry=registry)
+                                  identity=identities[i] if identities else None, registry=registry, **extra)
         inputs[i] = config.encoding.encode(rng.normal(size=config.schema.size))
         clients[i].set_encoded_input(inputs[i])
     return Cast(config, clients, inputs, registry)
@@ -295,6 +344,7 @@ def play(
     intercept: Intercept | None = None,
     uplink: Uplink | None = None,
     tap: Tap | None = None,
+    opened: Mapping[int, bytes] | None = None,
 ) -> Play:
     """Run a round to its end, recording refusals instead of raising.
 
@@ -302,18 +352,24 @@ def play(
         intercept: rewrites what a client is handed (see :data:`Intercept`).
         uplink: rewrites what a client sends before the server sees it.
         tap: sees (sender, recipient, bytes) of every message, as in the router.
+        opened: the key-list outbox of a server whose advertise stage the caller already closed
+            (clients have advertised); the round resumes from there.
     """
     log = Play()
-    for cid in sorted(clients):
-        data = clients[cid].advertise()
-        _deliver(server, cid, data, log, uplink, tap)
+    if opened is None:
+        for cid in sorted(clients):
+            data = clients[cid].advertise()
+            _deliver(server, cid, data, log, uplink, tap)
+    outbox: Mapping[int, bytes] | None = opened
     while server.stage not in (Stage.DONE, Stage.ABORTED):
-        try:
-            outbox = server.advance()
-        except SecAggError as exc:
-            log.server_error = f"{type(exc).__name__}: {exc}"
-            return log
-        for cid, data in sorted(outbox.items()):
+        if outbox is None:
+            try:
+                outbox = server.advance()
+            except SecAggError as exc:
+                log.server_error = f"{type(exc).__name__}: {exc}"
+                return log
+        sending, outbox = outbox, None
+        for cid, data in sorted(sending.items()):
             if tap is not None:
                 tap(SERVER_ID, cid, data)
             reply = _hand(clients[cid], cid, data, log, intercept) if cid in clients else None

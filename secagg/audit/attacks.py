@@ -5,6 +5,9 @@ Every reason below is a claim SECURITY.md makes; the harness checks it, includin
 
 from __future__ import annotations
 
+from .attacks_isolation import (
+    advertise_dropout_amplification, bad_share_abort, graph_grinding, mirrored_key, restricted_delivery,
+)
 from .attacks_keys import different_models, key_substitution, split_sessions, sybils_with_registry, sybils_without_registry
 from .attacks_unmask import both_alive_and_dropped, false_dropout_claim, inconsistent_survivor_sets
 from .attacks_wire import replay_earlier_round, replay_other_session, tampered_bytes
@@ -120,6 +123,65 @@ ATTACKS: tuple[Attack, ...] = (
         Expectation(REFUSED, "a semi-honest client given a registry checks every advertisement's signature; "
                     "the Sybils cannot sign for enrolled identities"),
         Expectation(REFUSED, "advertisements must be signed by the enrolled identity key; Sybils cannot"),
+    ),
+)
+
+
+_ISOLATION_SEMI_HONEST = Expectation(
+    BY_DESIGN, "the semi-honest variant assumes the server delivers every share and reports dropouts "
+    "truthfully; a server that shows the victim only corrupt (or later 'dropped') peers unmasks its input "
+    "(verified). Use the malicious variant against a deviating server", leaks=True)
+_ISOLATION_MALICIOUS = Expectation(
+    REFUSED, "SECURITY.md, lemma 'isolation': to unmask the victim the server must keep t of its holders "
+    "in the signed survivor set and q clients overall, so with 2t >= h + c_nb + 2 (or t + q >= n + c + 2) "
+    "at least one honest survivor shares an unrecoverable mask with it; honest clients refuse to sign a "
+    "set that leaves any survivor fewer than t holders, or fewer than q members")
+
+ATTACKS = ATTACKS + (
+    Attack(
+        "restricted-delivery",
+        "the victim is shown only t - 1 share holders (its corrupt neighbours and some honest ones); the "
+        "honest ones are then left out of the survivor set and called dropped",
+        restricted_delivery, _ISOLATION_SEMI_HONEST, _ISOLATION_MALICIOUS,
+    ),
+    Attack(
+        "graph-grinding",
+        f"the server re-draws the SecAgg+ graph (a fresh channel key each time) until a victim has the most "
+        "corrupt neighbours, then restricted delivery",
+        graph_grinding, _ISOLATION_SEMI_HONEST,
+        Expectation(REFUSED, "the graph is derived from the setup id (config, round, context) over the "
+                    "registered population, before any key is seen: re-drawing the server's keys changes "
+                    "nothing, and trying 2^g contexts offline is charged to sigma (GRINDING_BITS = 40); the "
+                    "restricted delivery that follows is refused as above"),
+    ),
+    Attack(
+        "advertise-dropout-amplification",
+        "all but a quorum of honest advertisers are left out of the key list, so corrupt clients are dense in "
+        "a graph over fewer clients, then restricted delivery",
+        advertise_dropout_amplification, _ISOLATION_SEMI_HONEST,
+        Expectation(REFUSED, "the graph is built over the whole registered population, so leaving honest "
+                    "advertisers out does not move any corrupt client closer to the victim; the restricted "
+                    "delivery that follows is refused as above"),
+    ),
+    Attack(
+        "mirrored-key",
+        "a corrupt client re-advertises an honest client's mask key with bit 255 set, signed with its own "
+        "identity, so the victim's two pairwise masks would be equal and cancel",
+        mirrored_key,
+        Expectation(REFUSED, "every X25519 key must be canonically encoded (u < 2^255 - 19): the server's and "
+                    "the clients' decoders refuse the mirrored key, and pairwise masks bind both ids and keys"),
+        Expectation(REFUSED, "every X25519 key must be canonically encoded (u < 2^255 - 19): the server's and "
+                    "the clients' decoders refuse the mirrored key, and pairwise masks bind both ids and keys"),
+    ),
+    Attack(
+        "bad-share-abort",
+        "a corrupt client (the lowest id, so in every subset the old retry tried) returns garbage in every "
+        "share it releases, to make the round abort",
+        bad_share_abort,
+        Expectation(DETECTED, "the server decodes each secret's shares with Berlekamp-Welch and leaves out "
+                    "wrong ones while honest shares outnumber them by t; the aggregate stays exact"),
+        Expectation(DETECTED, "the server decodes each secret's shares with Berlekamp-Welch and leaves out "
+                    "wrong ones while honest shares outnumber them by t; the aggregate stays exact"),
     ),
 )
 

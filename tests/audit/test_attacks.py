@@ -27,6 +27,8 @@ def test_the_catalogue_covers_the_issue() -> None:
         "both-survivor-and-dropped", "inconsistent-survivor-sets", "false-dropout-claim", "key-substitution-mitm",
         "replay-earlier-round", "replay-earlier-session", "different-models", "split-sessions", "tampered-bytes",
         "sybils-without-registry", "sybils-with-registry",
+        # issue 8: each of these succeeded against the code before its fix (see the closing note)
+        "restricted-delivery", "graph-grinding", "advertise-dropout-amplification", "mirrored-key", "bad-share-abort",
     }
     assert all(a.malicious.outcome in (REFUSED, DETECTED) for a in ATTACKS)
 
@@ -57,7 +59,7 @@ def test_semi_honest_variant_matches_its_documented_limits(name: str) -> None:
         assert row["ok"], row
         if attack.semi_honest.outcome == BY_DESIGN:
             assert row["outcome"] == SUCCEEDED
-            assert row["individual_inputs_leaked"] == ([0] if attack.semi_honest.leaks else [])
+            assert len(row["individual_inputs_leaked"]) == (1 if attack.semi_honest.leaks else 0)
         else:
             assert row["outcome"] == attack.semi_honest.outcome
 
@@ -71,3 +73,15 @@ def test_evidence_names_the_check_that_fired() -> None:
     assert "advertised keys; need 12" in split["evidence"]
     models = rows("semi-honest", "different-models")[0]
     assert "delivery" in models["evidence"]
+
+
+def test_isolation_attacks_are_refused_by_the_check_the_proof_uses() -> None:
+    plain, plus = rows("malicious", "restricted-delivery")
+    assert "the quorum is 12" in plain["evidence"]
+    assert "fewer than t = 8 of their share holders" in plus["evidence"]
+    grinding = rows("malicious", "graph-grinding")[1]
+    assert "48 graph draws gave 1 distinct graph" in grinding["evidence"]
+    for row in rows("malicious", "mirrored-key") + rows("semi-honest", "mirrored-key"):
+        assert "not canonically encoded" in row["evidence"]
+    for row in rows("malicious", "bad-share-abort"):
+        assert "identified and left out" in row["evidence"] and "exact" in row["evidence"]

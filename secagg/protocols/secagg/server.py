@@ -282,16 +282,20 @@ class SecAggServer:
     def _close_masked(self) -> dict[int, bytes]:
         self._require(len(self._inbox), "sent masked inputs", self.config.quorum)
         self._survivors = tuple(sorted(self._inbox))
-        lacking = unrecoverable_seeds(self._survivors, self._graph, self.config.threshold)
-        if lacking:
-            raise InsufficientParties(
-                f"survivors {lacking[:8]} have fewer than t = {self.config.threshold} of their share holders alive")
+        self._check_recoverable()
         self.dropped["mask"] = tuple(sorted(self._shared_set - set(self._survivors)))
         if self.config.threat.is_malicious:
             self._next(Stage.CONSISTENCY)
             body: m.Body = m.SurvivorList(self._survivors)
             return {c: self._send(m.Kind.SURVIVORS, self._session, c, body) for c in self._survivors}
         return self._unmask_requests(m.UnmaskRequest(self._survivors, self.dropped["mask"]))
+
+    def _check_recoverable(self) -> None:
+        """Abort now if some survivor's self-mask seed cannot be reconstructed at the unmask stage."""
+        lacking = unrecoverable_seeds(self._survivors, self._graph, self.config.threshold)
+        if lacking:
+            raise InsufficientParties(
+                f"survivors {lacking[:8]} have fewer than t = {self.config.threshold} of their share holders alive")
 
     def _close_consistency(self) -> dict[int, bytes]:
         self._require(len(self._inbox), "signed the survivor set", self.config.quorum)

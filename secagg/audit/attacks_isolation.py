@@ -1,0 +1,256 @@
+"""Attacks that isolate one client (issue 8): the server, with c corrupt clients, makes a victim mask
+with few enough peers that it can unmask the victim's input alone.
+
+Restricted delivery: the victim u is shown only t - 1 share ciphertexts, those of its corrupt
+neighbours C_u and of a set H of honest ones; the server then leaves H out of the survivor set and
+calls it dropped. Survivors release u's self-mask seed shares (u survived) and H's mask-key shares
+(H dropped); the corrupt clients' mask keys the attacker knows. Then
+x_u = y_u - PRG(b_u) - sum_{v in C_u + H} +-PRG(s_uv). The variants below only change how the
+attacker gets a victim with many corrupt neighbours: re-drawing the graph (grinding) or shrinking
+the key list (withholding honest advertisements). SECURITY.md, lemma "isolation", says when each
+must fail; :mod:`secagg.audit.search` searches the same space exhaustively for small n.
+
+Corrupt clients run real client code with a randomness source the attacker can replay, so it knows
+their mask keys without reading their memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..hazmat.keys import AgreementKeyPair, SigningKey
+from ..params import SecAggConfig
+from ..protocols.secagg import Stage
+from ..protocols.secagg import messages as m
+from ..protocols.secagg.client import advertise_signed_bytes
+from ..protocols.secagg.common import LABEL_ADVERTISE_SIG
+from .adversary import AdversarialServer, cast, kind_name, plain_sum, play, replace_body
+from .harness import CONTEXT, DETECTED, SUCCEEDED, Observation, observe
+
+__all__ = ["restricted_delivery", "graph_grinding", "advertise_dropout_amplification", "mirrored_key",
+           "bad_share_abort", "ReplayableRandom"]
+
+GRINDING_ATTEMPTS = 48
+
+
+class ReplayableRandom:
+    """SHA-256(seed || counter) bytes: the attacker's own clients' randomness, which it can replay."""
+
+    def __init__(self, seed: bytes) -> None:
+        self._seed, self._counter, self._buffer = seed, 0, b""
+
+    def __call__(self, count: int) -> bytes:
+        while len(self._buffer) < count:
+            self._counter += 1
+            self._buffer += hashlib.sha256(self._seed + self._counter.to_bytes(8, "little")).digest()
+        out, self._buffer = self._buffer[:count], self._buffer[count:]
+        return out
+
+
+def _corrupt_ids(config: SecAggConfig) -> list[int]:
+    c = max(1, math.floor(config.threat.corrupt_fraction * config.num_clients + 1e-9))
+    return list(range(config.num_clients - c, config.num_clients))
+
+
+def _corrupt_mask_key(cid: int) -> bytes:
+    """Replay a corrupt client's randomness: its encryption key pair first, then its mask key pair."""
+    replay = ReplayableRandom(b"corrupt-%d" % cid)
+    AgreementKeyPair.generate(replay)
+    return AgreementKeyPair.generate(replay).private_bytes()
+
+
+@dataclass
+class _Plan:
+    victim: int
+    corrupt_neighbours: tuple[int, ...]
+    dropped_honest: tuple[int, ...]
+
+    @property
+    def shown(self) -> tuple[int, ...]:
+        return tuple(sorted(self.corrupt_neighbours + self.dropped_honest))
+
+
+def _plan(server: AdversarialServer, corrupt: set[int], candidates: list[int]) -> _Plan:
+    """The victim with the most corrupt neighbours, and t - 1 - that many honest ones to drop.
+
+    Honest peers to drop are picked greedily with the fewest links among themselves, so each keeps
+    as many holders (for its mask-key shares) in the survivor set as possible.
+    """
+    graph, t = server.graph, server.config.threshold
+    victim = max(candidates, key=lambda u: (len(set(graph[u]) & corrupt), -u))
+    bad = tuple(sorted(set(graph[victim]) & corrupt))[: t - 1]
+    chosen: list[int] = []
+    pool = [v for v in graph[victim] if v not in corrupt]
+    while len(bad) + len(chosen) < t - 1 and pool:
+        pool.sort(key=lambda v: (sum(1 for w in chosen if w in graph[v]), v))
+        chosen.append(pool.pop(0))
+    return _Plan(victim, bad, tuple(sorted(chosen)))
+
+
+def _restrict(plan: _Plan):  # type: ignore[no-untyped-def]
+    def deviation(server: AdversarialServer, outbox: dict[int, bytes]) -> dict[int, bytes]:
+        def change(body: m.Body) -> m.Body:
+            assert isinstance(body, m.ShareDelivery)
+            keep = [i for i, p in enumerate(body.peers) if p in plan.shown]
+            return replace_body(body, peers=tuple(body.peers[i] for i in keep),
+                                ciphertexts=tuple(body.ciphertexts[i] for i in keep))
+
+        return server.rewrite(outbox, {plan.victim}, change)
+
+    return deviation
+
+
+def _forget(plan: _Plan):  # type: ignore[no-untyped-def]
+    def preparation(server: AdversarialServer) -> None:
+        """Claim the dropped honest peers' masked inputs never arrived (``server.masked`` keeps them)."""
+        for h in plan.dropped_honest:
+            if server._inbox.pop(h, 0) != 0:
+                np.subtract(server._accumulator, server.masked[h], out=server._accumulator)
+
+    return preparation
+
+
+def _isolate(config: SecAggConfig, *, attempts: int = 1, withhold: bool = False) -> Observation:
+    """Restricted delivery, after ``attempts`` graph draws, optionally on a shrunken key list."""
+    corrupt = _corrupt_ids(config)
+    parties = cast(config, range(config.num_clients), context=CONTEXT,
+                   randoms={c: ReplayableRandom(b"corrupt-%d" % c) for c in corrupt})
+    adverts = {cid: client.advertise() for cid, client in parties.clients.items()}
+    honest_all = [u for u in sorted(adverts) if u not in corrupt]
+    key_lists = [sorted(adverts)]
+    if withhold:
+        # Leave out just enough honest advertisers that the survivor set can still lose t - 1 - c
+        # peers and keep q members; which ones are left out is another lever over the graph.
+        size = min(config.num_clients, max(config.quorum + config.threshold - 1, config.num_clients // 2 + len(corrupt)))
+        drop = config.num_clients - size
+        windows = {tuple(sorted(set(adverts) - set(honest_all[i:i + drop]))) for i in range(len(honest_all) - drop + 1)}
+        key_lists = [list(w) for w in sorted(windows)]
+    best: tuple[int, AdversarialServer, dict[int, bytes], list[int]] | None = None
+    graphs = set()
+    for listed in (k for k in key_lists for _ in range(attempts)):
+        honest = [u for u in listed if u not in corrupt]
+        server = AdversarialServer(config, context=CONTEXT, registry=parties.registry)
+        for cid in listed:
+            server.receive(adverts[cid])
+        opened = server.advance()
+        graphs.add(tuple(sorted((u, tuple(v)) for u, v in server.graph.items())))
+        score = max(len(set(server.graph[u]) & set(corrupt)) for u in honest)
+        if best is None or score > best[0]:
+            best = (score, server, opened, listed)
+    assert best is not None
+    _, server, opened, listed = best
+    plan = _plan(server, set(corrupt), [u for u in listed if u not in corrupt])
+    server.script = {"share": _restrict(plan)}
+    server.before = {"mask": _forget(plan)}
+    members = {cid: parties.clients[cid] for cid in listed}
+    log = play(server, members, opened=opened)
+    known = {c: _corrupt_mask_key(c) for c in plan.corrupt_neighbours}
+    guess = server.recover_isolated(plan.victim, plan.shown, known)
+    leaked = [plan.victim] if guess is not None and np.array_equal(guess, parties.inputs[plan.victim]) else []
+    note = (f"victim {plan.victim}: {len(plan.corrupt_neighbours)} corrupt neighbours, shown "
+            f"{len(plan.shown)} peers, honest peers dropped {list(plan.dropped_honest)}; "
+            f"{attempts * len(key_lists)} graph draws gave {len(graphs)} distinct graph(s) over the key list; key list of {len(listed)}")
+    return observe(log, leaked, {"survivors", "unmask-request", "delivery"}, note=note)
+
+
+def restricted_delivery(config: SecAggConfig) -> Observation:
+    """Show the victim t - 1 share holders, then call the honest ones dropped (issue 8, finding 1)."""
+    return _isolate(config)
+
+
+def graph_grinding(config: SecAggConfig) -> Observation:
+    """Re-draw the SecAgg+ graph (a fresh server channel key each time) until a victim has many
+    corrupt neighbours, then restricted delivery (finding 3)."""
+    return _isolate(config, attempts=GRINDING_ATTEMPTS)
+
+
+def advertise_dropout_amplification(config: SecAggConfig) -> Observation:
+    """Leave all but a quorum of honest advertisers out of the key list, so corrupt clients are a
+    larger share of a graph built over fewer clients, then restricted delivery (finding 4)."""
+    return _isolate(config, withhold=True)
+
+
+def _mirror(key: bytes) -> bytes:
+    """The same X25519 point under a non-canonical encoding: bit 255 set (RFC 7748 decoders ignore it)."""
+    return key[:-1] + bytes([key[-1] | 0x80])
+
+
+def mirrored_key(config: SecAggConfig) -> Observation:
+    """A corrupt client re-advertises an honest client's mask key with bit 255 set (finding 2).
+
+    Under the old derivation the victim's mask with the corrupt client equals its mask with the
+    honest one, and with opposite signs the two cancel inside the victim's masked input. The
+    harness checks the first step: whether the mirrored key gets into a key list honest clients
+    accept (goal reached), or is refused by the server's decoder or by every client.
+    """
+    corrupt, honest = _corrupt_ids(config)[-1], 0
+    identities = {i: SigningKey.generate() for i in range(config.num_clients)}
+    parties = cast(config, range(config.num_clients), context=CONTEXT, identities=identities)
+    seen: dict[int, tuple[bytes, bytes]] = {}  # client -> (encryption key, mask key) as advertised
+
+    def mirrored(setup: bytes) -> m.Advertise:
+        encryption, mask = seen[corrupt][0], _mirror(seen[honest][1])
+        signed = advertise_signed_bytes(setup, corrupt, encryption, mask)
+        return m.Advertise(encryption, mask, identities[corrupt].sign(LABEL_ADVERTISE_SIG, signed))
+
+    def uplink(cid: int, data: bytes) -> bytes:
+        if kind_name(data) != "advertise":
+            return data
+        header, body = m.decode(data, max_parties=config.num_clients)
+        if not isinstance(body, m.Advertise):
+            return data
+        seen[cid] = (body.encryption_key, body.mask_key)
+        return m.encode(header, mirrored(header.session)) if cid == corrupt else data
+
+    def inject(server: AdversarialServer, outbox: dict[int, bytes]) -> dict[int, bytes]:
+        """If the server's decoder refused the advertisement, put the mirrored key in the list anyway."""
+        def change(body: m.Body) -> m.Body:
+            assert isinstance(body, m.KeyList)
+            if any(e.client == corrupt for e in body.entries):
+                return body
+            advert = mirrored(server.setup)
+            entry = m.KeyEntry(corrupt, advert.encryption_key, advert.mask_key, advert.signature)
+            return replace_body(body, entries=tuple(sorted(body.entries + (entry,), key=lambda e: e.client)))
+
+        return {cid: server.forge(m.Kind.KEY_LIST, cid, change(server.read(cid, data))) for cid, data in outbox.items()}
+
+    server = AdversarialServer(config, context=CONTEXT, registry=parties.registry, script={"advertise": inject})
+    log = play(server, parties.clients, uplink=uplink)
+    accepted = [c for c, client in parties.clients.items()
+                if c != corrupt and client.stage not in (Stage.SHARE, Stage.ABORTED)]
+    note = f"{len(accepted)} honest clients accepted a key list holding client {honest}'s mask key mirrored"
+    return observe(log, [], {"key-list", "advertise"}, goal=bool(accepted), note=note)
+
+
+def bad_share_abort(config: SecAggConfig) -> Observation:
+    """Corrupt clients return garbage in every share of their unmask responses (finding 7).
+
+    The goal is a denial of service: an aborted round. Fewer bad shares than the honest surplus must
+    be found and left out, and the aggregate must still be exact.
+    """
+    corrupt = {0}  # the lowest id: the old retry tried only subsets that contain holder 0
+    parties = cast(config, range(config.num_clients), context=CONTEXT)
+    server = AdversarialServer(config, context=CONTEXT, registry=parties.registry)
+
+    def garble(cid: int, data: bytes) -> bytes:
+        if cid not in corrupt or server.stage is not Stage.UNMASK:
+            return data
+        body = server.read_uplink(cid, data)
+        assert isinstance(body, m.UnmaskResponse)
+        bad = tuple(bytes((b + 1) % 256 for b in share[:4]) + share[4:] for share in body.shares)
+        return server.forge_uplink(cid, replace_body(body, shares=bad))
+
+    log = play(server, parties.clients, uplink=garble)
+    if server.aggregate_error or log.result is None:
+        log.server_error = log.server_error or server.aggregate_error
+        return observe(log, [], {"unmask-response"}, goal=True, note=f"round aborted by bad shares from {sorted(corrupt)}")
+    exact = np.array_equal(log.result.ring_sum, plain_sum(config, parties.inputs, log.result.survivors))
+    if not exact:
+        return Observation(SUCCEEDED, "the round released a wrong sum")
+    return Observation(DETECTED, f"bad shares from clients {sorted(corrupt)} were identified and left out; "
+                                 f"aggregate over {len(log.result.survivors)} survivors exact")
+
