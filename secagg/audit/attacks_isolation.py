@@ -28,7 +28,7 @@ from ..protocols.secagg import Stage
 from ..protocols.secagg import messages as m
 from ..protocols.secagg.client import advertise_signed_bytes
 from ..protocols.secagg.common import LABEL_ADVERTISE_SIG
-from .adversary import AdversarialServer, cast, kind_name, plain_sum, play, replace_body
+from .adversary import AdversarialServer, Deviation, Preparation, cast, kind_name, plain_sum, play, replace_body
 from .harness import CONTEXT, DETECTED, SUCCEEDED, Observation, observe
 
 __all__ = ["restricted_delivery", "graph_grinding", "advertise_dropout_amplification", "mirrored_key",
@@ -91,7 +91,7 @@ def _plan(server: AdversarialServer, corrupt: set[int], candidates: list[int]) -
     return _Plan(victim, bad, tuple(sorted(chosen)))
 
 
-def _restrict(plan: _Plan):  # type: ignore[no-untyped-def]
+def _restrict(plan: _Plan) -> Deviation:
     def deviation(server: AdversarialServer, outbox: dict[int, bytes]) -> dict[int, bytes]:
         def change(body: m.Body) -> m.Body:
             assert isinstance(body, m.ShareDelivery)
@@ -104,7 +104,7 @@ def _restrict(plan: _Plan):  # type: ignore[no-untyped-def]
     return deviation
 
 
-def _forget(plan: _Plan):  # type: ignore[no-untyped-def]
+def _forget(plan: _Plan) -> Preparation:
     def preparation(server: AdversarialServer) -> None:
         """Claim the dropped honest peers' masked inputs never arrived (``server.masked`` keeps them)."""
         for h in plan.dropped_honest:

@@ -154,12 +154,17 @@ def test_a_different_message_for_an_answered_stage_is_refused_without_a_state_ch
     assert _state(tmp_path, 3) == record.encode()
 
 
-def test_another_clients_message_for_an_answered_stage_is_refused(tmp_path) -> None:
-    config = _config()
+def _key_lists(tmp_path, config) -> dict[int, bytes]:
+    """Six nodes advertise through their stores; the server's key-list messages."""
     server = SecAggServer(config, round_number=0, context=CTX)
     for c in range(6):
         server.receive(_store(tmp_path, c).advertise(RoundSpec(config, c, 0, CTX)))
-    key_lists = server.advance()
+    return server.advance()
+
+
+def test_another_clients_message_for_an_answered_stage_is_refused(tmp_path) -> None:
+    config = _config()
+    key_lists = _key_lists(tmp_path, config)
     spec = RoundSpec(config, 0, 0, CTX)
     first = _store(tmp_path, 0).respond(spec, key_lists[0], _no_input)
     before = _state(tmp_path, 0)
@@ -171,10 +176,7 @@ def test_another_clients_message_for_an_answered_stage_is_refused(tmp_path) -> N
 
 def test_a_rejected_message_for_the_current_stage_closes_the_round(tmp_path) -> None:
     config = _config()
-    server = SecAggServer(config, round_number=0, context=CTX)
-    for c in range(6):
-        server.receive(_store(tmp_path, c).advertise(RoundSpec(config, c, 0, CTX)))
-    key_lists = server.advance()
+    key_lists = _key_lists(tmp_path, config)
     spec = RoundSpec(config, 0, 0, CTX)
     with pytest.raises(SecAggError):
         _store(tmp_path, 0).respond(spec, _mutated(key_lists[0]), _no_input)
