@@ -184,7 +184,7 @@ def _split(x: np.ndarray | float) -> tuple[Any, Any]:
 
 
 def _round_weighted(magnitude: np.ndarray, weight: int, bits: np.ndarray) -> np.ndarray:
-    """Stochastically round y = ``weight * magnitude`` (magnitude >= 0, y <= 2^48) to an integer.
+    """Stochastically round y = ``weight * magnitude`` (|y| <= 2^48, either sign) to an integer.
 
     Returns floor(y) or ceil(y) as float64, never anything else: ``magnitude = whole + frac``
     exactly, ``weight * whole`` is an exact integer and Dekker's two-product gives ``weight * frac
@@ -299,18 +299,18 @@ class FixedPoint:
         Raises:
             ParameterError: a value is NaN or infinite.
         """
-        if not np.isfinite(values).all():
-            bad = int(np.argmin(np.isfinite(values)))
-            raise ParameterError(f"cannot encode NaN or infinity (first at index {bad} of this chunk)")
         for start in range(0, values.shape[0], _BLOCK):
             part = values[start : start + _BLOCK]
-            magnitude = np.minimum(np.abs(part), self.clip_bound)
-            magnitude *= 2.0**self.fractional_bits  # exact: a power-of-two scaling of at most 2^48
+            if not np.isfinite(part).all():
+                bad = start + int(np.argmin(np.isfinite(part)))
+                raise ParameterError(f"cannot encode NaN or infinity (first at index {bad} of this chunk)")
+            scaled = np.clip(part, -self.clip_bound, self.clip_bound)
+            scaled *= 2.0**self.fractional_bits  # exact: a power-of-two scaling of at most 2^48
             bits = np.empty(part.shape[0], dtype=np.uint32)
             noise.fill(bits)
-            rounded = _round_weighted(magnitude, weight, bits)
-            np.negative(rounded, out=rounded, where=np.signbit(part))
-            out[start : start + part.shape[0]] = rounded.astype(np.int64).astype(out.dtype)
+            # floor(y) or floor(y) + 1 for any sign: within [-M, M] since floor(-M') >= -M and a
+            # round-up happens only for non-integral y, where floor(y) + 1 = ceil(y) <= M.
+            out[start : start + part.shape[0]] = _round_weighted(scaled, weight, bits).astype(np.int64)
 
     def encode(self, vector: np.ndarray, weight: int = 1, random: RandomSource = system_random) -> np.ndarray:
         """Quantise a whole flat vector; the weight is appended as one extra coordinate."""
