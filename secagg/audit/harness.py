@@ -72,7 +72,7 @@ class Attack:
 def harness_config(protocol: str, malicious: bool, clients: int = HARNESS_CLIENTS) -> SecAggConfig:
     """The config every attack runs against: 20 clients, 10% corrupt, 10% dropout.
 
-    With 20 clients SecAgg+ uses a real Harary graph (k=6, t=3 semi-honest; k=8, t=6 malicious).
+    With 20 clients SecAgg+ uses a real Harary graph (k=6, t=3 semi-honest; k=10, t=8 malicious).
     """
     threat = ThreatModel.malicious(0.1, 0.1) if malicious else ThreatModel.semi_honest(0.1, 0.1)
     schema = Schema.of(np.zeros(63, dtype=np.float32))

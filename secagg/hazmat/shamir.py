@@ -181,6 +181,7 @@ def consistent_holders(xs: Sequence[int], shares: np.ndarray, threshold: int) ->
     """
     arr = np.asarray(shares, dtype=np.int64)
     m = len(xs)
+    in_field = ((arr >= 0) & (arr < PRIME)).reshape(m, -1).all(axis=1)
     errors = (m - threshold) // 2
     if errors <= 0:
         return list(range(m))
@@ -206,4 +207,4 @@ def consistent_holders(xs: Sequence[int], shares: np.ndarray, threshold: int) ->
         for coef in reversed(p):
             values = (values * x + coef) % PRIME
         bad.update(int(i) for i in np.flatnonzero(values != y))
-    return [i for i in range(m) if i not in bad]
+    return [i for i in range(m) if i not in bad and in_field[i]]

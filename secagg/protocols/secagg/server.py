@@ -207,6 +207,8 @@ class SecAggServer:
         for share in body.shares:
             if len(share) != shamir.share_bytes(32):
                 raise MalformedMessage("share of the wrong size")
+            if (np.frombuffer(share, dtype="<u4") >= shamir.PRIME).any():
+                raise MalformedMessage("share word outside the field")
 
     # -- stage transitions ------------------------------------------------------------------------
     def advance(self) -> dict[int, bytes]:
@@ -228,7 +230,7 @@ class SecAggServer:
             raise ProtocolAbort(f"nothing to advance in stage {self._stage.value}")
         try:
             return step()
-        except InsufficientParties:
+        except (InsufficientParties, IntegrityError):
             self._stage = Stage.ABORTED
             raise
 
