@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from secagg import MalformedMessage, ParameterError
 from secagg.audit.adversary import CONTEXT, AdversarialServer, cast, play
+from secagg.audit.attacks_isolation import ReplayableRandom
 from secagg.audit.attacks_unmask import _tell_some_victim_dropped
 from secagg.audit.harness import harness_config
 from secagg.audit.transcript import (
@@ -28,9 +29,12 @@ from secagg.wire import SERVER_ID
 
 
 def record(path: Path, protocol: str = "secagg+", malicious: bool = False, dropouts=None) -> Path:
+    """A recorded round whose keys, seeds and masks come from recorded seeds, so the transcript
+    checker's chi-square tests (family-wise alpha 1e-3) see the same masked inputs on every run."""
     config = harness_config(protocol, malicious)
-    parties = cast(config, range(20))
-    server = SecAggServer(config, context=CONTEXT, registry=parties.registry)
+    parties = cast(config, range(20), randoms={i: ReplayableRandom(b"transcript-test-%d" % i) for i in range(20)})
+    server = SecAggServer(config, context=CONTEXT, registry=parties.registry,
+                          random=ReplayableRandom(b"transcript-test-server"))
     with TranscriptRecorder.open(path, SERVER_ID, config_meta(config, 0, parties.registry)) as rec, \
             TranscriptRecorder.open(path.with_suffix(".client3"), 3, config_meta(config)) as client:
         run_round(server, parties.clients, dropouts or {4: "mask", 9: "unmask"}, tap=tee(rec, client))
