@@ -92,7 +92,8 @@ def test_secret_holders_refuse_pickling_and_hide_secrets() -> None:
 
 
 def test_masks_look_uniform() -> None:
-    words = expand(os.urandom(32), 1 << 16, np.uint32)
+    key = bytes.fromhex("5ec0a99e" * 8)  # recorded key: the statistic replays exactly
+    words = expand(key, 1 << 16, np.uint32)
     counts = np.bincount((words >> 24).astype(np.int64), minlength=256)
     chi2 = ((counts - counts.mean()) ** 2 / counts.mean()).sum()
     assert chi2 < 400  # 255 degrees of freedom: p < 1e-7 for a uniform source
