@@ -34,6 +34,15 @@ MAX_CLIENTS = 1_000_000
 _SMALL = 1e-14
 
 
+def corrupt_count(n: int, corrupt: float) -> int:
+    """c: how many of n clients a corrupt fraction means. The one place this is rounded.
+
+    floor(gamma n), robust to the float error in gamma (e.g. 0.1 * 30 = 3.0000000000000004, and
+    2/31 written to 12 digits): every party, bound and search uses this same count.
+    """
+    return math.floor(corrupt * n + 1e-9)
+
+
 @dataclass(frozen=True, slots=True)
 class GraphParameters:
     """k neighbours per client (even) and the threshold t (shares needed among the k)."""
@@ -127,7 +136,7 @@ def _check_rates(n: int, corrupt: float, dropout: float, malicious: bool) -> Non
 
 
 def _log_prob_disconnected(n: int, k: int, corrupt: float, dropout: float) -> float:
-    bad = math.floor((corrupt + _SMALL) * n) + math.floor((dropout + _SMALL) * n)
+    bad = corrupt_count(n, corrupt) + math.floor((dropout + _SMALL) * n)
     if k > bad:
         return -math.inf
     gap_pairs = math.log(n) + math.log(n - k - 1) - math.log(2)
@@ -145,12 +154,14 @@ def corrupt_neighbour_bound(n: int, k: int, corrupt: float, malicious: bool) -> 
 
     A hypergeometric tail bound over a uniformly random Harary labelling, union-bounded over the n
     clients (and over 2^GRINDING_BITS graphs when the server is malicious). Never above k or the
-    number of corrupt clients.
+    number of corrupt clients, c = :func:`corrupt_count`. Malicious: an honest client's k
+    neighbours are drawn from the n - 1 others, c of them corrupt (fcp, kept for the semi-honest
+    known answers, draws from n).
     """
-    marked = math.floor((corrupt + _SMALL) * n)
+    marked = corrupt_count(n, corrupt)
     if k >= n - 1:
         return marked
-    adversarial = Hypergeometric(n, marked, k)
+    adversarial = Hypergeometric(n - 1 if malicious else n, marked, k)
     return int(min(k, marked, adversarial.quantile(2.0 ** -_event_bits(malicious) / n, complement=True)))
 
 

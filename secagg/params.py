@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .bounds import ThresholdBounds
 from .encoding import FixedPoint, Schema
 from .errors import ParameterError
-from .graphparams import GRINDING_BITS, corrupt_neighbour_bound, find_harary_parameters
+from .graphparams import GRINDING_BITS, corrupt_count, corrupt_neighbour_bound, find_harary_parameters
 
 __all__ = ["Adversary", "ThreatModel", "SecAggConfig", "PROTOCOL_IDS"]
 
@@ -65,7 +65,7 @@ class ThreatModel:
 
     def corrupt_bound(self, num_clients: int) -> int:
         """c = floor(gamma * n): the number of corrupt clients every guarantee assumes."""
-        return math.floor(self.corrupt_fraction * num_clients + 1e-9)
+        return corrupt_count(num_clients, self.corrupt_fraction)
 
 
 def complete_graph_threshold(n: int, threat: ThreatModel) -> int:

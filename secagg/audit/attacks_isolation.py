@@ -28,13 +28,14 @@ from ..protocols.secagg import Stage
 from ..protocols.secagg import messages as m
 from ..protocols.secagg.client import advertise_signed_bytes
 from ..protocols.secagg.common import LABEL_ADVERTISE_SIG
-from .adversary import AdversarialServer, Deviation, Preparation, cast, kind_name, plain_sum, play, replace_body
+from .adversary import AdversarialServer, Cast, Deviation, Preparation, cast, kind_name, plain_sum, play, replace_body
 from .harness import CONTEXT, DETECTED, SUCCEEDED, Observation, observe
 
 __all__ = ["restricted_delivery", "graph_grinding", "advertise_dropout_amplification", "mirrored_key",
            "bad_share_abort", "ReplayableRandom"]
 
 GRINDING_ATTEMPTS = 48
+GRINDING_CONTEXTS = 24
 
 
 class ReplayableRandom:
@@ -114,35 +115,31 @@ def _forget(plan: _Plan) -> Preparation:
     return preparation
 
 
-def _isolate(config: SecAggConfig, *, attempts: int = 1, withhold: bool = False) -> Observation:
-    """Restricted delivery, after ``attempts`` graph draws, optionally on a shrunken key list."""
+def _isolate(config: SecAggConfig, *, attempts: int = 1, contexts: int = 1, withhold: bool = False) -> Observation:
+    """Restricted delivery after grinding: ``contexts`` caller contexts (model digests the server
+    may perturb) times ``attempts`` server channel keys, optionally over shrunken key lists."""
     corrupt = _corrupt_ids(config)
-    parties = cast(config, range(config.num_clients), context=CONTEXT,
-                   randoms={c: ReplayableRandom(b"corrupt-%d" % c) for c in corrupt})
-    adverts = {cid: client.advertise() for cid, client in parties.clients.items()}
-    honest_all = [u for u in sorted(adverts) if u not in corrupt]
-    key_lists = [sorted(adverts)]
-    if withhold:
-        # Leave out just enough honest advertisers that the survivor set can still lose t - 1 - c
-        # peers and keep q members; which ones are left out is another lever over the graph.
-        size = min(config.num_clients, max(config.quorum + config.threshold - 1, config.num_clients // 2 + len(corrupt)))
-        drop = config.num_clients - size
-        windows = {tuple(sorted(set(adverts) - set(honest_all[i:i + drop]))) for i in range(len(honest_all) - drop + 1)}
-        key_lists = [list(w) for w in sorted(windows)]
-    best: tuple[int, AdversarialServer, dict[int, bytes], list[int]] | None = None
-    graphs = set()
-    for listed in (k for k in key_lists for _ in range(attempts)):
-        honest = [u for u in listed if u not in corrupt]
-        server = AdversarialServer(config, context=CONTEXT, registry=parties.registry)
-        for cid in listed:
-            server.receive(adverts[cid])
-        opened = server.advance()
-        graphs.add(tuple(sorted((u, tuple(v)) for u, v in server.graph.items())))
-        score = max(len(set(server.graph[u]) & set(corrupt)) for u in honest)
-        if best is None or score > best[0]:
-            best = (score, server, opened, listed)
+    best: tuple[int, AdversarialServer, dict[int, bytes], list[int], Cast] | None = None
+    graphs, draws = set(), 0
+    for index in range(contexts):
+        context = CONTEXT if index == 0 else CONTEXT + b"/perturbed-%d" % index
+        parties = cast(config, range(config.num_clients), context=context,
+                       randoms={c: ReplayableRandom(b"corrupt-%d" % c) for c in corrupt})
+        adverts = {cid: client.advertise() for cid, client in parties.clients.items()}
+        for listed in _key_lists(config, sorted(adverts), corrupt, withhold):
+            for _ in range(attempts):
+                honest = [u for u in listed if u not in corrupt]
+                server = AdversarialServer(config, context=context, registry=parties.registry)
+                for cid in listed:
+                    server.receive(adverts[cid])
+                opened = server.advance()
+                draws += 1
+                graphs.add(tuple(sorted((u, tuple(v)) for u, v in server.graph.items())))
+                score = max(len(set(server.graph[u]) & set(corrupt)) for u in honest)
+                if best is None or score > best[0]:
+                    best = (score, server, opened, listed, parties)
     assert best is not None
-    _, server, opened, listed = best
+    _, server, opened, listed, parties = best
     plan = _plan(server, set(corrupt), [u for u in listed if u not in corrupt])
     server.script = {"share": _restrict(plan)}
     server.before = {"mask": _forget(plan)}
@@ -153,8 +150,21 @@ def _isolate(config: SecAggConfig, *, attempts: int = 1, withhold: bool = False)
     leaked = [plan.victim] if guess is not None and np.array_equal(guess, parties.inputs[plan.victim]) else []
     note = (f"victim {plan.victim}: {len(plan.corrupt_neighbours)} corrupt neighbours, shown "
             f"{len(plan.shown)} peers, honest peers dropped {list(plan.dropped_honest)}; "
-            f"{attempts * len(key_lists)} graph draws gave {len(graphs)} distinct graph(s) over the key list; key list of {len(listed)}")
+            f"{draws} graph draws gave {len(graphs)} distinct graph(s) over the key list; key list of {len(listed)}")
     return observe(log, leaked, {"survivors", "unmask-request", "delivery"}, note=note)
+
+
+def _key_lists(config: SecAggConfig, everyone: list[int], corrupt: list[int], withhold: bool) -> list[list[int]]:
+    """Every advertiser, or (``withhold``) windows of honest advertisers left out of the key list:
+    just enough that the survivor set can still lose t - 1 - c peers and keep q members, and at
+    least half the clients; which ones are left out is another lever over the graph."""
+    if not withhold:
+        return [everyone]
+    honest = [u for u in everyone if u not in corrupt]
+    size = min(config.num_clients, max(config.quorum + config.threshold - 1, config.num_clients // 2 + len(corrupt)))
+    drop = config.num_clients - size
+    windows = {tuple(sorted(set(everyone) - set(honest[i:i + drop]))) for i in range(len(honest) - drop + 1)}
+    return [list(w) for w in sorted(windows)]
 
 
 def restricted_delivery(config: SecAggConfig) -> Observation:
@@ -163,9 +173,10 @@ def restricted_delivery(config: SecAggConfig) -> Observation:
 
 
 def graph_grinding(config: SecAggConfig) -> Observation:
-    """Re-draw the SecAgg+ graph (a fresh server channel key each time) until a victim has many
-    corrupt neighbours, then restricted delivery (finding 3)."""
-    return _isolate(config, attempts=GRINDING_ATTEMPTS)
+    """Re-draw the SecAgg+ graph until a victim has the most corrupt neighbours, then restricted
+    delivery (finding 3): a fresh server channel key per draw (the lever before the fix) and a
+    perturbed caller context (the lever left, charged to sigma)."""
+    return _isolate(config, attempts=GRINDING_ATTEMPTS // GRINDING_CONTEXTS, contexts=GRINDING_CONTEXTS)
 
 
 def advertise_dropout_amplification(config: SecAggConfig) -> Observation:

@@ -267,8 +267,10 @@ class SecAggClient:
             ctx = share_context(self._session, self.round, peer, self.client_id)
             key = self._encryption.agree(self._keys[peer].encryption_key, LABEL_SHARE_ENCRYPTION, ctx)
             plain = open_sealed(key, ciphertext, ctx)
+            if len(plain) != 4 * _SHARE_WORDS:
+                raise IntegrityError("decrypted share is malformed")
             words = np.frombuffer(plain, dtype="<u4")
-            if words.shape != (_SHARE_WORDS,) or (words >= shamir.PRIME).any():
+            if (words >= shamir.PRIME).any():
                 raise IntegrityError("decrypted share is malformed")
             held[peer] = words.reshape(2, -1)
         vector = self._masked_vector(body.peers)
