@@ -181,7 +181,7 @@ def consistent_holders(xs: Sequence[int], shares: np.ndarray, threshold: int) ->
     """
     arr = np.asarray(shares, dtype=np.int64)
     m = len(xs)
-    in_field = ((arr >= 0) & (arr < PRIME)).reshape(m, -1).all(axis=1)
+    in_field = np.all(((arr >= 0) & (arr < PRIME)).reshape(m, -1), axis=1).tolist()
     errors = (m - threshold) // 2
     if errors <= 0:
         return list(range(m))
