@@ -23,7 +23,8 @@ Two search modes:
 - :func:`brute_force` (tiny n): every corrupt set, every survivor set, every P_u for every honest u.
 - :func:`search` (n <= 7 exhaustive, random beyond): every corrupt set C, every survivor set
   A = C + A_h, and for every candidate group S of A_h the delivery plan that best isolates S. The
-  reductions are dominance arguments (each only adds to what the server learns): corrupt clients
+  reductions are dominance arguments (each only adds to what the server learns): corrupt sets of
+  exactly c stand for all sets up to c (a corrupt client can act honestly); corrupt clients
   belong in A and in every P; honest clients outside S are shown every neighbour's ciphertext; each
   dropped list names everyone outside A; members of S are shown C, their S neighbours, and the honest
   clients outside A whose mask keys the server can recover. The test suite checks the two modes
