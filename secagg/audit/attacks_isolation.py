@@ -17,7 +17,6 @@ their mask keys without reading their memory.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,8 +52,8 @@ class ReplayableRandom:
 
 
 def _corrupt_ids(config: SecAggConfig) -> list[int]:
-    c = max(1, math.floor(config.threat.corrupt_fraction * config.num_clients + 1e-9))
-    return list(range(config.num_clients - c, config.num_clients))
+    """The last c = ``config.corrupt_bound`` ids: exactly the corrupt clients the config assumes."""
+    return list(range(config.num_clients - config.corrupt_bound, config.num_clients))
 
 
 def _corrupt_mask_key(cid: int) -> bytes:

@@ -19,6 +19,7 @@ import numpy as np
 from ..encoding import FixedPoint, Schema
 from ..errors import ParameterError
 from ..hazmat.keys import SigningKey
+from ..graphparams import corrupt_count
 from ..params import SecAggConfig, ThreatModel
 from ..protocols.secagg import SecAggClient, SecAggServer
 from ..router import run_round, stages_for
@@ -123,9 +124,9 @@ def search_config(protocol: str, clients: int, corrupt: int, dropout: float, deg
 def run_search(args: argparse.Namespace) -> dict[str, Any]:
     """``secagg audit search``: the adversary search of :mod:`secagg.audit.search` on one parameter set."""
     n = args.clients
-    corrupt = int(args.corrupt) if args.corrupt >= 1 else int(args.corrupt * n + 1e-9)
-    if corrupt != args.corrupt and args.corrupt >= 1:
-        raise ParameterError("--corrupt is a whole number of clients (>= 1) or a fraction (< 1)")
+    if args.corrupt < 0 or (args.corrupt >= 1 and args.corrupt != int(args.corrupt)):
+        raise ParameterError("--corrupt is a whole number of clients (>= 1) or a fraction in [0, 1)")
+    corrupt = int(args.corrupt) if args.corrupt >= 1 else corrupt_count(n, args.corrupt)
     if not 0 <= corrupt < n:
         raise ParameterError(f"--corrupt must leave at least one honest client of {n}")
     degree = args.degree if args.protocol == "secagg+" else None
