@@ -3,8 +3,7 @@
 Every backend takes the round's client deltas, their integer weights and the
 injected dropouts, and returns the weighted average over the survivors.
 ``plain`` is computed here in float64; ``secagg``, ``secagg+`` and ``ckks`` are
-calls to :func:`secagg.aggregate` (imported lazily, so a plain run needs no
-crypto stack). Clipping happens on the client (see :mod:`fedlm.client`), so
+calls to :func:`secagg.aggregate`. Clipping happens on the client (see :mod:`fedlm.client`), so
 ``fedavg`` of the survivors' deltas is the exact value the secure result must
 match within its ``error_bound``.
 """
@@ -18,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+import secagg
 
 from fedlm.config import RunConfig
 from fedlm.model import StateDict
@@ -133,8 +134,6 @@ class SecureBackend(Backend):
 
     def __init__(self, protocol: str, clip_bound: float, fractional_bits: int,
                  max_weight: int) -> None:
-        import secagg  # lazy: only secure runs need the crypto stack
-
         self.name = protocol
         self._secagg: Any = secagg
         self._clip_bound = clip_bound

@@ -87,7 +87,8 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
     console.print(summary_table(report))
     console.print(f"held-out loss: {report['initial_eval_loss']:.4f} -> "
                   f"{report['final_eval_loss']:.4f}   wall {report['wall_seconds']:.1f} s")
-    verdict = "[green]yes[/]" if report["secure_equals_plain"] else "[red]NO[/]"
+    verdict = {True: "[green]yes[/]", False: "[red]NO[/]", None: "n/a (nothing to compare)"}[
+        report["secure_equals_plain"]]
     console.print(f"secure == plain FedAvg within bound: {verdict} (max |diff| "
                   f"{report['max_abs_diff_vs_plain']:.3e} <= quantisation bound {report['error_bound']:.3e}"
                   f" + float32 rounding {report['float32_slack']:.3e})")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secagg import InsufficientParties, ThreatModel
+from secagg import InsufficientParties, ProtocolAbort, ThreatModel
 from secagg.router import run_round, stages_for
 
 from .helpers import encoded_inputs, make_parties, predict, ring_sum, small_config
@@ -78,7 +78,7 @@ def test_too_few_survivors_raise_and_release_nothing() -> None:
     encoded_inputs(config, clients)
     with pytest.raises(InsufficientParties):
         run_round(server, clients, {0: "mask", 1: "mask", 2: "mask"})
-    with pytest.raises(Exception):
+    with pytest.raises(ProtocolAbort, match="aborted"):
         server.result()
 
 

@@ -232,17 +232,27 @@ def test_key_holder_refuses_a_sum_of_one() -> None:
 
 
 def test_random_byte_flips_never_crash_the_server() -> None:
-    s = make_session(n=3, d=50)
-    contexts = _to_upload_stage(s)
-    good = s.clients[1].handle(contexts[1])
+    """Every one of 40 flips (seeded positions) is refused with a SecAggError or accepted; an
+    accepted one is stored, so the next flip goes to a fresh session rather than being refused as
+    a duplicate upload."""
     rng = np.random.default_rng(1)
+    refused = accepted = 0
+    s = good = None
     for _ in range(40):
+        if s is None:
+            s = make_session(n=3, d=50)
+            good = s.clients[1].handle(_to_upload_stage(s)[1])
+        assert good is not None
         data = bytearray(good)
         pos = int(rng.integers(0, min(len(data), HEADER_BYTES + 400)))
         data[pos] ^= 1 << int(rng.integers(0, 8))
         try:
             s.server.receive(bytes(data))
         except SecAggError:
+            refused += 1
+            assert s.server.stage is Stage.UPLOAD
             continue
-        break
-    assert s.server.stage is Stage.UPLOAD
+        accepted += 1
+        assert s.server.stage is Stage.UPLOAD
+        s = None
+    assert refused + accepted == 40 and refused > 0

@@ -27,8 +27,12 @@ def _check_report(report: dict[str, Any], mode: str, backend: str) -> None:
     """Assertions common to every completed run."""
     assert (report["mode"], report["backend"], report["engine"]) == (mode, backend, "in-memory")
     assert report["final_eval_loss"] < report["initial_eval_loss"]
-    assert report["secure_equals_plain"] is True
-    assert report["max_abs_diff_vs_plain"] <= report["error_bound"] + report["float32_slack"]
+    if backend == "plain":  # plain FedAvg against itself checks nothing: the report says so
+        assert report["secure_equals_plain"] is None
+    else:
+        assert any(not r["aborted"] for r in report["rounds"])
+        assert report["secure_equals_plain"] is True
+        assert report["max_abs_diff_vs_plain"] <= report["error_bound"] + report["float32_slack"]
     for rec in report["rounds"]:
         assert ROUND_FIELDS <= set(rec)
         assert set(rec["eval_loss"]) == set(report["data"]["domains"])
@@ -45,7 +49,6 @@ def _check_report(report: dict[str, Any], mode: str, backend: str) -> None:
 def test_each_mode_over_plain(tmp_path: Path, mode: str) -> None:
     report = run(tiny_config(tmp_path, mode=mode, backend="plain"))
     _check_report(report, mode, "plain")
-    assert report["max_abs_diff_vs_plain"] == 0.0
     weights = "model.safetensors" if mode == "pretrain" else "adapter_model.safetensors"
     saved = load_file(str(Path(report["artifacts"]["model"]) / weights))
     assert saved
@@ -83,7 +86,7 @@ def test_round_with_too_few_survivors_is_aborted_and_skipped(tmp_path: Path) -> 
     assert rec["survivors"] == [] and len(rec["dropped"]) == len(rec["sampled"])
     assert rec["bytes_up_per_client"] is None and rec["max_abs_diff_vs_plain"] is None
     assert rec["eval_loss_mean"] == pytest.approx(report["initial_eval_loss"])
-    assert report["secure_equals_plain"] is True
+    assert report["secure_equals_plain"] is None  # no round completed: nothing was checked
 
 
 def test_lora_under_dp_defaults_to_ffa_and_uploads_only_b(tmp_path: Path) -> None:

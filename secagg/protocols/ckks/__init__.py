@@ -2,7 +2,7 @@
 
 Same shape as the masking protocols: a :class:`CkksConfig` shared by every party, client and server
 state machines that exchange bytes in the versioned secagg envelope, and a result with
-``average()`` in the caller's shape. See ``SECURITY_SECTION.md`` for the key model.
+``average()`` in the caller's shape. See SECURITY.md (CKKS section) for the key model.
 """
 
 from . import presets

@@ -1,6 +1,6 @@
 """Pieces shared by SecAgg clients and servers: session binding, the graph, labels, masking.
 
-Session binding (PROTOCOLS.md): the setup id hashes the protocol version, config digest, round and
+Session binding: the setup id hashes the protocol version, config digest, round and
 caller context; the session id additionally hashes the canonical list of advertised keys, so every
 key, share ciphertext and mask is tied to one round of one session with one set of keys.
 """
