@@ -11,55 +11,27 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerFast
 
 from fedlm.backends import AggregationResult, Backend, RoundAborted, fedavg, make_backend
-from fedlm.client import (ClientData, ClientUpdate, batch_loss, client_update, local_train,
-                          make_blocks)
+from fedlm.client import ClientUpdate, batch_loss, client_update, local_train
 from fedlm.config import RunConfig
-from fedlm.corpus import Corpus, load_corpus
+from fedlm.corpus import load_corpus
 from fedlm.model import (StateDict, build_base_model, load_uploaded_state, parameter_count,
                          save_base, save_final, uploaded_state, wrap_for_mode)
+from fedlm.prepare import Prepared, prepare_data
 from fedlm.progress import RunProgress
 from fedlm.report import finish_report, round_record, write_outputs
-from fedlm.tokenizer import encode_documents, save_tokenizer, train_tokenizer
+from fedlm.tokenizer import save_tokenizer
 
 ENGINE = "in-memory"
 WARMUP_LR = 3e-3
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """Tokenised data of a run."""
-
-    tokenizer: PreTrainedTokenizerFast
-    public_blocks: torch.Tensor
-    eval_blocks: dict[str, torch.Tensor]
-    clients: list[ClientData]
-
-
-def prepare_data(cfg: RunConfig, corpus: Corpus) -> Prepared:
-    """Trains the tokenizer on public text and cuts every text into blocks."""
-    public_docs = [d for domain in corpus.domains for d in corpus.public[domain]]
-    tokenizer = train_tokenizer(public_docs, cfg.vocab_size)
-    public = make_blocks(encode_documents(tokenizer, public_docs), cfg.seq_len)
-    n_eval = cfg.eval_batches * cfg.batch_size
-    eval_blocks = {d: make_blocks(encode_documents(tokenizer, corpus.heldout[d]),
-                                  cfg.seq_len)[:n_eval] for d in corpus.domains}
-    clients = []
-    for cid, docs in enumerate(corpus.clients):
-        counts: dict[str, int] = {}
-        for domain, _ in docs:
-            counts[domain] = counts.get(domain, 0) + 1
-        stream = encode_documents(tokenizer, [text for _, text in docs])
-        clients.append(ClientData(cid, make_blocks(stream, cfg.seq_len), counts))
-    return Prepared(tokenizer, public, eval_blocks, clients)
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -25,9 +25,7 @@ from fedlm.backends import AggregationResult
 from fedlm.client import ClientUpdate
 from fedlm.config import RunConfig
 from fedlm.model import StateDict
-
-if TYPE_CHECKING:
-    from fedlm.loop import Prepared
+from fedlm.prepare import Prepared
 
 #: The secure average and the float64 FedAvg reference are each stored as
 #: float32, so they may differ by float32 rounding on top of ``error_bound``;

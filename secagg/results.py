@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 import time
@@ -12,7 +13,7 @@ import numpy as np
 from .encoding import FixedPoint, Schema
 from .errors import ProtocolAbort, SecAggError
 
-__all__ = ["WeightedSum", "Trace"]
+__all__ = ["WeightedSum", "Trace", "AggregationOutcome", "local_dropouts", "outcome_of"]
 
 
 class _HasLayout(Protocol):
@@ -97,3 +98,36 @@ class Trace(Generic[ResultT]):
         if data is not None:
             self.upload_bytes[cid] += len(data)
         return data
+
+
+@dataclass(frozen=True)
+class AggregationOutcome:
+    """The weighted average of the survivors' updates, in the callers' shape, and what it cost."""
+
+    average: Any
+    survivors: list[int]
+    dropped: dict[int, str]
+    bytes_up_per_client: float
+    seconds: float
+    error_bound: float
+    weight_sum: int
+
+
+def local_dropouts(ids: list[int], dropouts: Mapping[int, str] | None) -> dict[int, str]:
+    """Caller client ids -> protocol ids ``0 .. n-1`` (the position in sorted order)."""
+    position = {cid: i for i, cid in enumerate(ids)}
+    return {position[c]: s for c, s in (dropouts or {}).items() if c in position}
+
+
+def outcome_of(ids: list[int], trace: Trace[Any], seconds: float) -> AggregationOutcome:
+    """Translate a protocol trace back to the caller's client ids."""
+    result = trace.result
+    return AggregationOutcome(
+        average=result.average(),
+        survivors=[ids[i] for i in result.survivors],
+        dropped={ids[i]: s for i, s in trace.dropped.items()},
+        bytes_up_per_client=statistics.fmean(trace.upload_bytes[i] for i in result.survivors),
+        seconds=seconds,
+        error_bound=result.error_bound,
+        weight_sum=result.weight_sum,
+    )

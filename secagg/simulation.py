@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -16,7 +15,7 @@ from .errors import ParameterError
 from .hazmat.keys import SigningKey
 from .params import SecAggConfig, ThreatModel
 from .protocols.secagg import SecAggClient, SecAggServer
-from .results import Trace
+from .results import AggregationOutcome, Trace, local_dropouts, outcome_of
 from .router import RoundTrace, run_round, stages_for
 
 __all__ = ["simulate", "aggregate", "AggregationOutcome", "make_config", "DROPOUT_STAGES", "dropout_schedule"]
@@ -160,19 +159,6 @@ def simulate(
     }
 
 
-@dataclass(frozen=True)
-class AggregationOutcome:
-    """The weighted average of the survivors' updates, in the callers' shape, and what it cost."""
-
-    average: Any
-    survivors: list[int]
-    dropped: dict[int, str]
-    bytes_up_per_client: float
-    seconds: float
-    error_bound: float
-    weight_sum: int
-
-
 def aggregate(
     updates: Mapping[int, Any],
     protocol: str = "secagg+",
@@ -215,23 +201,3 @@ def aggregate(
     start = time.perf_counter()
     trace = run_round(server, parties, local_dropouts(ids, dropouts))
     return outcome_of(ids, trace, time.perf_counter() - start)
-
-
-def local_dropouts(ids: list[int], dropouts: Mapping[int, str] | None) -> dict[int, str]:
-    """Caller client ids -> protocol ids ``0 .. n-1`` (the position in sorted order)."""
-    position = {cid: i for i, cid in enumerate(ids)}
-    return {position[c]: s for c, s in (dropouts or {}).items() if c in position}
-
-
-def outcome_of(ids: list[int], trace: Trace[Any], seconds: float) -> AggregationOutcome:
-    """Translate a protocol trace back to the caller's client ids."""
-    result = trace.result
-    return AggregationOutcome(
-        average=result.average(),
-        survivors=[ids[i] for i in result.survivors],
-        dropped={ids[i]: s for i, s in trace.dropped.items()},
-        bytes_up_per_client=statistics.fmean(trace.upload_bytes[i] for i in result.survivors),
-        seconds=seconds,
-        error_bound=result.error_bound,
-        weight_sum=result.weight_sum,
-    )

@@ -11,7 +11,7 @@ from .attacks_isolation import (
 from .attacks_keys import different_models, key_substitution, split_sessions, sybils_with_registry, sybils_without_registry
 from .attacks_unmask import both_alive_and_dropped, false_dropout_claim, inconsistent_survivor_sets
 from .attacks_wire import replay_earlier_round, replay_other_session, tampered_bytes
-from .harness import BY_DESIGN, DETECTED, REFUSED, Attack, Expectation
+from .outcomes import BY_DESIGN, DETECTED, REFUSED, Attack, Expectation
 
 __all__ = ["ATTACKS", "attack_names"]
 

@@ -27,8 +27,8 @@ from ..protocols.secagg import Stage
 from ..protocols.secagg import messages as m
 from ..protocols.secagg.client import advertise_signed_bytes
 from ..protocols.secagg.common import LABEL_ADVERTISE_SIG
-from .adversary import AdversarialServer, Cast, Deviation, Preparation, cast, kind_name, plain_sum, play, replace_body
-from .harness import CONTEXT, DETECTED, SUCCEEDED, Observation, observe
+from .adversary import CONTEXT, AdversarialServer, Cast, Deviation, Preparation, cast, kind_name, plain_sum, play, replace_body
+from .outcomes import DETECTED, SUCCEEDED, Observation, observe
 
 __all__ = ["restricted_delivery", "graph_grinding", "advertise_dropout_amplification", "mirrored_key",
            "bad_share_abort", "ReplayableRandom"]

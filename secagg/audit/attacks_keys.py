@@ -18,8 +18,8 @@ from ..hazmat.random import RandomSource
 from ..params import SecAggConfig
 from ..protocols.secagg import SecAggServer, Stage
 from ..protocols.secagg.common import ring_order, setup_id
-from .adversary import AdversarialServer, Cast, Play, _hand, cast, kind_name, play, plain_sum
-from .harness import CONTEXT, Observation, observe
+from .adversary import CONTEXT, AdversarialServer, Cast, Play, _hand, cast, kind_name, play, plain_sum
+from .outcomes import Observation, observe
 
 __all__ = ["key_substitution", "sybils_without_registry", "sybils_with_registry", "different_models", "split_sessions"]
 

@@ -16,8 +16,8 @@ from ..errors import SecAggError
 from ..params import SecAggConfig
 from ..protocols.secagg import SecAggClient, Stage
 from ..protocols.secagg import messages as m
-from .adversary import AdversarialServer, Play, cast, play, plain_sum, replace_body
-from .harness import CONTEXT, Observation, leaked_inputs, observe
+from .adversary import CONTEXT, AdversarialServer, Play, cast, play, plain_sum, replace_body
+from .outcomes import Observation, leaked_inputs, observe
 
 __all__ = ["both_alive_and_dropped", "inconsistent_survivor_sets", "false_dropout_claim"]
 

@@ -11,8 +11,8 @@ from ..hazmat.keys import SigningKey
 from ..params import SecAggConfig
 from ..protocols.secagg import messages as m
 from ..wire import HEADER_BYTES, SERVER_ID
-from .adversary import ACCEPTED, AdversarialServer, Intercept, Play, cast, kind_name, play, plain_sum, replace_body
-from .harness import CONTEXT, DETECTED, REFUSED, SUCCEEDED, UNDETECTED, Observation, observe
+from .adversary import CONTEXT, ACCEPTED, AdversarialServer, Intercept, Play, cast, kind_name, play, plain_sum, replace_body
+from .outcomes import DETECTED, REFUSED, SUCCEEDED, UNDETECTED, Observation, observe
 
 __all__ = ["replay_earlier_round", "replay_other_session", "tampered_bytes", "MUTATIONS"]
 

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from ...encoding import Schema
 from ...errors import ParameterError
-from ...simulation import AggregationOutcome, local_dropouts, outcome_of
+from ...results import AggregationOutcome, local_dropouts, outcome_of
 from .client import CkksClient
 from .config import CkksConfig
 from .driver import DROPOUT_STAGES, run_ckks_round

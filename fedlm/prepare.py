@@ -1,0 +1,44 @@
+"""The tokenised data of a run: the tokenizer (trained on public text only) and every text cut
+into blocks. Shared by the training loop and the report, so neither imports the other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from fedlm.client import ClientData, make_blocks
+from fedlm.config import RunConfig
+from fedlm.corpus import Corpus
+from fedlm.tokenizer import encode_documents, train_tokenizer
+
+__all__ = ["Prepared", "prepare_data"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Tokenised data of a run."""
+
+    tokenizer: PreTrainedTokenizerFast
+    public_blocks: torch.Tensor
+    eval_blocks: dict[str, torch.Tensor]
+    clients: list[ClientData]
+
+
+def prepare_data(cfg: RunConfig, corpus: Corpus) -> Prepared:
+    """Trains the tokenizer on public text and cuts every text into blocks."""
+    public_docs = [d for domain in corpus.domains for d in corpus.public[domain]]
+    tokenizer = train_tokenizer(public_docs, cfg.vocab_size)
+    public = make_blocks(encode_documents(tokenizer, public_docs), cfg.seq_len)
+    n_eval = cfg.eval_batches * cfg.batch_size
+    eval_blocks = {d: make_blocks(encode_documents(tokenizer, corpus.heldout[d]),
+                                  cfg.seq_len)[:n_eval] for d in corpus.domains}
+    clients = []
+    for cid, docs in enumerate(corpus.clients):
+        counts: dict[str, int] = {}
+        for domain, _ in docs:
+            counts[domain] = counts.get(domain, 0) + 1
+        stream = encode_documents(tokenizer, [text for _, text in docs])
+        clients.append(ClientData(cid, make_blocks(stream, cfg.seq_len), counts))
+    return Prepared(tokenizer, public, eval_blocks, clients)
