@@ -30,6 +30,7 @@ from .errors import (
 from .graphparams import GraphParameters, find_harary_parameters
 from .hazmat.keys import SigningKey
 from .params import Adversary, SecAggConfig, ThreatModel
+from .protocols.ckks import PRESETS, CkksClient, CkksConfig, CkksPreset, CkksResult, CkksServer
 from .protocols.secagg import AggregateResult, SecAggClient, SecAggServer, Stage
 from .router import RoundTrace, run_round
 from .simulation import DROPOUT_STAGES, AggregationOutcome, aggregate, simulate
@@ -40,12 +41,18 @@ __all__ = [
     "Adversary",
     "AggregateResult",
     "AggregationOutcome",
+    "CkksClient",
+    "CkksConfig",
+    "CkksPreset",
+    "CkksResult",
+    "CkksServer",
     "DROPOUT_STAGES",
     "FixedPoint",
     "GraphParameters",
     "InsufficientParties",
     "IntegrityError",
     "MalformedMessage",
+    "PRESETS",
     "ParameterError",
     "ProtocolAbort",
     "RoundTrace",

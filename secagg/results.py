@@ -43,10 +43,6 @@ class WeightedSum:
         """The weighted average in the caller's original shape (state dict, list or array)."""
         return self.config.schema.unflatten(self.average_vector())
 
-    def total(self) -> Any:
-        """The weighted sum in the caller's shape."""
-        return self.config.schema.unflatten(self.weighted_sum)
-
     @property
     def error_bound(self) -> float:
         """Worst-case rounding error of :meth:`average` against the exact average of clipped inputs."""

@@ -17,14 +17,10 @@ from .simulate import simulate_ckks as _simulate
 
 __all__ = ["aggregate_ckks", "simulate_ckks", "DROPOUT_STAGES"]
 
-_ALIASES = {"add-only-128": "addition-128"}
-
-
 def simulate_ckks(
     clients: int, dim: int, dropout: float, seed: int, *, stage: str | None = None, preset: str = "addition-128"
 ) -> dict[str, Any]:
     """``secagg simulate --protocol ckks``: see :func:`secagg.protocols.ckks.simulate.simulate_ckks`."""
-    preset = _ALIASES.get(preset, preset)
     if stage is not None and stage not in DROPOUT_STAGES:
         raise ParameterError(f"unknown CKKS dropout stage {stage!r}; use one of {', '.join(DROPOUT_STAGES)}")
     return _simulate(clients, dim, dropout, seed, preset, stage=stage)
@@ -48,7 +44,7 @@ def aggregate_ckks(
     ids = sorted(updates)
     if not ids:
         raise ParameterError("nothing to aggregate")
-    config = CkksConfig(len(ids), Schema.of(updates[ids[0]]), PRESETS[_ALIASES.get(preset, preset)],
+    config = CkksConfig(len(ids), Schema.of(updates[ids[0]]), PRESETS[preset],
                         clip_bound=clip_bound, max_weight=max_weight)
     server = CkksServer(config, round_number=round_number, context=context)
     parties = {i: CkksClient(config, i, round_number=round_number, context=context) for i in range(len(ids))}

@@ -111,10 +111,6 @@ class CkksClient:
         return self._session
 
     @property
-    def is_committee_member(self) -> bool:
-        return self._member
-
-    @property
     def holds_key(self) -> bool:
         """True while this client holds the secret context and can decrypt."""
         return self._secret is not None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ...encoding import FixedPoint, Schema
 from ...errors import ParameterError
-from .presets import ADDITION_128, CkksPreset, fp_bound, noise_bound
+from .presets import ADDITION_128, CkksPreset, noise_bound
 
 __all__ = ["CkksConfig", "MAX_GRID_BITS", "MIN_GRID_BITS"]
 
@@ -106,9 +106,6 @@ class CkksConfig:
     def noise_bound(self, summands: int) -> float:
         """Bound on |decrypted - encrypted| per slot for a sum of ``summands`` ciphertexts."""
         return noise_bound(self.preset, summands, self.log_scale, self.magnitude)
-
-    def fp_bound(self) -> float:
-        return fp_bound(self.preset, self.magnitude)
 
     @property
     def slots(self) -> int:

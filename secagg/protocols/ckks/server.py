@@ -48,11 +48,6 @@ class CkksResult(WeightedSum):
     decrypted_by: int
     dropped: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
-    @property
-    def sum_error_bound(self) -> float:
-        """Worst-case |weighted_sum - exact weighted sum of clipped inputs|: n * 2^-g."""
-        return len(self.survivors) * 2.0**-self.config.grid_bits
-
 
 class CkksServer:
     """The aggregator's view of one round. It never holds a secret key."""
