@@ -151,6 +151,8 @@ def simulate(
         "exact": bool(np.array_equal(expected, result.ring_sum.astype(np.uint64))),
         "max_abs_error": float(np.abs(result.weighted_sum - clipped.sum(axis=0)).max()),
         "error_bound": len(survivors) * 2.0**-encoding.fractional_bits,
+        "average_max_abs_error": float(np.abs(result.average_vector() - clipped.mean(axis=0)).max()),
+        "average_error_bound": result.error_bound,
         "bytes_per_client_upload": statistics.fmean(upload),
         "bytes_per_parameter": statistics.fmean(upload) / dim,
         "client_seconds": client_times,
@@ -168,7 +170,7 @@ def aggregate(
     context: bytes = b"",
     round_number: int = 0,
     clip_bound: float = 1.0,
-    fractional_bits: int = 16,
+    fractional_bits: int | None = None,
     max_weight: int = 1,
     threat: ThreatModel | None = None,
 ) -> AggregationOutcome:
@@ -181,11 +183,14 @@ def aggregate(
         ParameterError: mismatched schemas, NaN/Inf, bad weights or unsafe parameters.
     """
     if protocol == "ckks":
+        if threat is not None:
+            raise ParameterError("CKKS has no threshold threat model: it rests on its key committee "
+                                 "(SECURITY.md, CKKS section); pass threat only for secagg and secagg+")
         from .protocols.ckks.api import aggregate_ckks
 
         outcome: AggregationOutcome = aggregate_ckks(
-            updates, weights=weights, dropouts=dropouts, context=context,
-            round_number=round_number, clip_bound=clip_bound, max_weight=max_weight,
+            updates, weights=weights, dropouts=dropouts, context=context, round_number=round_number,
+            clip_bound=clip_bound, max_weight=max_weight, fractional_bits=fractional_bits,
         )
         return outcome
     ids = sorted(updates)
@@ -193,7 +198,7 @@ def aggregate(
         raise ParameterError("secure aggregation needs at least two clients")
     schema = Schema.of(updates[ids[0]])
     threat = threat or ThreatModel.semi_honest(corrupt=0.1, dropout=0.2)
-    encoding = FixedPoint(clip_bound, fractional_bits, max_weight, len(ids))
+    encoding = FixedPoint(clip_bound, 16 if fractional_bits is None else fractional_bits, max_weight, len(ids))
     config = make_config(protocol, len(ids), schema, threat, encoding)
     server, parties = _parties(config, round_number, context)
     for index, cid in enumerate(ids):

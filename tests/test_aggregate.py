@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from secagg import InsufficientParties, ParameterError, aggregate
+from secagg import InsufficientParties, ParameterError, ThreatModel, aggregate
 
 
 def _updates(n: int = 5):
@@ -53,3 +53,13 @@ def test_ckks_backend_of_aggregate_matches_the_masking_backends() -> None:
     for name in updates[10]:
         diff = (ckks.average[name].double() - masked.average[name].double()).abs().max().item()
         assert diff <= ckks.error_bound + masked.error_bound + (1e-2 if name == "q.lora_B" else 0)
+
+
+def test_ckks_honours_fractional_bits_and_refuses_a_threat_model() -> None:
+    """Options CKKS cannot honour are refused, not dropped; the ones it can are applied."""
+    updates = {i: {"w": torch.full((4,), 0.1 * i)} for i in range(4)}
+    coarse = aggregate(updates, "ckks", fractional_bits=8, clip_bound=1.0)
+    fine = aggregate(updates, "ckks", fractional_bits=24, clip_bound=1.0)
+    assert coarse.error_bound == pytest.approx(4 * 2.0**-8 / 4) and fine.error_bound < coarse.error_bound
+    with pytest.raises(ParameterError, match="key committee"):
+        aggregate(updates, "ckks", threat=ThreatModel.semi_honest())

@@ -48,3 +48,15 @@ def test_console_script_entry_point() -> None:
     proc = subprocess.run([sys.executable, "-m", "secagg", "simulate", "--clients", "5", "--dim", "10", "--json"],
                           capture_output=True, text=True, check=True)
     assert json.loads(proc.stdout)["exact"] is True
+
+
+def test_ckks_simulate_report_has_every_secagg_field_with_the_same_meaning(capsys) -> None:
+    masked = run_cli(capsys, "simulate", "--protocol", "secagg+", "--clients", "6", "--dim", "200",
+                     "--dropout", "0.2", "--json")
+    ckks = run_cli(capsys, "simulate", "--protocol", "ckks", "--clients", "6", "--dim", "200",
+                   "--dropout", "0.2", "--json")
+    assert set(masked) <= set(ckks), sorted(set(masked) - set(ckks))
+    for report in (masked, ckks):  # error_bound bounds the weighted sum; average_error_bound the average
+        assert report["exact"] is True
+        assert 0 <= report["max_abs_error"] <= report["error_bound"]
+        assert 0 <= report["average_max_abs_error"] <= report["average_error_bound"] <= report["error_bound"]

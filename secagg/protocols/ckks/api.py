@@ -36,16 +36,18 @@ def aggregate_ckks(
     clip_bound: float = 1.0,
     max_weight: int = 1,
     preset: str = "addition-128",
+    fractional_bits: int | None = None,
 ) -> AggregationOutcome:
     """Average ``updates`` (client id -> state dict / tensors / array) under CKKS, in memory.
 
-    The first three clients (by id) form the key committee. Raises as :func:`secagg.aggregate`.
+    The first three clients (by id) form the key committee. ``fractional_bits`` is the grid 2^-g
+    (``None``: the finest the CKKS noise bound allows). Raises as :func:`secagg.aggregate`.
     """
     ids = sorted(updates)
     if not ids:
         raise ParameterError("nothing to aggregate")
     config = CkksConfig(len(ids), Schema.of(updates[ids[0]]), PRESETS[preset],
-                        clip_bound=clip_bound, max_weight=max_weight)
+                        clip_bound=clip_bound, max_weight=max_weight, fractional_bits=fractional_bits)
     server = CkksServer(config, round_number=round_number, context=context)
     parties = {i: CkksClient(config, i, round_number=round_number, context=context) for i in range(len(ids))}
     for index, cid in enumerate(ids):
