@@ -13,7 +13,7 @@ import numpy as np
 from .encoding import FixedPoint, Schema
 from .errors import ProtocolAbort, SecAggError
 
-__all__ = ["WeightedSum", "Trace", "AggregationOutcome", "local_dropouts", "outcome_of"]
+__all__ = ["WeightedSum", "Trace", "first_drops", "AggregationOutcome", "local_dropouts", "outcome_of"]
 
 
 class _HasLayout(Protocol):
@@ -47,6 +47,15 @@ class WeightedSum:
     def error_bound(self) -> float:
         """Worst-case rounding error of :meth:`average` against the exact average of clipped inputs."""
         return self.config.encoding.average_error_bound(len(self.survivors), self.weight_sum)
+
+
+def first_drops(by_stage: Mapping[str, tuple[int, ...]]) -> dict[int, str]:
+    """Stage -> clients (in stage order) to client -> the first stage it was missing at."""
+    out: dict[int, str] = {}
+    for stage, clients in by_stage.items():
+        for client in clients:
+            out.setdefault(client, stage)
+    return out
 
 
 ResultT = TypeVar("ResultT")

@@ -17,8 +17,8 @@ class OverlapServer(SecAggServer):
 
     def _close_masked(self):  # type: ignore[override]
         self._survivors = tuple(sorted(self._inbox))
-        self.dropped["mask"] = (self._survivors[0],)
-        return self._unmask_requests(m.UnmaskRequest(self._survivors, self.dropped["mask"]))
+        self._dropped["mask"] = (self._survivors[0],)
+        return self._unmask_requests(m.UnmaskRequest(self._survivors, self._dropped["mask"]))
 
 
 def _drive(server, clients, drop=()):

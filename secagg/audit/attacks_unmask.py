@@ -84,7 +84,7 @@ def _survivor_lists(server: AdversarialServer, outbox: dict[int, bytes]) -> dict
 def _split_requests(server: AdversarialServer, outbox: dict[int, bytes]) -> dict[int, bytes]:
     """Malicious: each group gets the set it signed, with the signatures gathered on that set."""
     group = _victim_split(server)
-    alive, dropped = server.survivors, server.dropped.get("mask", ())
+    alive, dropped = server.survivors, tuple(sorted(c for c, s in server.dropped.items() if s == "mask"))
     out = {}
     for members, lie in ((group, True), (set(server.signatures) - group, False)):
         signers = tuple(sorted(members & set(server.signatures)))

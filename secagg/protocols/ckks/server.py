@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InsufficientParties, ProtocolAbort
-from ...results import WeightedSum
+from ...results import WeightedSum, first_drops
 from ...wire import SERVER_ID, Header, Writer
 from . import he
 from . import messages as m
@@ -46,7 +46,8 @@ class CkksResult(WeightedSum):
     weight_sum: int
     survivors: tuple[int, ...]
     decrypted_by: int
-    dropped: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    dropped: dict[int, str] = field(default_factory=dict)
+    """Client id -> the stage at which the server stopped hearing from it."""
 
 
 class CkksServer:
@@ -70,7 +71,12 @@ class CkksServer:
         self._request_body = b""
         self._response: m.DecryptResponse | None = None
         self._result: CkksResult | None = None
-        self.dropped: dict[str, tuple[int, ...]] = {}
+        self._dropped: dict[str, tuple[int, ...]] = {}
+
+    @property
+    def dropped(self) -> dict[int, str]:
+        """Client id -> the stage whose message the server never got from it (so far)."""
+        return first_drops(self._dropped)
 
     @property
     def stage(self) -> Stage:
@@ -179,7 +185,7 @@ class CkksServer:
             raise
 
     def _close_advertise(self) -> dict[int, bytes]:
-        self.dropped["advertise"] = tuple(c for c in self.config.committee if c not in self._keys)
+        self._dropped["advertise"] = tuple(c for c in self.config.committee if c not in self._keys)
         self._untried = sorted(self._keys)
         self._stage = Stage.GENERATE
         return self._designate()
@@ -209,7 +215,7 @@ class CkksServer:
 
     def _close_upload(self) -> dict[int, bytes]:
         uploaded = self.contributors
-        self.dropped["upload"] = tuple(sorted(set(range(self.config.num_clients)) - set(uploaded)))
+        self._dropped["upload"] = tuple(sorted(set(range(self.config.num_clients)) - set(uploaded)))
         if len(uploaded) < self.config.min_contributors or self._accumulator is None:
             raise InsufficientParties(f"{len(uploaded)} uploads; at least {self.config.min_contributors} are needed")
         live = set(uploaded)
@@ -236,8 +242,8 @@ class CkksServer:
         cfg, grid = self.config, self._response.grid_sum
         weighted = grid[: cfg.schema.size].astype(np.float64) * 2.0**-cfg.grid_bits
         weight_sum = int(grid[cfg.schema.size]) >> cfg.grid_bits
-        self.dropped["decrypt"] = tuple(self._silent)
-        self._result = CkksResult(cfg, weighted, weight_sum, self.contributors, self._holders[0], dict(self.dropped))
+        self._dropped["decrypt"] = tuple(self._silent)
+        self._result = CkksResult(cfg, weighted, weight_sum, self.contributors, self._holders[0], self.dropped)
         self._stage = Stage.DONE
         self._request_body = b""
         return {}

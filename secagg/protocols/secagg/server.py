@@ -21,7 +21,7 @@ from ...hazmat.keys import AgreementKeyPair, derive_key, verify_signature
 from ...hazmat.prg import MaskStream
 from ...params import SecAggConfig
 from ...hazmat.random import RandomSource, system_random
-from ...results import WeightedSum
+from ...results import WeightedSum, first_drops
 from ...wire import SERVER_ID, Header
 from . import messages as m
 from .client import advertise_signed_bytes, survivors_signed_bytes
@@ -68,7 +68,8 @@ class AggregateResult(WeightedSum):
     weighted_sum: np.ndarray
     weight_sum: int
     survivors: tuple[int, ...]
-    dropped: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    dropped: dict[int, str] = field(default_factory=dict)
+    """Client id -> the stage at which the server stopped hearing from it."""
 
 
 class SecAggServer:
@@ -99,7 +100,7 @@ class SecAggServer:
         self._accumulator = np.zeros(config.dim, dtype=config.encoding.dtype)
         self._signatures: dict[int, bytes] = {}
         self._result: AggregateResult | None = None
-        self.dropped: dict[str, tuple[int, ...]] = {}
+        self._dropped: dict[str, tuple[int, ...]] = {}  # stage -> clients, as the requests need them
 
     @property
     def stage(self) -> Stage:
@@ -108,6 +109,11 @@ class SecAggServer:
     @property
     def session(self) -> bytes:
         return self._session
+
+    @property
+    def dropped(self) -> dict[int, str]:
+        """Client id -> the stage whose message the server never got from it (so far)."""
+        return first_drops(self._dropped)
 
     # -- intake -----------------------------------------------------------------------------------
     def receive(self, data: bytes) -> int:
@@ -253,7 +259,7 @@ class SecAggServer:
             for e in entries
         }
         self._graph = neighbours(sorted(self._keys), self.config.degree, self._setup, self.config.num_clients)
-        self.dropped["advertise"] = ()
+        self._dropped["advertise"] = ()
         self._next(Stage.SHARE)
         encoded = key_list.body_bytes()  # identical for everyone: encode once, not n times
         protocol = protocol_id(self.config)
@@ -268,7 +274,7 @@ class SecAggServer:
         self._shared = tuple(sorted(bundles))
         self._commitments = {c: b.seed_commitment for c, b in bundles.items()}
         self._shared_set = set(self._shared)
-        self.dropped["share"] = tuple(sorted(set(self._keys) - self._shared_set))
+        self._dropped["share"] = tuple(sorted(set(self._keys) - self._shared_set))
         inbound: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         for sender in self._shared:
             for peer, ciphertext in zip(bundles[sender].peers, bundles[sender].ciphertexts):
@@ -285,12 +291,12 @@ class SecAggServer:
         self._require(len(self._inbox), "sent masked inputs", self.config.quorum)
         self._survivors = tuple(sorted(self._inbox))
         self._check_recoverable()
-        self.dropped["mask"] = tuple(sorted(self._shared_set - set(self._survivors)))
+        self._dropped["mask"] = tuple(sorted(self._shared_set - set(self._survivors)))
         if self.config.threat.is_malicious:
             self._next(Stage.CONSISTENCY)
             body: m.Body = m.SurvivorList(self._survivors)
             return {c: self._send(m.Kind.SURVIVORS, self._session, c, body) for c in self._survivors}
-        return self._unmask_requests(m.UnmaskRequest(self._survivors, self.dropped["mask"]))
+        return self._unmask_requests(m.UnmaskRequest(self._survivors, self._dropped["mask"]))
 
     def _check_recoverable(self) -> None:
         """Abort now if some survivor's self-mask seed cannot be reconstructed at the unmask stage."""
@@ -307,8 +313,8 @@ class SecAggServer:
             body = self._inbox[c]
             assert isinstance(body, m.SurvivorSignature)
             sigs.append(body.signature)
-        self.dropped["consistency"] = tuple(sorted(set(self._survivors) - set(signers)))
-        return self._unmask_requests(m.UnmaskRequest(self._survivors, self.dropped["mask"], signers, tuple(sigs)))
+        self._dropped["consistency"] = tuple(sorted(set(self._survivors) - set(signers)))
+        return self._unmask_requests(m.UnmaskRequest(self._survivors, self._dropped["mask"], signers, tuple(sigs)))
 
     def _unmask_requests(self, request: m.UnmaskRequest) -> dict[int, bytes]:
         targets = request.signers or request.alive
@@ -317,7 +323,7 @@ class SecAggServer:
 
     def _close_unmask(self) -> dict[int, bytes]:
         responders = sorted(self._inbox)
-        self.dropped["unmask"] = tuple(sorted(set(self._survivors) - set(responders)))
+        self._dropped["unmask"] = tuple(sorted(set(self._survivors) - set(responders)))
         held: dict[int, dict[int, bytes]] = defaultdict(dict)
         for holder in responders:
             body = self._inbox[holder]
@@ -325,7 +331,7 @@ class SecAggServer:
             for owner, share in zip(body.owners, body.shares):
                 held[owner][holder] = share
         seeds = self._reconstruct(self._survivors, held, self._seed_matches)
-        mask_keys = self._reconstruct(self.dropped["mask"], held, self._mask_key_matches)
+        mask_keys = self._reconstruct(self._dropped["mask"], held, self._mask_key_matches)
         streams = [(MaskStream(derive_key(seeds[u], LABEL_SELF_MASK, self._session)), -1) for u in self._survivors]
         streams += self._pairwise_corrections(mask_keys)
         apply_masks(self._accumulator, streams, self.config.chunk_size)
@@ -404,7 +410,7 @@ class SecAggServer:
     def _finish(self) -> None:
         weighted, weight_sum = self.config.encoding.decode(self._accumulator)
         ring = self._accumulator & self._accumulator.dtype.type(self.config.encoding.ring_mask)
-        self._result = AggregateResult(self.config, ring, weighted, weight_sum, self._survivors, dict(self.dropped))
+        self._result = AggregateResult(self.config, ring, weighted, weight_sum, self._survivors, self.dropped)
         self._stage = Stage.DONE
 
     def _next(self, stage: Stage) -> None:
