@@ -74,20 +74,29 @@ def batch_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 def local_train(model: torch.nn.Module, blocks: torch.Tensor, steps: int, batch_size: int,
                 lr: float, generator: torch.Generator,
-                on_step: Callable[[float], None] | None = None) -> float:
+                on_step: Callable[[float], None] | None = None, prox_mu: float = 0.0) -> float:
     """Runs ``steps`` AdamW steps on random batches of ``blocks``.
+
+    With ``prox_mu`` > 0 (FedProx, Li et al., MLSys'20) the objective adds
+    ``prox_mu / 2 * ||w - w_0||^2`` over the trainable parameters, w_0 being their values on entry
+    (the global model). The reported loss is the language-model loss alone.
 
     Returns:
         The mean training loss over the steps.
     """
     model.train()
-    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=lr, weight_decay=0.0)
+    params = trainable_parameters(model)
+    anchors = [p.detach().clone() for p in params] if prox_mu > 0 else []
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     total = 0.0
     for _ in range(steps):
         idx = torch.randint(0, blocks.shape[0], (batch_size,), generator=generator)
         loss = batch_loss(model, blocks[idx])
+        objective = loss
+        if anchors:
+            objective = loss + prox_mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        objective.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         total += float(loss.detach())
         if on_step is not None:
@@ -135,7 +144,7 @@ def client_update(model: torch.nn.Module, global_state: StateDict, data: ClientD
     generator = torch.Generator().manual_seed(
         (cfg.seed * 1_000_003 + round_number * 10_007 + data.client_id) % 2**63)
     loss = local_train(model, data.blocks, cfg.local_steps, cfg.batch_size,
-                       cfg.resolved_lr, generator, on_step)
+                       cfg.resolved_lr, generator, on_step, cfg.prox_mu)
     local = uploaded_state(model, cfg)
     load_uploaded_state(model, global_state)
     delta = {k: local[k] - global_state[k] for k in global_state}

@@ -16,6 +16,10 @@ from typing import Any
 MODES: tuple[str, ...] = ("pretrain", "lora", "prompt")
 BACKENDS: tuple[str, ...] = ("plain", "secagg", "secagg+", "ckks")
 SECURE_BACKENDS: tuple[str, ...] = ("secagg", "secagg+", "ckks")
+SERVER_OPTIMIZERS: tuple[str, ...] = ("fedavg", "fedavgm", "fedadam", "fedyogi")
+#: eta when ``--server-lr`` is not given: plain averaging for the first two, a small step for the
+#: adaptive ones, whose step is about eta per coordinate whatever the delta's scale.
+DEFAULT_SERVER_LR: dict[str, float] = {"fedavg": 1.0, "fedavgm": 1.0, "fedadam": 1e-2, "fedyogi": 1e-2}
 
 #: Per-mode local learning rates: full-parameter training needs a small step,
 #: LoRA a medium one and a soft prompt (a handful of vectors) a large one.
@@ -67,6 +71,14 @@ class RunConfig:
     dp_l2_clip: float = _f(1.0, "L2 norm each client clips its delta to when DP is on.")
     max_chars_per_domain: int = _f(150_000, "Cap on corpus characters per domain.")
     threads: int = _f(1, "torch threads (0 = torch's default); 1 stays fast on a shared CPU.")
+    server_opt: str = _f("fedavg", "fedavg | fedavgm | fedadam | fedyogi: how the server applies the "
+                         "aggregated mean delta (Reddi et al., ICLR'21).")
+    server_lr: float | None = _f(None, "Server learning rate eta (default 1 for fedavg/fedavgm, 1e-2 for "
+                                 "fedadam/fedyogi).")
+    server_beta1: float = _f(0.9, "First-moment decay (fedavgm momentum, fedadam/fedyogi beta1).")
+    server_beta2: float = _f(0.99, "Second-moment decay of fedadam/fedyogi.")
+    server_tau: float = _f(1e-3, "Adaptivity floor tau of fedadam/fedyogi.")
+    prox_mu: float = _f(0.0, "FedProx: weight mu of the local proximal term mu/2 * ||w - w_global||^2.")
 
     def __post_init__(self) -> None:
         """Validates field values and the relations between them.
@@ -123,6 +135,21 @@ class RunConfig:
             raise ValueError(f"clip_bound={self.clip_bound} must be > 0")
         if self.dp_noise < 0 or not self.dp_l2_clip > 0:
             raise ValueError("dp_noise must be >= 0 and dp_l2_clip > 0")
+        if self.server_opt not in SERVER_OPTIMIZERS:
+            raise ValueError(f"server_opt={self.server_opt!r}: choose one of {SERVER_OPTIMIZERS}")
+        if self.server_lr is not None and not (self.server_lr > 0 and math.isfinite(self.server_lr)):
+            raise ValueError(f"server_lr={self.server_lr} must be a positive number")
+        if not (0 <= self.server_beta1 < 1 and 0 <= self.server_beta2 < 1):
+            raise ValueError("server_beta1 and server_beta2 must be in [0, 1)")
+        if not (self.server_tau > 0 and math.isfinite(self.server_tau)):
+            raise ValueError(f"server_tau={self.server_tau} must be a positive number")
+        if not (self.prox_mu >= 0 and math.isfinite(self.prox_mu)):
+            raise ValueError(f"prox_mu={self.prox_mu} must be >= 0")
+
+    @property
+    def resolved_server_lr(self) -> float:
+        """eta: ``server_lr`` or the optimiser's default."""
+        return self.server_lr if self.server_lr is not None else DEFAULT_SERVER_LR[self.server_opt]
 
     @property
     def resolved_lr(self) -> float:

@@ -25,6 +25,7 @@ from fedlm.model import (StateDict, build_base_model, load_uploaded_state, param
                          save_base, save_final, uploaded_state, wrap_for_mode)
 from fedlm.prepare import Prepared, prepare_data
 from fedlm.progress import RunProgress
+from fedlm.server_opt import ServerOptimizer, server_optimizer
 from fedlm.report import finish_report, round_record, write_outputs
 from fedlm.tokenizer import save_tokenizer
 
@@ -146,8 +147,8 @@ def build_model(cfg: RunConfig, prepared: Prepared, out_dir: Path,
 def finish_round(model: torch.nn.Module, backend: Backend, prepared: Prepared,
                  global_state: StateDict, rnd: int, sampled: list[int],
                  updates: dict[int, ClientUpdate], dropouts: dict[int, str],
-                 batch_size: int) -> tuple[StateDict, dict[str, Any]]:
-    """Aggregates, applies the average to the global state and evaluates.
+                 batch_size: int, server: ServerOptimizer) -> tuple[StateDict, dict[str, Any]]:
+    """Aggregates, lets the server optimiser apply the average to the global state, evaluates.
 
     Returns:
         The new global state (unchanged if the round aborted) and the round's record.
@@ -158,7 +159,7 @@ def finish_round(model: torch.nn.Module, backend: Backend, prepared: Prepared,
         losses = evaluate(model, prepared.eval_blocks, batch_size)
         return global_state, round_record(rnd, sampled, updates, None, dropouts, losses,
                                           None, aborted=str(exc) or "too few survivors")
-    global_state = {k: global_state[k] + result.average[k] for k in global_state}
+    global_state = server.step(global_state, result.average)
     load_uploaded_state(model, global_state)
     losses = evaluate(model, prepared.eval_blocks, batch_size)
     return global_state, round_record(rnd, sampled, updates, result, dropouts, losses, diff)
@@ -207,13 +208,14 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
     progress.message(f"held-out loss after warm-up: {mean_loss(initial):.4f}")
     # Client sampling, who drops and where: three streams seeded from --seed.
     rngs = [np.random.default_rng([cfg.seed, k]) for k in (1, 2, 3)]  # ok: simulation, not a secret
+    server = server_optimizer(cfg)
     records: list[dict[str, Any]] = []
     progress.start_rounds(cfg.rounds)
     for rnd in range(1, cfg.rounds + 1):
         sampled, dropouts = schedule_round(cfg, backend.stages, rngs)
         updates = train_clients(model, global_state, prepared, sampled, cfg, rnd, progress)
         global_state, record = finish_round(model, backend, prepared, global_state, rnd,
-                                            sampled, updates, dropouts, cfg.batch_size)
+                                            sampled, updates, dropouts, cfg.batch_size, server)
         records.append(record)
         progress.end_round(round_line(record))
     artifact = save_final(model, out_dir)
