@@ -8,6 +8,8 @@ built by hand from the protobuf layout of an honest one.
 
 from __future__ import annotations
 
+from typing import Any
+
 import struct
 from typing import Callable
 
@@ -239,13 +241,17 @@ def test_corrupt_payload_behind_a_valid_layout_is_refused_before_the_key_is_spen
     _check_result(s, (0, 1, 2))
 
 
+def _one_chunk(value: int) -> tuple[Any, Any, bytes]:
+    """A session's config, a fresh secret context and one encrypted chunk of ``value`` everywhere."""
+    cfg = make_session(n=2, d=50).config
+    secret, _ = he.generate_context(cfg.preset, cfg.log_scale)
+    sec = he.load_context(secret, cfg.preset, cfg.log_scale, secret=True)
+    return cfg, sec, he.encrypt_chunks(sec, cfg.grid_bits, np.full((1, cfg.slots), value, dtype=np.int64))[0]
+
+
 def test_random_metadata_mutations_only_raise_integrity_error() -> None:
     """Byte flips and truncations in the metadata region: parsed and decrypted, or IntegrityError."""
-    s = make_session(n=2, d=50)
-    cfg = s.config
-    secret, public = he.generate_context(cfg.preset, cfg.log_scale)
-    sec = he.load_context(secret, cfg.preset, cfg.log_scale, secret=True)
-    blob = he.encrypt_chunks(sec, cfg.grid_bits, np.ones((1, cfg.slots), dtype=np.int64))[0]
+    cfg, sec, blob = _one_chunk(1)
     rng = np.random.default_rng(7)  # test data only: which bytes to mutate
     regions = [*range(0, 40), *range(len(blob) - 12, len(blob))]
     for _ in range(300):
@@ -264,11 +270,7 @@ def test_random_metadata_mutations_only_raise_integrity_error() -> None:
 
 def test_decrypt_chunks_refuses_a_vector_of_the_wrong_length() -> None:
     """Defence in depth behind the layout check: never a numpy ValueError."""
-    s = make_session(n=2, d=50)
-    cfg = s.config
-    secret, _ = he.generate_context(cfg.preset, cfg.log_scale)
-    sec = he.load_context(secret, cfg.preset, cfg.log_scale, secret=True)
-    blob = he.encrypt_chunks(sec, cfg.grid_bits, np.zeros((1, cfg.slots), dtype=np.int64))[0]
+    cfg, sec, blob = _one_chunk(0)
     ct, scale = _parts(blob)
     half = cfg.slots // 2
     vector = ts.ckks_vector_from(sec, _vector([half, half], [ct], scale))  # TenSEAL accepts it
