@@ -17,11 +17,12 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from fedlm.config import BACKENDS, MODES, RunConfig, field_help
+from fedlm.config import BACKENDS, DTYPE_NAMES, MODES, SERVER_OPTIMIZERS, RunConfig, field_help
 
 _CONVERTERS: dict[str, type] = {"int": int, "float": float, "str": str,
                                 "float | None": float, "str | None": str}
-_CHOICES: dict[str, tuple[str, ...]] = {"mode": MODES, "backend": BACKENDS}
+_CHOICES: dict[str, tuple[str, ...]] = {"mode": MODES, "backend": BACKENDS, "dtype": DTYPE_NAMES,
+                                        "server_opt": SERVER_OPTIMIZERS}
 
 
 def _add_field(parser: argparse.ArgumentParser, name: str, type_name: str,
@@ -31,6 +32,8 @@ def _add_field(parser: argparse.ArgumentParser, name: str, type_name: str,
     help_text = field_help(name)
     if name == "data":
         parser.add_argument(flag, nargs="+", default=[], metavar="FILE", help=help_text)
+    elif name == "lora_targets":
+        parser.add_argument(flag, nargs="+", default=[], metavar="NAME", help=help_text)
     elif name == "freeze_a":
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                             help=help_text)
@@ -59,6 +62,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Builds the ``RunConfig`` from parsed arguments."""
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
     values["data"] = tuple(values["data"])
+    values["lora_targets"] = tuple(values["lora_targets"])
     return RunConfig(**values)
 
 
@@ -107,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     from fedlm.loop import run  # torch loads only once flags are valid
     from secagg import SecAggError
+    from fedlm.errors import InputError
     from fedlm.progress import RichProgress, RunProgress
 
     console = Console(stderr=cfg.quiet)
@@ -114,8 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with progress:
             report = run(cfg, progress)
-    except SecAggError as exc:
-        console.print(f"[red]fedlm: {exc}[/]")
+    except (SecAggError, InputError) as exc:
+        print(f"fedlm: error: {exc}", file=sys.stderr)
         return 2
     if cfg.quiet:
         print(f"report: {report['artifacts']['report']}")

@@ -16,6 +16,7 @@ from typing import Any
 MODES: tuple[str, ...] = ("pretrain", "lora", "prompt")
 BACKENDS: tuple[str, ...] = ("plain", "secagg", "secagg+", "ckks")
 SECURE_BACKENDS: tuple[str, ...] = ("secagg", "secagg+", "ckks")
+DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16")
 SERVER_OPTIMIZERS: tuple[str, ...] = ("fedavg", "fedavgm", "fedadam", "fedyogi")
 #: eta when ``--server-lr`` is not given: plain averaging for the first two, a small step for the
 #: adaptive ones, whose step is about eta per coordinate whatever the delta's scale.
@@ -71,6 +72,10 @@ class RunConfig:
     dp_l2_clip: float = _f(1.0, "L2 norm each client clips its delta to when DP is on.")
     max_chars_per_domain: int = _f(150_000, "Cap on corpus characters per domain.")
     threads: int = _f(1, "torch threads (0 = torch's default); 1 stays fast on a shared CPU.")
+    model: str | None = _f(None, "Local Hugging Face causal-LM directory (config, weights, tokenizer), "
+                           "loaded offline; default: the tiny Llama built and warmed up here.")
+    lora_targets: tuple[str, ...] = _f((), "LoRA target module names (default: found per architecture).")
+    dtype: str = _f("float32", "float32 | bfloat16: the dtype a --model checkpoint is loaded in.")
     server_opt: str = _f("fedavg", "fedavg | fedavgm | fedadam | fedyogi: how the server applies the "
                          "aggregated mean delta (Reddi et al., ICLR'21).")
     server_lr: float | None = _f(None, "Server learning rate eta (default 1 for fedavg/fedavgm, 1e-2 for "
@@ -87,6 +92,7 @@ class RunConfig:
             ValueError: naming the violated relation and how to fix it.
         """
         object.__setattr__(self, "data", tuple(str(p) for p in self.data))
+        object.__setattr__(self, "lora_targets", tuple(str(t) for t in self.lora_targets))
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}: choose one of {MODES}")
         if self.backend not in BACKENDS:
@@ -102,6 +108,18 @@ class RunConfig:
         for path in self.data:
             if Path(path).suffix not in (".txt", ".jsonl"):
                 raise ValueError(f"data file {path!r}: expected a .txt or .jsonl file")
+        self._check_model()
+
+    def _check_model(self) -> None:
+        """Checks the checkpoint flags."""
+        if self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"dtype={self.dtype!r}: choose one of {DTYPE_NAMES}")
+        if self.model is not None and not Path(self.model).is_dir():
+            raise ValueError(f"model={self.model!r}: no such directory")
+        if self.dtype != "float32" and self.model is None:
+            raise ValueError("dtype applies to a --model checkpoint; the built-in tiny model trains in float32")
+        if self.lora_targets and self.mode != "lora":
+            raise ValueError("lora_targets applies to --mode lora only; drop --lora-targets")
 
     def _check_counts(self) -> None:
         """Checks the positive integer fields and the sampling relation."""

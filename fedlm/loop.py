@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fedlm.backends import AggregationResult, Backend, RoundAborted, fedavg, make_backend
+from fedlm.checkpoint import load_checkpoint, lora_targets
 from fedlm.client import ClientUpdate, batch_loss, client_update, local_train
 from fedlm.config import RunConfig
 from fedlm.corpus import load_corpus
@@ -137,11 +138,16 @@ def build_model(cfg: RunConfig, prepared: Prepared, out_dir: Path,
                 progress: RunProgress) -> tuple[torch.nn.Module, float | None]:
     """Builds the base model, warms it up on public data and wraps it for the mode."""
     tok = prepared.tokenizer
-    base = build_base_model(cfg, len(tok), int(tok.pad_token_id), int(tok.eos_token_id))
-    warm_loss = warm_up(base, cfg, prepared.public_blocks, progress)
+    warm_loss: float | None = None
+    if cfg.model is not None:  # a trained checkpoint: no central warm-up
+        base = load_checkpoint(cfg.model, cfg.dtype, cfg.seq_len + cfg.num_virtual_tokens)
+    else:
+        base = build_base_model(cfg, len(tok), int(tok.pad_token_id), int(tok.eos_token_id))
+        warm_loss = warm_up(base, cfg, prepared.public_blocks, progress)
+    targets = lora_targets(base, cfg.lora_targets) if cfg.mode == "lora" else []
     if cfg.mode != "pretrain":
         save_base(base, out_dir)
-    return wrap_for_mode(base, cfg, int(tok.eos_token_id)), warm_loss
+    return wrap_for_mode(base, cfg, int(tok.eos_token_id), targets), warm_loss
 
 
 def finish_round(model: torch.nn.Module, backend: Backend, prepared: Prepared,

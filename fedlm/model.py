@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from peft import (LoraConfig, PeftModel, PromptTuningConfig, PromptTuningInit, TaskType,
                   get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict)
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging as hf_logging
 
 from fedlm.config import RunConfig
@@ -47,7 +48,7 @@ def build_base_model(cfg: RunConfig, vocab_size: int, pad_id: int, eos_id: int) 
     return LlamaForCausalLM(config)
 
 
-def _peft_wrap(base: LlamaForCausalLM, config: LoraConfig | PromptTuningConfig) -> PeftModel:
+def _peft_wrap(base: PreTrainedModel, config: LoraConfig | PromptTuningConfig) -> PeftModel:
     """``get_peft_model`` without the deprecation warning it triggers in transformers 5."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
@@ -55,12 +56,12 @@ def _peft_wrap(base: LlamaForCausalLM, config: LoraConfig | PromptTuningConfig) 
         return get_peft_model(base, config)
 
 
-def wrap_for_mode(base: LlamaForCausalLM, cfg: RunConfig,
-                  prompt_init_token: int) -> torch.nn.Module:
+def wrap_for_mode(base: PreTrainedModel, cfg: RunConfig, prompt_init_token: int,
+                  lora_targets: list[str] | None = None) -> torch.nn.Module:
     """Wraps the base model for the run's mode.
 
     ``pretrain`` keeps the bare model (all parameters train); ``lora`` adds
-    LoRA adapters on every projection, with A frozen under FFA-LoRA (then the
+    LoRA adapters on ``lora_targets`` (default: every Llama projection), with A frozen under FFA-LoRA (then the
     average of the clients' B matrices is exactly the average of their
     low-rank updates); ``prompt`` adds a trainable soft prompt whose virtual
     tokens start as the embedding of ``prompt_init_token`` (the end-of-text token).
@@ -68,8 +69,11 @@ def wrap_for_mode(base: LlamaForCausalLM, cfg: RunConfig,
     if cfg.mode == "pretrain":
         return base
     if cfg.mode == "lora":
+        targets = list(lora_targets or LORA_TARGETS)
+        # GPT-2's Conv1D stores its weight transposed; peft must be told (it warns and fixes it otherwise).
+        transposed = any(isinstance(m, Conv1D) and n.rsplit(".", 1)[-1] in targets for n, m in base.named_modules())
         lora = LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                          lora_dropout=0.0, target_modules=list(LORA_TARGETS))
+                          lora_dropout=0.0, target_modules=targets, fan_in_fan_out=transposed)
         model = _peft_wrap(base, lora)
         if cfg.resolved_freeze_a:
             for name, param in model.named_parameters():
@@ -147,7 +151,7 @@ def parameter_count(model: torch.nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
-def save_base(base: LlamaForCausalLM, out_dir: Path) -> Path:
+def save_base(base: PreTrainedModel, out_dir: Path) -> Path:
     """Saves the (warmed-up) base model to ``OUT/base`` with safetensors.
 
     Called before peft wraps the model, since LoRA injects its layers into
@@ -168,7 +172,7 @@ def save_final(model: torch.nn.Module, out_dir: Path) -> Path:
     if isinstance(model, PeftModel):
         model.save_pretrained(str(out_dir / "adapter"), safe_serialization=True)
         return out_dir / "adapter"
-    if not isinstance(model, LlamaForCausalLM):
+    if not isinstance(model, PreTrainedModel):
         raise TypeError(f"cannot save a {type(model).__name__}")
     model.save_pretrained(str(out_dir / "model"))
     return out_dir / "model"

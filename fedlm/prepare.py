@@ -4,10 +4,12 @@ into blocks. Shared by the training loop and the report, so neither imports the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase
 
+from fedlm.checkpoint import load_checkpoint_tokenizer
 from fedlm.client import ClientData, make_blocks
 from fedlm.config import RunConfig
 from fedlm.corpus import Corpus
@@ -20,7 +22,7 @@ __all__ = ["Prepared", "prepare_data"]
 class Prepared:
     """Tokenised data of a run."""
 
-    tokenizer: PreTrainedTokenizerFast
+    tokenizer: PreTrainedTokenizerBase
     public_blocks: torch.Tensor
     eval_blocks: dict[str, torch.Tensor]
     clients: list[ClientData]
@@ -29,7 +31,10 @@ class Prepared:
 def prepare_data(cfg: RunConfig, corpus: Corpus) -> Prepared:
     """Trains the tokenizer on public text and cuts every text into blocks."""
     public_docs = [d for domain in corpus.domains for d in corpus.public[domain]]
-    tokenizer = train_tokenizer(public_docs, cfg.vocab_size)
+    if cfg.model is not None:
+        tokenizer: Any = load_checkpoint_tokenizer(cfg.model)
+    else:
+        tokenizer = train_tokenizer(public_docs, cfg.vocab_size)
     public = make_blocks(encode_documents(tokenizer, public_docs), cfg.seq_len)
     n_eval = cfg.eval_batches * cfg.batch_size
     eval_blocks = {d: make_blocks(encode_documents(tokenizer, corpus.heldout[d]),

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -43,7 +43,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
         tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
 
 
-def encode_documents(tokenizer: PreTrainedTokenizerFast, docs: Iterable[str]) -> list[int]:
+def encode_documents(tokenizer: PreTrainedTokenizerBase, docs: Iterable[str]) -> list[int]:
     """Encodes documents into one token stream, each followed by the EOS token."""
     eos = tokenizer.eos_token_id
     stream: list[int] = []
@@ -53,7 +53,7 @@ def encode_documents(tokenizer: PreTrainedTokenizerFast, docs: Iterable[str]) ->
     return stream
 
 
-def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> Path:
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
     """Writes ``tokenizer.json`` (and its config) to ``out_dir``; returns the folder."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(out_dir))
