@@ -8,9 +8,12 @@ the configuration cannot drift apart.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tomllib
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any
 
 from rich import box
@@ -25,35 +28,70 @@ _CHOICES: dict[str, tuple[str, ...]] = {"mode": MODES, "backend": BACKENDS, "dty
                                         "server_opt": SERVER_OPTIMIZERS}
 
 
+def read_config_file(path: str) -> dict[str, Any]:
+    """Flag values from a TOML file (keys are field names, ``-`` or ``_``), or from the ``config``
+    section of a fedlm JSON report, so a run can be reproduced.
+
+    Raises:
+        ValueError: unreadable file, bad syntax, or a key that is not a ``fedlm run`` flag.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ValueError(f"--config {path}: cannot read it ({type(exc).__name__})") from None
+    try:
+        if file.suffix == ".json":
+            loaded = json.loads(text)
+            loaded = loaded.get("config", loaded) if isinstance(loaded, dict) else loaded
+        else:
+            loaded = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--config {path}: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"--config {path}: expected a table of flag values")
+    names = {f.name for f in fields(RunConfig)}
+    values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"--config {path}: not fedlm run flags: {', '.join(unknown)}")
+    return values
+
+
 def _add_field(parser: argparse.ArgumentParser, name: str, type_name: str,
                default: Any) -> None:
     """Adds the flag for one ``RunConfig`` field."""
     flag = "--" + name.replace("_", "-")
     help_text = field_help(name)
-    if name == "data":
-        parser.add_argument(flag, nargs="+", default=[], metavar="FILE", help=help_text)
-    elif name == "lora_targets":
-        parser.add_argument(flag, nargs="+", default=[], metavar="NAME", help=help_text)
+    if name in ("data", "lora_targets"):
+        parser.add_argument(flag, nargs="+", default=list(default or []),
+                            metavar="FILE" if name == "data" else "NAME", help=help_text)
     elif name == "freeze_a":
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
                             help=help_text)
     elif type_name == "bool":
-        parser.add_argument(flag, action="store_true", help=help_text)
+        parser.add_argument(flag, action="store_true", default=bool(default), help=help_text)
     else:
         suffix = "" if default is None else " (default: %(default)s)"
         parser.add_argument(flag, type=_CONVERTERS[type_name], default=default,
                             choices=_CHOICES.get(name), help=help_text + suffix)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``fedlm`` argument parser with its ``run`` subcommand."""
+def build_parser(defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The ``fedlm`` argument parser with its ``run`` subcommand; ``defaults`` (e.g. from
+    ``--config``) replace the fields' own defaults, and flags given on the command line win."""
     parser = argparse.ArgumentParser(
         prog="fedlm", description="Federated training of a small LM over secure aggregation.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train, aggregate, evaluate; write report and plots",
                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--config", default=None, metavar="FILE",
+                     help="TOML file of flag values, or a fedlm report.json (its config section); "
+                          "flags on the command line win")
     for f in fields(RunConfig):
         default = f.default if f.default is not MISSING else None
+        if defaults and f.name in defaults:
+            default = defaults[f.name]
         _add_field(run, f.name, str(f.type), default)
     return parser
 
@@ -106,8 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.config is not None:
+            parser = build_parser(read_config_file(args.config))
+            args = parser.parse_args(argv)
         cfg = config_from_args(args)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     from fedlm.loop import run  # torch loads only once flags are valid
     from secagg import SecAggError

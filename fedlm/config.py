@@ -214,8 +214,10 @@ class RunConfig:
         """The configuration as JSON-ready data, with resolved defaults filled in."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["data"] = list(self.data)
+        data["lora_targets"] = list(self.lora_targets)
         data.update(lr=self.resolved_lr, freeze_a=self.resolved_freeze_a,
-                    clip_bound=self.resolved_clip_bound, report=str(self.report_path))
+                    clip_bound=self.resolved_clip_bound, report=str(self.report_path),
+                    server_lr=self.resolved_server_lr)
         return data
 
 

@@ -61,3 +61,42 @@ def test_secagg_refusal_is_a_clean_error(
     flags = _flags({**TINY, "rounds": 1})
     assert main(["run", "--backend", "secagg+", "--out", str(tmp_path), *flags]) == 2
     assert "70 bits" in capsys.readouterr().err
+
+
+def test_config_file_sets_flags_and_the_command_line_wins(tmp_path: Path) -> None:
+    toml = tmp_path / "run.toml"
+    toml.write_text('mode = "prompt"\nbackend = "ckks"\nclients-per-round = 2\nlr = 0.5\ndata = ["a.txt"]\n')
+    args = build_parser().parse_args(["run", "--config", str(toml), "--lr", "0.25"])
+    from fedlm.cli import read_config_file
+    cfg = config_from_args(build_parser(read_config_file(str(toml))).parse_args(
+        ["run", "--config", str(toml), "--lr", "0.25"]))
+    assert args.config == str(toml)
+    assert (cfg.mode, cfg.backend, cfg.clients_per_round, cfg.lr, cfg.data) == ("prompt", "ckks", 2, 0.25, ("a.txt",))
+
+
+def test_a_report_config_reproduces_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = tmp_path / "first.json"
+    flags = _flags({**TINY, "rounds": 1})
+    assert main(["run", "--backend", "plain", "--server-opt", "fedavgm", "--out", str(tmp_path / "a"),
+                 "--report", str(first), *flags]) == 0
+    second = tmp_path / "second.json"
+    assert main(["run", "--config", str(first), "--out", str(tmp_path / "b"), "--report", str(second)]) == 0
+    capsys.readouterr()
+    a, b = json.loads(first.read_text()), json.loads(second.read_text())
+    assert {k: v for k, v in a["config"].items() if k not in ("out", "report")} == \
+           {k: v for k, v in b["config"].items() if k not in ("out", "report")}
+    # Same seed, schedule and arithmetic: the same result. (A secure backend's stochastic rounding
+    # draws from the OS, so it reproduces only within its error bound.)
+    assert a["final_eval_loss"] == b["final_eval_loss"]
+
+
+@pytest.mark.parametrize("content", ['rounds = "ten"\n', 'no_such_flag = 1\n', 'rounds = \n'])
+def test_bad_config_files_exit_2_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 content: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--config", str(path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("usage") is False
