@@ -76,6 +76,8 @@ class RunConfig:
                            "loaded offline; default: the tiny Llama built and warmed up here.")
     lora_targets: tuple[str, ...] = _f((), "LoRA target module names (default: found per architecture).")
     dtype: str = _f("float32", "float32 | bfloat16: the dtype a --model checkpoint is loaded in.")
+    save_every: int = _f(0, "Write OUT/checkpoints/round-R every this many rounds (0 = never).")
+    resume: str | None = _f(None, "Continue from a checkpoint directory written with --save-every.")
     server_opt: str = _f("fedavg", "fedavg | fedavgm | fedadam | fedyogi: how the server applies the "
                          "aggregated mean delta (Reddi et al., ICLR'21).")
     server_lr: float | None = _f(None, "Server learning rate eta (default 1 for fedavg/fedavgm, 1e-2 for "
@@ -129,8 +131,8 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        if self.warmup_steps < 0 or self.threads < 0:
-            raise ValueError("warmup_steps and threads must be >= 0")
+        if self.warmup_steps < 0 or self.threads < 0 or self.save_every < 0:
+            raise ValueError("warmup_steps, threads and save_every must be >= 0")
         if self.clients_per_round > self.clients:
             raise ValueError(
                 f"clients_per_round={self.clients_per_round} > clients={self.clients}: "

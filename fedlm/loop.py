@@ -26,6 +26,7 @@ from fedlm.model import (StateDict, build_base_model, load_uploaded_state, param
                          save_base, save_final, uploaded_state, wrap_for_mode)
 from fedlm.prepare import Prepared, prepare_data
 from fedlm.progress import RunProgress
+from fedlm.resume import RunState, generator_states, load_run_state, restore_generators, save_run_state
 from fedlm.server_opt import ServerOptimizer, server_optimizer
 from fedlm.report import finish_report, round_record, write_outputs
 from fedlm.tokenizer import save_tokenizer
@@ -216,14 +217,25 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
     rngs = [np.random.default_rng([cfg.seed, k]) for k in (1, 2, 3)]  # ok: simulation, not a secret
     server = server_optimizer(cfg)
     records: list[dict[str, Any]] = []
+    first = 1
+    if cfg.resume is not None:
+        saved = load_run_state(cfg.resume, cfg)
+        global_state, initial, records, first = saved.global_state, saved.initial, saved.records, saved.round + 1
+        load_uploaded_state(model, global_state)
+        server.load_state_dict(saved.optimizer)
+        restore_generators(rngs, saved.generators)
+        progress.message(f"resumed after round {saved.round} from {cfg.resume}")
     progress.start_rounds(cfg.rounds)
-    for rnd in range(1, cfg.rounds + 1):
+    for rnd in range(first, cfg.rounds + 1):
         sampled, dropouts = schedule_round(cfg, backend.stages, rngs)
         updates = train_clients(model, global_state, prepared, sampled, cfg, rnd, progress)
         global_state, record = finish_round(model, backend, prepared, global_state, rnd,
                                             sampled, updates, dropouts, cfg.batch_size, server)
         records.append(record)
         progress.end_round(round_line(record))
+        if cfg.save_every and rnd % cfg.save_every == 0:
+            state = RunState(rnd, global_state, server.state_dict(), generator_states(rngs), initial, records)
+            save_run_state(out_dir / "checkpoints" / f"round-{rnd}", cfg, state)
     artifact = save_final(model, out_dir)
     report = finish_report(cfg, ENGINE, initial, records, warm_loss, parameter_count(model),
                            global_state, prepared, artifact, time.perf_counter() - start)

@@ -39,6 +39,15 @@ class ServerOptimizer:
         self._m: dict[str, torch.Tensor] = {}
         self._v: dict[str, torch.Tensor] = {}
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The moments, as flat named tensors (``m/<name>``, ``v/<name>``)."""
+        return {f"m/{k}": v for k, v in self._m.items()} | {f"v/{k}": v for k, v in self._v.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restores moments written by :meth:`state_dict`."""
+        self._m = {k[2:]: v.to(torch.float64) for k, v in state.items() if k.startswith("m/")}
+        self._v = {k[2:]: v.to(torch.float64) for k, v in state.items() if k.startswith("v/")}
+
     def step(self, state: StateDict, delta: StateDict) -> StateDict:
         """x_{t+1} for every tensor of ``state`` given Delta_t = ``delta`` (same names and shapes)."""
         return {name: self._step_one(name, state[name], delta[name]) for name in state}
