@@ -134,6 +134,9 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
     console.print(f"secure == plain FedAvg within bound: {verdict} (max |diff| "
                   f"{report['max_abs_diff_vs_plain']:.3e} <= quantisation bound {report['error_bound']:.3e}"
                   f" + float32 rounding {report['float32_slack']:.3e})")
+    for sample in report.get("samples", [])[:3]:
+        console.print(f"[bold]{sample['domain']}[/] {sample['prompt']!r}\n  before: {sample['before']!r}\n"
+                      f"  after:  {sample['after']!r}", markup=True, highlight=False)
     console.print(f"model: {report['artifacts']['model']}   plots: "
                   + ", ".join(report["artifacts"]["plots"]))
     console.print(f"report: {report['artifacts']['report']}")

@@ -26,6 +26,7 @@ from fedlm.model import (StateDict, build_base_model, load_uploaded_state, param
                          save_base, save_final, uploaded_state, wrap_for_mode)
 from fedlm.prepare import Prepared, prepare_data
 from fedlm.progress import RunProgress
+from fedlm.samples import continuations, held_out_prompts
 from fedlm.resume import RunState, generator_states, load_run_state, restore_generators, save_run_state
 from fedlm.server_opt import ServerOptimizer, server_optimizer
 from fedlm.report import finish_report, round_record, write_outputs
@@ -213,6 +214,8 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
     global_state = uploaded_state(model, cfg)
     initial = evaluate(model, prepared.eval_blocks, cfg.batch_size)
     progress.message(f"held-out loss after warm-up: {mean_loss(initial):.4f}")
+    prompts = held_out_prompts(prepared.eval_blocks, cfg.seq_len)
+    before = continuations(model, prompts, prepared.tokenizer, cfg.seq_len)
     # Client sampling, who drops and where: three streams seeded from --seed.
     rngs = [np.random.default_rng([cfg.seed, k]) for k in (1, 2, 3)]  # ok: simulation, not a secret
     server = server_optimizer(cfg)
@@ -236,8 +239,11 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
         if cfg.save_every and rnd % cfg.save_every == 0:
             state = RunState(rnd, global_state, server.state_dict(), generator_states(rngs), initial, records)
             save_run_state(out_dir / "checkpoints" / f"round-{rnd}", cfg, state)
+    after = continuations(model, prompts, prepared.tokenizer, cfg.seq_len)
     artifact = save_final(model, out_dir)
     report = finish_report(cfg, ENGINE, initial, records, warm_loss, parameter_count(model),
                            global_state, prepared, artifact, time.perf_counter() - start)
+    report["samples"] = [{"domain": d, "prompt": before[d]["prompt"], "before": before[d]["continuation"],
+                          "after": after[d]["continuation"]} for d in sorted(prompts)]
     write_outputs(report, cfg, out_dir)
     return report

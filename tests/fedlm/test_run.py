@@ -109,3 +109,11 @@ def test_user_data_files(tmp_path: Path) -> None:
         files.append(str(path))
     report = run(tiny_config(tmp_path, backend="plain", data=tuple(files), rounds=1))
     assert report["data"]["domains"] == ["north", "south"]
+
+
+def test_report_shows_generations_before_and_after_training(tmp_path: Path) -> None:
+    report = run(tiny_config(tmp_path, mode="pretrain", backend="plain", rounds=2, lr=2e-2))
+    samples = report["samples"]
+    assert {s["domain"] for s in samples} == set(report["data"]["domains"])
+    assert all(s["prompt"] and isinstance(s["before"], str) and isinstance(s["after"], str) for s in samples)
+    assert any(s["before"] != s["after"] for s in samples)  # training changed what the model writes
