@@ -65,7 +65,9 @@ class RunConfig:
     num_heads: int = _f(4, "Attention heads.")
     lora_r: int = _f(8, "LoRA rank.")
     lora_alpha: int = _f(16, "LoRA scaling numerator.")
-    num_virtual_tokens: int = _f(8, "Soft-prompt length in prompt mode.")
+    num_virtual_tokens: int = _f(8, "Soft-prompt length in prompt mode (the shared, aggregated part).")
+    personal_tokens: int = _f(0, "Prompt mode: private soft tokens each client keeps next to the shared ones; "
+                              "never uploaded, kept across rounds.")
     clip_bound: float | None = _f(None, "Per-coordinate clip of each delta (default: steps*lr).")
     fractional_bits: int = _f(20, "Fixed-point fractional bits of the secure encoding.")
     dp_noise: float = _f(0.0, "Gaussian noise multiplier per round (0 = no DP).")
@@ -120,6 +122,8 @@ class RunConfig:
             raise ValueError(f"model={self.model!r}: no such directory")
         if self.dtype != "float32" and self.model is None:
             raise ValueError("dtype applies to a --model checkpoint; the built-in tiny model trains in float32")
+        if self.personal_tokens < 0 or (self.personal_tokens and self.mode != "prompt"):
+            raise ValueError("personal_tokens must be >= 0 and applies to --mode prompt only")
         if self.lora_targets and self.mode != "lora":
             raise ValueError("lora_targets applies to --mode lora only; drop --lora-targets")
 
@@ -165,6 +169,11 @@ class RunConfig:
             raise ValueError(f"server_tau={self.server_tau} must be a positive number")
         if not (self.prox_mu >= 0 and math.isfinite(self.prox_mu)):
             raise ValueError(f"prox_mu={self.prox_mu} must be >= 0")
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Soft-prompt rows in the model: the shared ones, then the personal ones."""
+        return self.num_virtual_tokens + self.personal_tokens if self.mode == "prompt" else 0
 
     @property
     def resolved_server_lr(self) -> float:

@@ -25,6 +25,7 @@ from fedlm.corpus import load_corpus
 from fedlm.model import (StateDict, build_base_model, load_uploaded_state, parameter_count,
                          save_base, save_final, uploaded_state, wrap_for_mode)
 from fedlm.prepare import Prepared, prepare_data
+from fedlm.personal import PersonalPrompts
 from fedlm.progress import RunProgress
 from fedlm.samples import continuations, held_out_prompts
 from fedlm.resume import RunState, generator_states, load_run_state, restore_generators, save_run_state
@@ -107,13 +108,18 @@ def max_abs_diff(a: StateDict, b: StateDict) -> float:
 
 def train_clients(model: torch.nn.Module, global_state: StateDict, prepared: Prepared,
                   sampled: list[int], cfg: RunConfig, round_number: int,
-                  progress: RunProgress) -> dict[int, ClientUpdate]:
-    """Local training of every sampled client from the same global state."""
+                  progress: RunProgress, personal: PersonalPrompts | None = None) -> dict[int, ClientUpdate]:
+    """Local training of every sampled client from the same global state (and, with personal
+    prompt tokens, its own private rows, which it keeps)."""
     updates = {}
     for cid in sampled:
         progress.start_steps(cfg.local_steps, f"round {round_number} client {cid}")
+        if personal is not None:
+            personal.enter(model, cid)
         updates[cid] = client_update(model, global_state, prepared.clients[cid], cfg,
                                      round_number, progress.step)
+        if personal is not None:
+            personal.leave(model, cid)
     return updates
 
 
@@ -142,7 +148,7 @@ def build_model(cfg: RunConfig, prepared: Prepared, out_dir: Path,
     tok = prepared.tokenizer
     warm_loss: float | None = None
     if cfg.model is not None:  # a trained checkpoint: no central warm-up
-        base = load_checkpoint(cfg.model, cfg.dtype, cfg.seq_len + cfg.num_virtual_tokens)
+        base = load_checkpoint(cfg.model, cfg.dtype, cfg.seq_len + cfg.prompt_tokens)
     else:
         base = build_base_model(cfg, len(tok), int(tok.pad_token_id), int(tok.eos_token_id))
         warm_loss = warm_up(base, cfg, prepared.public_blocks, progress)
@@ -219,6 +225,7 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
     # Client sampling, who drops and where: three streams seeded from --seed.
     rngs = [np.random.default_rng([cfg.seed, k]) for k in (1, 2, 3)]  # ok: simulation, not a secret
     server = server_optimizer(cfg)
+    personal = PersonalPrompts(model, cfg) if cfg.personal_tokens else None
     records: list[dict[str, Any]] = []
     first = 1
     if cfg.resume is not None:
@@ -227,23 +234,30 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
         load_uploaded_state(model, global_state)
         server.load_state_dict(saved.optimizer)
         restore_generators(rngs, saved.generators)
+        if personal is not None:
+            personal.restore(saved.personal, saved.personal_rounds)
         progress.message(f"resumed after round {saved.round} from {cfg.resume}")
     progress.start_rounds(cfg.rounds)
     for rnd in range(first, cfg.rounds + 1):
         sampled, dropouts = schedule_round(cfg, backend.stages, rngs)
-        updates = train_clients(model, global_state, prepared, sampled, cfg, rnd, progress)
+        updates = train_clients(model, global_state, prepared, sampled, cfg, rnd, progress, personal)
         global_state, record = finish_round(model, backend, prepared, global_state, rnd,
                                             sampled, updates, dropouts, cfg.batch_size, server)
         records.append(record)
         progress.end_round(round_line(record))
         if cfg.save_every and rnd % cfg.save_every == 0:
-            state = RunState(rnd, global_state, server.state_dict(), generator_states(rngs), initial, records)
+            rows, counts = personal.state() if personal is not None else ({}, {})
+            state = RunState(rnd, global_state, server.state_dict(), generator_states(rngs), initial, records,
+                             rows, counts)
             save_run_state(out_dir / "checkpoints" / f"round-{rnd}", cfg, state)
     after = continuations(model, prompts, prepared.tokenizer, cfg.seq_len)
+    personalization = personal.report(model, prepared, out_dir, evaluate) if personal is not None else None
     artifact = save_final(model, out_dir)
     report = finish_report(cfg, ENGINE, initial, records, warm_loss, parameter_count(model),
                            global_state, prepared, artifact, time.perf_counter() - start)
     report["samples"] = [{"domain": d, "prompt": before[d]["prompt"], "before": before[d]["continuation"],
                           "after": after[d]["continuation"]} for d in sorted(prompts)]
+    if personalization is not None:
+        report["personalization"] = personalization
     write_outputs(report, cfg, out_dir)
     return report

@@ -39,7 +39,7 @@ def build_base_model(cfg: RunConfig, vocab_size: int, pad_id: int, eos_id: int) 
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.num_heads,
-        max_position_embeddings=cfg.seq_len + cfg.num_virtual_tokens,
+        max_position_embeddings=cfg.seq_len + cfg.num_virtual_tokens + cfg.personal_tokens,
         tie_word_embeddings=True,
         pad_token_id=pad_id,
         eos_token_id=eos_id,
@@ -81,7 +81,7 @@ def wrap_for_mode(base: PreTrainedModel, cfg: RunConfig, prompt_init_token: int,
                     param.requires_grad_(False)
         return model
     prompt = PromptTuningConfig(task_type=TaskType.CAUSAL_LM,
-                                num_virtual_tokens=cfg.num_virtual_tokens,
+                                num_virtual_tokens=cfg.prompt_tokens,
                                 prompt_tuning_init=PromptTuningInit.RANDOM)
     model = _peft_wrap(base, prompt)
     init_prompt_from_token(model, prompt_init_token)
@@ -120,6 +120,8 @@ def uploaded_state(model: torch.nn.Module, cfg: RunConfig) -> StateDict:
         state = get_peft_model_state_dict(model)
         if cfg.resolved_freeze_a:
             state = {k: v for k, v in state.items() if "lora_A" not in k}
+        if cfg.personal_tokens:  # the personal rows never leave the client
+            state = {k: (v[: cfg.num_virtual_tokens] if k == "prompt_embeddings" else v) for k, v in state.items()}
     else:
         state = dict(model.named_parameters())
     return {k: v.detach().to(torch.float32).clone() for k, v in state.items()}
@@ -132,6 +134,14 @@ def load_uploaded_state(model: torch.nn.Module, state: StateDict) -> None:
         KeyError: if a name does not belong to the model's uploaded state.
     """
     if isinstance(model, PeftModel):
+        table = _prompt_table(model)
+        shared = state.get("prompt_embeddings")
+        if table is not None and shared is not None and shared.shape[0] < table.shape[0]:
+            with torch.no_grad():  # only the shared rows; the personal rows stay as they are
+                table[: shared.shape[0]].copy_(shared)
+            state = {k: v for k, v in state.items() if k != "prompt_embeddings"}
+            if not state:
+                return
         result = set_peft_model_state_dict(model, state)
         # peft loads a soft prompt by hand, then reports its key as unexpected.
         unexpected = [k for k in getattr(result, "unexpected_keys", [])
@@ -143,6 +153,30 @@ def load_uploaded_state(model: torch.nn.Module, state: StateDict) -> None:
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value)
+
+
+def _prompt_table(model: torch.nn.Module) -> torch.Tensor | None:
+    """The soft-prompt embedding table of a prompt-tuning model, or None."""
+    if not isinstance(model, PeftModel) or not hasattr(model, "prompt_encoder"):
+        return None
+    encoder = model.prompt_encoder[model.active_adapter]
+    embedding = getattr(encoder, "embedding", None)
+    return embedding.weight if isinstance(embedding, torch.nn.Embedding) else None
+
+
+def personal_rows(model: torch.nn.Module, cfg: RunConfig) -> torch.Tensor:
+    """A copy of the soft prompt's personal rows (after the shared ones)."""
+    table = _prompt_table(model)
+    assert table is not None and cfg.personal_tokens
+    return table[cfg.num_virtual_tokens :].detach().clone()
+
+
+def set_personal_rows(model: torch.nn.Module, cfg: RunConfig, rows: torch.Tensor) -> None:
+    """Writes a client's personal rows into the soft prompt."""
+    table = _prompt_table(model)
+    assert table is not None and cfg.personal_tokens
+    with torch.no_grad():
+        table[cfg.num_virtual_tokens :].copy_(rows)
 
 
 def parameter_count(model: torch.nn.Module) -> tuple[int, int]:

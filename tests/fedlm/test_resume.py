@@ -38,3 +38,14 @@ def test_resume_refuses_another_configuration_or_a_finished_run(tmp_path: Path) 
         run(tiny_config(tmp_path / "c", rounds=1, resume=checkpoint, backend="plain"))
     with pytest.raises(InputError, match="not a fedlm checkpoint"):
         run(tiny_config(tmp_path / "d", rounds=2, resume=str(tmp_path), backend="plain"))
+
+
+def test_resuming_keeps_every_clients_private_prompt_rows(tmp_path: Path) -> None:
+    common = dict(mode="prompt", personal_tokens=2, backend="plain", lr=0.5)
+    whole = run(tiny_config(tmp_path / "whole", rounds=2, **common))
+    run(tiny_config(tmp_path / "cut", rounds=1, save_every=1, **common))
+    checkpoint = tmp_path / "cut" / "run" / "checkpoints" / "round-1"
+    resumed = run(tiny_config(tmp_path / "resumed", rounds=2, resume=str(checkpoint), **common))
+    assert resumed["personalization"]["clients"] == [
+        {**c, "prompt_file": c["prompt_file"].replace("/whole/", "/resumed/")}
+        for c in whole["personalization"]["clients"]]
