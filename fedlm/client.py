@@ -24,17 +24,21 @@ from fedlm.model import StateDict, load_uploaded_state, trainable_parameters, up
 
 @dataclass(frozen=True)
 class ClientData:
-    """One client's private token blocks.
+    """One client's private training data.
 
     Attributes:
         client_id: The client's id (its index).
-        blocks: ``(n, seq_len)`` int64 token blocks.
-        domains: Number of documents per domain, for the report.
+        blocks: ``(n, seq_len)`` int64 token rows (LM blocks, or padded SFT examples).
+        domains: Number of documents per domain (or examples per task), for the report.
+        labels: SFT only: the targets, -100 where no loss is taken (prompt and padding).
+        mask: SFT only: the attention mask (0 on padding).
     """
 
     client_id: int
     blocks: torch.Tensor
     domains: dict[str, int]
+    labels: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
 
     @property
     def num_examples(self) -> int:
@@ -66,15 +70,19 @@ def make_blocks(stream: list[int], seq_len: int) -> torch.Tensor:
     return torch.tensor(stream[:usable], dtype=torch.int64).view(-1, seq_len)
 
 
-def batch_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of a batch of blocks."""
-    loss: torch.Tensor = model(input_ids=batch, labels=batch).loss
+def batch_loss(model: torch.nn.Module, batch: torch.Tensor, labels: torch.Tensor | None = None,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy of a batch: over every token of LM blocks, or over the
+    positions ``labels`` keeps (SFT: the response tokens)."""
+    loss: torch.Tensor = model(input_ids=batch, labels=batch if labels is None else labels,
+                               attention_mask=mask).loss
     return loss
 
 
 def local_train(model: torch.nn.Module, blocks: torch.Tensor, steps: int, batch_size: int,
                 lr: float, generator: torch.Generator,
-                on_step: Callable[[float], None] | None = None, prox_mu: float = 0.0) -> float:
+                on_step: Callable[[float], None] | None = None, prox_mu: float = 0.0,
+                labels: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> float:
     """Runs ``steps`` AdamW steps on random batches of ``blocks``.
 
     With ``prox_mu`` > 0 (FedProx, Li et al., MLSys'20) the objective adds
@@ -91,7 +99,8 @@ def local_train(model: torch.nn.Module, blocks: torch.Tensor, steps: int, batch_
     total = 0.0
     for _ in range(steps):
         idx = torch.randint(0, blocks.shape[0], (batch_size,), generator=generator)
-        loss = batch_loss(model, blocks[idx])
+        loss = batch_loss(model, blocks[idx], None if labels is None else labels[idx],
+                          None if mask is None else mask[idx])
         objective = loss
         if anchors:
             objective = loss + prox_mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors))
@@ -144,7 +153,7 @@ def client_update(model: torch.nn.Module, global_state: StateDict, data: ClientD
     generator = torch.Generator().manual_seed(
         (cfg.seed * 1_000_003 + round_number * 10_007 + data.client_id) % 2**63)
     loss = local_train(model, data.blocks, cfg.local_steps, cfg.batch_size,
-                       cfg.resolved_lr, generator, on_step, cfg.prox_mu)
+                       cfg.resolved_lr, generator, on_step, cfg.prox_mu, data.labels, data.mask)
     local = uploaded_state(model, cfg)
     load_uploaded_state(model, global_state)
     delta = {k: local[k] - global_state[k] for k in global_state}

@@ -80,7 +80,7 @@ class _LM(torch.nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> object:
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: object = None) -> object:
         logits = self.inner(input_ids)
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
                                                  labels[:, 1:].reshape(-1))
