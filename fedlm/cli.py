@@ -20,11 +20,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from fedlm.config import BACKENDS, DTYPE_NAMES, MODES, SERVER_OPTIMIZERS, RunConfig, field_help
+from fedlm.config import BACKENDS, DTYPE_NAMES, MODES, SERVER_OPTIMIZERS, TASKS, RunConfig, field_help
 
 _CONVERTERS: dict[str, type] = {"int": int, "float": float, "str": str,
                                 "float | None": float, "str | None": str}
-_CHOICES: dict[str, tuple[str, ...]] = {"mode": MODES, "backend": BACKENDS, "dtype": DTYPE_NAMES,
+_CHOICES: dict[str, tuple[str, ...]] = {"mode": MODES, "backend": BACKENDS, "dtype": DTYPE_NAMES, "task": TASKS,
                                         "server_opt": SERVER_OPTIMIZERS}
 
 

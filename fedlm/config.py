@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-MODES: tuple[str, ...] = ("pretrain", "lora", "prompt")
+MODES: tuple[str, ...] = ("pretrain", "full", "lora", "prompt")
+TASKS: tuple[str, ...] = ("lm", "sft")
 BACKENDS: tuple[str, ...] = ("plain", "secagg", "secagg+", "ckks")
 SECURE_BACKENDS: tuple[str, ...] = ("secagg", "secagg+", "ckks")
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16")
@@ -24,7 +25,7 @@ DEFAULT_SERVER_LR: dict[str, float] = {"fedavg": 1.0, "fedavgm": 1.0, "fedadam":
 
 #: Per-mode local learning rates: full-parameter training needs a small step,
 #: LoRA a medium one and a soft prompt (a handful of vectors) a large one.
-DEFAULT_LR: dict[str, float] = {"pretrain": 2e-3, "lora": 1e-2, "prompt": 1e-1}
+DEFAULT_LR: dict[str, float] = {"pretrain": 2e-3, "full": 2e-3, "lora": 1e-2, "prompt": 1e-1}
 
 
 def _f(default: Any, help_text: str) -> Any:
@@ -40,7 +41,10 @@ class RunConfig:
     properties), so the object itself never changes after construction.
     """
 
-    mode: str = _f("lora", "pretrain | lora | prompt: what the clients train and upload.")
+    mode: str = _f("lora", "pretrain | full | lora | prompt: what the clients train and upload (pretrain: "
+                   "every parameter on the LM task; full: every parameter on any task).")
+    task: str = _f("lm", "lm | sft: causal-LM loss on text, or supervised instruction tuning (loss on the "
+                   "response only; held-out accuracy per task).")
     backend: str = _f("secagg+", "plain | secagg | secagg+ | ckks: how updates are aggregated.")
     rounds: int = _f(10, "Number of federated rounds.")
     clients: int = _f(10, "Number of clients holding data.")
@@ -99,6 +103,13 @@ class RunConfig:
         object.__setattr__(self, "lora_targets", tuple(str(t) for t in self.lora_targets))
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}: choose one of {MODES}")
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r}: choose one of {TASKS}")
+        if self.task == "sft" and self.mode == "pretrain":
+            raise ValueError("--mode pretrain is full training on the lm task; use --mode full for full "
+                             "fine-tuning on sft")
+        if self.task == "sft" and any(Path(p).suffix != ".jsonl" for p in self.data):
+            raise ValueError("--task sft reads instruction .jsonl files only")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend={self.backend!r}: choose one of {BACKENDS}")
         self._check_counts()
@@ -169,6 +180,11 @@ class RunConfig:
             raise ValueError(f"server_tau={self.server_tau} must be a positive number")
         if not (self.prox_mu >= 0 and math.isfinite(self.prox_mu)):
             raise ValueError(f"prox_mu={self.prox_mu} must be >= 0")
+
+    @property
+    def full_parameters(self) -> bool:
+        """Whether every parameter trains and is uploaded (``pretrain`` and ``full``)."""
+        return self.mode in ("pretrain", "full")
 
     @property
     def prompt_tokens(self) -> int:

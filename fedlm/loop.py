@@ -153,7 +153,7 @@ def build_model(cfg: RunConfig, prepared: Prepared, out_dir: Path,
         base = build_base_model(cfg, len(tok), int(tok.pad_token_id), int(tok.eos_token_id))
         warm_loss = warm_up(base, cfg, prepared.public_blocks, progress)
     targets = lora_targets(base, cfg.lora_targets) if cfg.mode == "lora" else []
-    if cfg.mode != "pretrain":
+    if not cfg.full_parameters:
         save_base(base, out_dir)
     return wrap_for_mode(base, cfg, int(tok.eos_token_id), targets), warm_loss
 

@@ -66,7 +66,7 @@ def wrap_for_mode(base: PreTrainedModel, cfg: RunConfig, prompt_init_token: int,
     low-rank updates); ``prompt`` adds a trainable soft prompt whose virtual
     tokens start as the embedding of ``prompt_init_token`` (the end-of-text token).
     """
-    if cfg.mode == "pretrain":
+    if cfg.full_parameters:
         return base
     if cfg.mode == "lora":
         targets = list(lora_targets or LORA_TARGETS)

@@ -8,7 +8,9 @@ from fedlm.config import DEFAULT_LR, RunConfig
 
 
 @pytest.mark.parametrize("overrides, fragment", [
-    ({"mode": "full"}, "mode="),
+    ({"mode": "finetune"}, "mode="),
+    ({"task": "sft", "mode": "pretrain"}, "use --mode full"),
+    ({"task": "qa"}, "task="),
     ({"backend": "tls"}, "backend="),
     ({"clients_per_round": 11, "clients": 10}, "clients_per_round=11 > clients=10"),
     ({"dropout": 1.0}, "dropout="),
