@@ -21,6 +21,7 @@ from fedlm.backends import AggregationResult, Backend, RoundAborted, fedavg, mak
 from fedlm.checkpoint import load_checkpoint, lora_targets
 from fedlm.client import ClientUpdate, batch_loss, client_update, local_train
 from fedlm.config import RunConfig
+from fedlm.errors import InputError
 from fedlm.corpus import load_corpus
 from fedlm.model import (StateDict, build_base_model, load_uploaded_state, parameter_count,
                          save_base, save_final, uploaded_state, wrap_for_mode)
@@ -212,6 +213,8 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
         The JSON report (also written to ``cfg.report_path``).
     """
     progress = progress or RunProgress()
+    if cfg.task != "lm":
+        raise InputError(f"--task {cfg.task} is not available in this build; use --task lm")
     start = time.perf_counter()
     out_dir = Path(cfg.out)
     prepared = setup(cfg, out_dir, progress)

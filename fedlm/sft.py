@@ -199,13 +199,13 @@ def _name_examples(max_per_task: int, max_chars_per_domain: int,
     pairs: list[tuple[str, str]] = []
     for modules in STDLIB_DOMAINS.values():
         read = 0
-        for path in (f for m in modules for f in _module_files(stdlib, m)):
-            for name, doc in _function_docs(path):
-                sentence = _first_sentence(doc)
-                if (read >= max_chars_per_domain or len(name) > MAX_NAME_CHARS
-                        or not _SNAKE.fullmatch(name) or len(sentence) < MIN_SENTENCE_CHARS
-                        or name.lower() in sentence.lower()):
-                    continue
+        files = (f for m in modules for f in _module_files(stdlib, m))
+        for name, doc in (pair for f in files for pair in _function_docs(f)):
+            if read >= max_chars_per_domain:
+                break
+            sentence = _first_sentence(doc)
+            if (len(name) <= MAX_NAME_CHARS and _SNAKE.fullmatch(name)
+                    and len(sentence) >= MIN_SENTENCE_CHARS and name not in sentence.lower()):
                 read += len(doc)
                 pairs.append((sentence, name))
     chosen = sorted(_unambiguous(pairs))
