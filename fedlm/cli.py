@@ -134,6 +134,11 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
     console.print(f"secure == plain FedAvg within bound: {verdict} (max |diff| "
                   f"{report['max_abs_diff_vs_plain']:.3e} <= quantisation bound {report['error_bound']:.3e}"
                   f" + float32 rounding {report['float32_slack']:.3e})")
+    for task, scores in report.get("final_task_eval", {}).items():
+        first = report["initial_task_eval"][task]
+        console.print(f"task {task}: accuracy {first['accuracy']:.3f} -> {scores['accuracy']:.3f} "
+                      f"(majority baseline {scores['majority_baseline']:.3f}), response loss "
+                      f"{first['loss']:.3f} -> {scores['loss']:.3f}", highlight=False)
     for sample in report.get("samples", [])[:3]:
         console.print(f"[bold]{sample['domain']}[/] {sample['prompt']!r}\n  before: {sample['before']!r}\n"
                       f"  after:  {sample['after']!r}", markup=True, highlight=False)

@@ -63,6 +63,8 @@ class RunConfig:
     quiet: bool = _f(False, "No progress bars or summary.")
     warmup_steps: int = _f(300, "Central warm-up steps on public data before federation.")
     eval_batches: int = _f(4, "Held-out batches per domain for each evaluation.")
+    eval_examples: int = _f(48, "SFT: held-out examples per task scored (loss and greedy exact match) each round.")
+    sft_examples: int = _f(400, "SFT with the default data: examples per task made from the standard library.")
     vocab_size: int = _f(1024, "BPE vocabulary size.")
     hidden_size: int = _f(128, "Model width.")
     num_layers: int = _f(4, "Transformer layers.")

@@ -21,7 +21,7 @@ from fedlm.backends import AggregationResult, Backend, RoundAborted, fedavg, mak
 from fedlm.checkpoint import load_checkpoint, lora_targets
 from fedlm.client import ClientUpdate, batch_loss, client_update, local_train
 from fedlm.config import RunConfig
-from fedlm.errors import InputError
+from fedlm.sft import evaluate_sft
 from fedlm.corpus import load_corpus
 from fedlm.model import (StateDict, build_base_model, load_uploaded_state, parameter_count,
                          save_base, save_final, uploaded_state, wrap_for_mode)
@@ -31,7 +31,7 @@ from fedlm.progress import RunProgress
 from fedlm.samples import continuations, held_out_prompts
 from fedlm.resume import RunState, generator_states, load_run_state, restore_generators, save_run_state
 from fedlm.server_opt import ServerOptimizer, server_optimizer
-from fedlm.report import finish_report, round_record, write_outputs
+from fedlm.report import ACCURACY_PLOT, finish_report, round_record, write_outputs
 from fedlm.tokenizer import save_tokenizer
 
 ENGINE = "in-memory"
@@ -51,6 +51,22 @@ def evaluate(model: torch.nn.Module, eval_blocks: dict[str, torch.Tensor],
         total = sum(float(batch_loss(model, b)) * b.shape[0] for b in batches)
         losses[domain] = total / blocks.shape[0]
     return losses
+
+
+def task_scores(model: torch.nn.Module, prepared: Prepared, cfg: RunConfig) -> dict[str, dict[str, float]]:
+    """SFT: held-out response loss, greedy exact-match accuracy and the majority baseline per task
+    (``cfg.eval_examples`` per task); empty for the lm task."""
+    if prepared.sft_heldout is None:
+        return {}
+    return evaluate_sft(model, prepared.tokenizer, prepared.sft_heldout, cfg.seq_len, cfg.batch_size,
+                        limit=cfg.eval_examples)
+
+
+def _scores(model: torch.nn.Module, prepared: Prepared, cfg: RunConfig) -> dict[str, dict[str, float]]:
+    """Metrics per domain (lm: held-out loss) or per task (sft: loss and accuracy)."""
+    if prepared.sft_heldout is not None:
+        return {t: {"loss": s["loss"], "accuracy": s["accuracy"]} for t, s in task_scores(model, prepared, cfg).items()}
+    return {d: {"loss": v} for d, v in evaluate(model, prepared.eval_blocks, cfg.batch_size).items()}
 
 
 def mean_loss(losses: dict[str, float]) -> float:
@@ -195,7 +211,9 @@ def setup(cfg: RunConfig, out_dir: Path, progress: RunProgress) -> Prepared:
     torch.manual_seed(cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     progress.message("building corpus and training the tokenizer")
-    corpus = load_corpus(cfg.data, cfg.clients, cfg.dirichlet_alpha, cfg.seed,
+    # sft: the instruction data come from --data; the LM corpus (tokenizer, warm-up, held-out
+    # loss) is the standard library's.
+    corpus = load_corpus(cfg.data if cfg.task == "lm" else (), cfg.clients, cfg.dirichlet_alpha, cfg.seed,
                          cfg.max_chars_per_domain)
     prepared = prepare_data(cfg, corpus)
     save_tokenizer(prepared.tokenizer, out_dir / "tokenizer")
@@ -213,8 +231,6 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
         The JSON report (also written to ``cfg.report_path``).
     """
     progress = progress or RunProgress()
-    if cfg.task != "lm":
-        raise InputError(f"--task {cfg.task} is not available in this build; use --task lm")
     start = time.perf_counter()
     out_dir = Path(cfg.out)
     prepared = setup(cfg, out_dir, progress)
@@ -223,6 +239,7 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
     global_state = uploaded_state(model, cfg)
     initial = evaluate(model, prepared.eval_blocks, cfg.batch_size)
     progress.message(f"held-out loss after warm-up: {mean_loss(initial):.4f}")
+    initial_tasks = task_scores(model, prepared, cfg)
     prompts = held_out_prompts(prepared.eval_blocks, cfg.seq_len)
     before = continuations(model, prompts, prepared.tokenizer, cfg.seq_len)
     # Client sampling, who drops and where: three streams seeded from --seed.
@@ -246,6 +263,8 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
         updates = train_clients(model, global_state, prepared, sampled, cfg, rnd, progress, personal)
         global_state, record = finish_round(model, backend, prepared, global_state, rnd,
                                             sampled, updates, dropouts, cfg.batch_size, server)
+        if prepared.sft_heldout is not None:
+            record["task_eval"] = task_scores(model, prepared, cfg)
         records.append(record)
         progress.end_round(round_line(record))
         if cfg.save_every and rnd % cfg.save_every == 0:
@@ -254,7 +273,8 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
                              rows, counts)
             save_run_state(out_dir / "checkpoints" / f"round-{rnd}", cfg, state)
     after = continuations(model, prompts, prepared.tokenizer, cfg.seq_len)
-    personalization = personal.report(model, prepared, out_dir, evaluate) if personal is not None else None
+    personalization = (personal.report(model, prepared, out_dir, lambda m: _scores(m, prepared, cfg))
+                       if personal is not None else None)
     artifact = save_final(model, out_dir)
     report = finish_report(cfg, ENGINE, initial, records, warm_loss, parameter_count(model),
                            global_state, prepared, artifact, time.perf_counter() - start)
@@ -262,5 +282,12 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
                           "after": after[d]["continuation"]} for d in sorted(prompts)]
     if personalization is not None:
         report["personalization"] = personalization
+    if prepared.sft_heldout is not None:
+        report["task"] = cfg.task
+        report["initial_task_eval"] = initial_tasks
+        report["final_task_eval"] = records[-1]["task_eval"] if records else initial_tasks
+        report["artifacts"]["plots"].append(str(out_dir / ACCURACY_PLOT))
+    else:
+        report["task"] = cfg.task
     write_outputs(report, cfg, out_dir)
     return report

@@ -50,31 +50,31 @@ class PersonalPrompts:
         set_personal_rows(model, self.cfg, self.initial)
 
     def report(self, model: torch.nn.Module, prepared: Prepared, out_dir: Path,
-               evaluate: Callable[[torch.nn.Module, dict[str, torch.Tensor], int], dict[str, float]]
-               ) -> dict[str, Any]:
-        """Per client: held-out loss on its own domain mix with the global prompt and with its
-        personalised one; writes ``OUT/personal/client-<id>.safetensors``."""
+               score: Callable[[torch.nn.Module], dict[str, dict[str, float]]]) -> dict[str, Any]:
+        """Per client: held-out metrics on its own mix (domains for lm, tasks for sft) with the
+        global prompt and with its personalised one; writes ``OUT/personal/client-<id>.safetensors``.
+
+        ``score(model)`` gives metrics (``loss``, and ``accuracy`` for sft) per domain or task.
+        """
         cfg = self.cfg
-        global_losses = evaluate(model, prepared.eval_blocks, cfg.batch_size)
+        global_scores = score(model)
         clients: list[dict[str, Any]] = []
         for cid in sorted(self.rows):
-            mix = prepared.clients[cid].domains
+            mix = {k: n for k, n in prepared.clients[cid].domains.items() if k in global_scores}
             total = sum(mix.values())
             if not total:
                 continue
             self.enter(model, cid)
-            own = evaluate(model, prepared.eval_blocks, cfg.batch_size)
+            own = score(model)
             set_personal_rows(model, cfg, self.initial)
             path = out_dir / "personal" / f"client-{cid}.safetensors"
             path.parent.mkdir(parents=True, exist_ok=True)
             save_file({"personal_prompt": self.rows[cid].contiguous()}, str(path))
-            clients.append({
-                "client": cid,
-                "rounds_trained": self.rounds[cid],
-                "global_loss": sum(global_losses[d] * n for d, n in mix.items()) / total,
-                "personal_loss": sum(own[d] * n for d, n in mix.items()) / total,
-                "prompt_file": str(path),
-            })
+            entry: dict[str, Any] = {"client": cid, "rounds_trained": self.rounds[cid], "prompt_file": str(path)}
+            for metric in global_scores[next(iter(mix))]:
+                entry[f"global_{metric}"] = sum(global_scores[k][metric] * n for k, n in mix.items()) / total
+                entry[f"personal_{metric}"] = sum(own[k][metric] * n for k, n in mix.items()) / total
+            clients.append(entry)
         better = sum(c["personal_loss"] < c["global_loss"] for c in clients)
         return {"personal_tokens": cfg.personal_tokens, "clients": clients,
                 "personal_better": better, "clients_evaluated": len(clients)}

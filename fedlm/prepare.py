@@ -13,6 +13,8 @@ from fedlm.checkpoint import load_checkpoint_tokenizer
 from fedlm.client import ClientData, make_blocks
 from fedlm.config import RunConfig
 from fedlm.corpus import Corpus
+from fedlm.errors import InputError
+from fedlm.sft import Example, collate, format_example, load_sft_jsonl, split_examples, stdlib_sft_examples
 from fedlm.tokenizer import encode_documents, train_tokenizer
 
 __all__ = ["Prepared", "prepare_data"]
@@ -26,6 +28,8 @@ class Prepared:
     public_blocks: torch.Tensor
     eval_blocks: dict[str, torch.Tensor]
     clients: list[ClientData]
+    sft_heldout: dict[str, list[Example]] | None = None
+    """SFT only: held-out examples per task."""
 
 
 def prepare_data(cfg: RunConfig, corpus: Corpus) -> Prepared:
@@ -39,6 +43,9 @@ def prepare_data(cfg: RunConfig, corpus: Corpus) -> Prepared:
     n_eval = cfg.eval_batches * cfg.batch_size
     eval_blocks = {d: make_blocks(encode_documents(tokenizer, corpus.heldout[d]),
                                   cfg.seq_len)[:n_eval] for d in corpus.domains}
+    if cfg.task == "sft":
+        clients, heldout = _sft_clients(cfg, tokenizer)
+        return Prepared(tokenizer, public, eval_blocks, clients, heldout)
     clients = []
     for cid, docs in enumerate(corpus.clients):
         counts: dict[str, int] = {}
@@ -47,3 +54,26 @@ def prepare_data(cfg: RunConfig, corpus: Corpus) -> Prepared:
         stream = encode_documents(tokenizer, [text for _, text in docs])
         clients.append(ClientData(cid, make_blocks(stream, cfg.seq_len), counts))
     return Prepared(tokenizer, public, eval_blocks, clients)
+
+
+def _sft_clients(cfg: RunConfig, tokenizer: Any) -> tuple[list[ClientData], dict[str, list[Example]]]:
+    """Instruction examples (``--data`` JSONL, or made from the standard library), held out per task
+    and spread over the clients non-IID over tasks; each client's examples padded into one tensor.
+
+    Raises:
+        InputError: a client would hold no example (more clients than examples).
+    """
+    examples = (load_sft_jsonl(cfg.data) if cfg.data
+                else stdlib_sft_examples(cfg.sft_examples, cfg.seed, cfg.max_chars_per_domain))
+    shards, heldout = split_examples(examples, cfg.clients, cfg.dirichlet_alpha, cfg.seed)
+    clients = []
+    for cid, shard in enumerate(shards):
+        if not shard:
+            raise InputError(f"client {cid} holds no SFT example: use fewer --clients or more data")
+        ids, labels, mask = collate([format_example(tokenizer, ex, cfg.seq_len) for ex in shard],
+                                    int(tokenizer.pad_token_id))
+        counts: dict[str, int] = {}
+        for ex in shard:
+            counts[ex.task] = counts.get(ex.task, 0) + 1
+        clients.append(ClientData(cid, ids, counts, labels, mask))
+    return clients, heldout

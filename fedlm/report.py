@@ -33,6 +33,7 @@ from fedlm.prepare import Prepared
 FLOAT32_SLACK = 2.0**-22
 
 LOSS_PLOT = "loss.png"
+ACCURACY_PLOT = "accuracy.png"
 BYTES_PLOT = "bytes.png"
 
 
@@ -158,9 +159,29 @@ def plot_bytes(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_accuracy(report: dict[str, Any], path: Path) -> None:
+    """SFT: held-out exact-match accuracy per task per round, with each task's majority baseline."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = [0] + [r["round"] for r in report["rounds"]]
+    for task, first in report["initial_task_eval"].items():
+        ys = [first["accuracy"]] + [r["task_eval"].get(task, {}).get("accuracy", float("nan"))
+                                    for r in report["rounds"]]
+        line = ax.plot(xs, ys, marker="o", label=f"{task}")[0]
+        ax.axhline(first["majority_baseline"], color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set_xlabel("round")
+    ax.set_ylabel("held-out exact-match accuracy (dotted: majority baseline)")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_outputs(report: dict[str, Any], cfg: RunConfig, out_dir: Path) -> None:
     """Writes the JSON report and both plots."""
     cfg.report_path.parent.mkdir(parents=True, exist_ok=True)
     cfg.report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     plot_loss(report, out_dir / LOSS_PLOT)
     plot_bytes(report, out_dir / BYTES_PLOT)
+    if "final_task_eval" in report:
+        plot_accuracy(report, out_dir / ACCURACY_PLOT)

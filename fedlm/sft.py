@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ast
 import json
-import random
+import random  # ok: data shuffling, not a secret
 import re
 import sysconfig
 from collections import Counter
@@ -62,8 +62,6 @@ class Example:
     task: str
 
 
-# --- loading -------------------------------------------------------------------------------------
-
 def _string_field(record: dict[str, Any], key: str, where: str, required: bool = True) -> str:
     """``record[key]`` as a string; raises InputError naming ``where`` if absent or mistyped."""
     if key not in record or record[key] is None:
@@ -81,20 +79,19 @@ def _parse_record(record: Any, where: str, default_task: str) -> Example:
     if not isinstance(record, dict):
         raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if "prompt" in record or "response" in record:
-        prompt = _string_field(record, "prompt", where)
-        response = _string_field(record, "response", where)
-        empty = "prompt" if not prompt.strip() else "response"
+        fields = {key: _string_field(record, key, where) for key in ("prompt", "response")}
+        prompt, response = fields["prompt"], fields["response"]
     elif "instruction" in record or "output" in record:
-        instruction = _string_field(record, "instruction", where)
+        fields = {key: _string_field(record, key, where) for key in ("instruction", "output")}
         extra = _string_field(record, "input", where, required=False)
-        response = _string_field(record, "output", where)
-        prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-        empty = "instruction" if not instruction.strip() else "output"
+        prompt = f"{fields['instruction']}\n\n{extra}" if extra.strip() else fields["instruction"]
+        response = fields["output"]
     else:
         raise InputError(f"{where}: expected 'prompt' and 'response' keys "
                          "(or 'instruction', optional 'input', and 'output')")
-    if not prompt.strip() or not response.strip():
-        raise InputError(f"{where}: empty {empty!r}")
+    for key, value in fields.items():
+        if not value.strip():
+            raise InputError(f"{where}: empty {key!r}")
     task = _string_field(record, "task", where, required=False) or default_task
     if not task.strip():
         raise InputError(f"{where}: empty 'task'")
@@ -137,8 +134,6 @@ def load_sft_jsonl(paths: Sequence[str]) -> list[Example]:
         raise InputError(f"no examples in {', '.join(map(str, paths)) or 'the SFT data (no files)'}")
     return examples
 
-
-# --- the offline default data set ----------------------------------------------------------------
 
 def _first_sentence(doc: str) -> str:
     """The docstring's first sentence on one line, cut to ``SENTENCE_CHARS`` at a word boundary."""
@@ -217,16 +212,11 @@ def stdlib_sft_examples(max_per_task: int, seed: int,
                         max_chars_per_domain: int = 150_000) -> list[Example]:
     """An offline instruction data set made from the installed standard library's docstrings.
 
-    Two tasks with short answers, so exact match is meaningful:
-
-    * ``"domain"``: the first sentence of a docstring (from :func:`fedlm.corpus.stdlib_documents`)
-      -> its domain (web, concurrency, numeric or text); every domain has the same number of
-      examples, so the majority baseline is 25%.
-    * ``"name"``: the first sentence of a function's docstring -> the function's name (snake_case,
-      at most 16 characters, and not written in the sentence itself).
-
-    A sentence that would have two different answers is dropped. The result depends only on
-    ``seed`` and the Python installation.
+    Two tasks with short answers, so exact match is meaningful: ``"domain"``, the first sentence
+    of a docstring (from :func:`fedlm.corpus.stdlib_documents`) -> its domain, with every domain
+    equally frequent (majority baseline 25%); ``"name"``, the first sentence of a function's
+    docstring -> the function's name (snake_case, <= 16 characters, not in the sentence). A
+    sentence with two different answers is dropped. Depends only on ``seed`` and the installation.
 
     Args:
         max_per_task: At most this many examples per task (>= 4).
@@ -246,8 +236,6 @@ def stdlib_sft_examples(max_per_task: int, seed: int,
     return (_domain_examples(max_per_task, max_chars_per_domain, rng)
             + _name_examples(max_per_task, max_chars_per_domain, rng))
 
-
-# --- formatting ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class _Layout:
@@ -285,7 +273,7 @@ def _chat_layout(tokenizer: PreTrainedTokenizerBase) -> _Layout:
         raise InputError("the tokenizer's chat template did not render to text")
     head, _, rest = text.partition(_USER_SLOT)
     tail, _, end = rest.partition(_ASSISTANT_SLOT)
-    if _USER_SLOT not in text or _ASSISTANT_SLOT not in rest or _USER_SLOT in rest or _ASSISTANT_SLOT in end:
+    if text.count(_USER_SLOT) != 1 or text.count(_ASSISTANT_SLOT) != 1 or _ASSISTANT_SLOT not in rest:
         raise InputError("the tokenizer's chat template does not write the user message, then the "
                          "assistant message, each once and verbatim; set tokenizer.chat_template "
                          "to None to use the plain instruction template")
@@ -326,12 +314,11 @@ def format_example(tokenizer: PreTrainedTokenizerBase, example: Example,
                    max_len: int) -> tuple[list[int], list[int]]:
     """Token ids and labels of one example for causal-LM SFT, the loss on the response only.
 
-    With a chat template (``tokenizer.chat_template``) the example is a user message and an
-    assistant message; otherwise it is :data:`PLAIN_TEMPLATE` followed by the response and EOS.
-    Labels are :data:`IGNORE_INDEX` on every prompt position and equal the ids on the response
-    and its end (EOS or the template's end of turn). Labels are not shifted (Hugging Face causal
-    LMs shift them). If the whole is longer than ``max_len``, the prompt is cut from the left
-    (its end is kept); the response is never cut.
+    With a chat template (``tokenizer.chat_template``) the example is a user then an assistant
+    message; otherwise :data:`PLAIN_TEMPLATE`, the response and EOS. Labels are :data:`IGNORE_INDEX`
+    on every prompt position and equal the ids on the response and its end (EOS or the template's
+    end of turn), unshifted (Hugging Face causal LMs shift them). If the whole is longer than
+    ``max_len``, the prompt is cut from the left (its end is kept); the response is never cut.
 
     Returns:
         ``(ids, labels)`` of equal length, at most ``max_len``.
@@ -386,18 +373,15 @@ def collate(pairs: Sequence[tuple[list[int], list[int]]],
     return input_ids, labels, mask
 
 
-# --- client split --------------------------------------------------------------------------------
-
 def split_examples(examples: Sequence[Example], clients: int, alpha: float, seed: int,
                    heldout_fraction: float = 0.1) -> tuple[list[list[Example]], dict[str, list[Example]]]:
     """Holds out evaluation examples per task and spreads the rest over clients, non-IID by task.
 
-    Per task, ``max(1, int(n * heldout_fraction))`` examples are held out (none if the task has a
-    single example or the fraction is 0). The rest are split with
-    :func:`fedlm.corpus.dirichlet_split`, the LM corpus's split with tasks in place of domains: for
-    each task, the clients' shares are drawn from ``Dir(alpha)``, so a small ``alpha`` gives clients
-    different task mixes and a large one an IID split; every client gets at least one example.
-    Every example ends up in exactly one place; the result depends only on ``seed``.
+    Per task, ``max(1, int(n * heldout_fraction))`` examples are held out (none for a task of one
+    example or a fraction of 0). The rest go through :func:`fedlm.corpus.dirichlet_split`, the LM
+    corpus's split with tasks as labels: each task's client shares are drawn from ``Dir(alpha)``,
+    so a small ``alpha`` gives clients different task mixes, a large one an IID split, and every
+    client gets at least one example. Each example lands in exactly one place; seeded by ``seed``.
 
     Returns:
         Per client, its training examples; and task -> held-out examples (tasks with none omitted).
@@ -425,8 +409,6 @@ def split_examples(examples: Sequence[Example], clients: int, alpha: float, seed
     parts = dirichlet_split([e.task for e in train], clients, alpha, rng)
     return [[train[i] for i in part] for part in parts], heldout
 
-
-# --- evaluation ----------------------------------------------------------------------------------
 
 def _response_loss(model: torch.nn.Module, pairs: Sequence[tuple[list[int], list[int]]],
                    pad_id: int, batch_size: int, device: torch.device) -> float:
@@ -489,19 +471,22 @@ def _evaluate_task(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, l
                    max_new_tokens: int) -> dict[str, float]:
     """The metrics of one task's held-out examples (see :func:`evaluate_sft`)."""
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # Any id pads: under right padding and causal attention no real position sees it.
+    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
     stops = set(tokenizer.all_special_ids)
     stop_tensor = torch.tensor(sorted(stops), dtype=torch.int64, device=device)
     pairs = [_format(tokenizer, layout, e, max_len) for e in examples]
-    loss = _response_loss(model, pairs, int(pad_id), batch_size, device)
+    loss = _response_loss(model, pairs, pad_id, batch_size, device)
     correct = 0
     for start in range(0, len(pairs), batch_size):
         batch = pairs[start:start + batch_size]
         prefixes = [ids[: labels.count(IGNORE_INDEX)] for ids, labels in batch]
-        steps = [min(max_new_tokens, max_len - len(p)) for p in prefixes]
-        for example, generated in zip(examples[start:start + batch_size],
-                                      _greedy(model, prefixes, steps, int(pad_id), stop_tensor, device)):
-            correct += _answer(tokenizer, generated, stops) == example.response.strip()
+        # Room for the reference and its end token, so a long answer is not cut off unscored.
+        steps = [min(max(max_new_tokens, len(ids) - len(p)), max_len - len(p))
+                 for p, (ids, _) in zip(prefixes, batch)]
+        generated = _greedy(model, prefixes, steps, pad_id, stop_tensor, device)
+        for example, tokens in zip(examples[start:start + batch_size], generated):
+            correct += _answer(tokenizer, tokens, stops) == example.response.strip()
     counts = Counter(e.response.strip() for e in examples)
     return {"loss": loss, "accuracy": correct / len(examples),
             "majority_baseline": counts.most_common(1)[0][1] / len(examples),
@@ -517,15 +502,15 @@ def evaluate_sft(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
 
     * ``loss``: mean cross-entropy over the response tokens (and their end), as in training;
     * ``accuracy``: share of examples whose greedy answer equals the response after ``strip()``;
-      the answer is the continuation of the training prompt (:func:`format_example`'s prefix),
-      at most ``max_new_tokens`` tokens, cut at the first special token (EOS, end of turn) or
-      newline, so one-line responses are what exact match can score;
+      the answer continues the training prompt (:func:`format_example`'s prefix) for
+      ``max_new_tokens`` tokens, or the reference's length plus one if that is more (so a long
+      answer must still end where the reference does), within ``max_len``, and is cut at the
+      first special token (EOS, end of turn) or newline: exact match scores one-line responses;
     * ``majority_baseline``: share of the most frequent response, the accuracy of always giving it;
     * ``examples``: how many examples were scored.
 
-    Decoding is a plain greedy loop (no ``model.generate``), batched with right padding, so plain
-    and peft models (LoRA, prompt tuning) work alike. The model is put in eval mode and its
-    training mode restored afterwards; nothing is trained.
+    Decoding is a greedy loop batched with right padding (no ``model.generate``), so plain and
+    peft models (LoRA, prompt tuning) work alike. The model's training mode is restored after.
 
     Args:
         limit: Score at most the first ``limit`` examples of each task.
