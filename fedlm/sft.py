@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from fedlm.corpus import STDLIB_DOMAINS, _module_files, dirichlet_split, stdlib_documents
 from fedlm.errors import InputError
+from fedlm.samples import greedy
 
 __all__ = ["Example", "load_sft_jsonl", "stdlib_sft_examples", "format_example", "prompt_ids",
            "collate", "split_examples", "evaluate_sft", "IGNORE_INDEX", "PLAIN_TEMPLATE"]
@@ -426,39 +427,6 @@ def _response_loss(model: torch.nn.Module, pairs: Sequence[tuple[list[int], list
     return total / max(count, 1)
 
 
-def _greedy(model: torch.nn.Module, prefixes: Sequence[list[int]], steps: Sequence[int],
-            pad_id: int, stops: torch.Tensor, device: torch.device) -> list[list[int]]:
-    """Greedy continuations of right-padded prefixes, without ``model.generate``.
-
-    Each step runs the model over the batch and appends, to every unfinished row, the argmax at
-    that row's own last token; under causal attention the padding to its right changes nothing.
-    A row stops after a token in ``stops`` or after its ``steps`` tokens. There is no KV cache,
-    so plain and peft (LoRA, soft-prompt) models go through the same forward call.
-    """
-    lengths = torch.tensor([len(p) for p in prefixes], device=device)
-    width = max(len(p) + s for p, s in zip(prefixes, steps))
-    ids = torch.full((len(prefixes), width), pad_id, dtype=torch.int64, device=device)
-    mask = torch.zeros_like(ids)
-    for row, prefix in enumerate(prefixes):
-        ids[row, : len(prefix)] = torch.tensor(prefix, dtype=torch.int64)
-        mask[row, : len(prefix)] = 1
-    cur = lengths.clone()
-    left = torch.tensor(list(steps), device=device)
-    active = left > 0
-    rows = torch.arange(len(prefixes), device=device)
-    while bool(active.any()):
-        span = int(cur.max())
-        logits = model(input_ids=ids[:, :span], attention_mask=mask[:, :span]).logits
-        nxt = logits[rows, logits.shape[1] - span + cur - 1].argmax(dim=-1)
-        grow = rows[active]
-        ids[grow, cur[grow]] = nxt[grow]
-        mask[grow, cur[grow]] = 1
-        cur[grow] += 1
-        left[grow] -= 1
-        active &= (left > 0) & ~torch.isin(nxt, stops)
-    return [ids[row, int(lengths[row]):int(cur[row])].tolist() for row in range(len(prefixes))]
-
-
 def _answer(tokenizer: PreTrainedTokenizerBase, generated: list[int], stops: set[int]) -> str:
     """The generated text up to the first special token or newline, stripped."""
     cut = next((i for i, t in enumerate(generated) if t in stops), len(generated))
@@ -484,7 +452,7 @@ def _evaluate_task(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, l
         # Room for the reference and its end token, so a long answer is not cut off unscored.
         steps = [min(max(max_new_tokens, len(ids) - len(p)), max_len - len(p))
                  for p, (ids, _) in zip(prefixes, batch)]
-        generated = _greedy(model, prefixes, steps, pad_id, stop_tensor, device)
+        generated = greedy(model, prefixes, steps, pad_id, stop_tensor, device)
         for example, tokens in zip(examples[start:start + batch_size], generated):
             correct += _answer(tokenizer, tokens, stops) == example.response.strip()
     counts = Counter(e.response.strip() for e in examples)

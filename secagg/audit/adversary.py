@@ -11,9 +11,10 @@ This module attacks our own protocol on purpose: nothing here belongs in a produ
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from ..protocols.secagg.common import (
 )
 from ..wire import HEADER_BYTES, SERVER_ID, Header
 
-__all__ = ["AdversarialServer", "Cast", "Play", "Deviation", "ACCEPTED", "replace_body", "cast", "play", "kind_name", "plain_sum"]
+__all__ = ["AdversarialServer", "Cast", "Play", "Deviation", "ACCEPTED", "replace_body", "cast", "play", "kind_name", "plain_sum", "ReplayableRandom"]
 
 Deviation = Callable[["AdversarialServer", dict[int, bytes]], dict[int, bytes]]
 Preparation = Callable[["AdversarialServer"], None]
@@ -51,6 +52,21 @@ def kind_name(data: bytes) -> str:
         return m.Kind(data[6]).name.lower().replace("_", "-")
     except ValueError:
         return f"kind-{data[6]}"
+
+
+class ReplayableRandom:
+    """SHA-256(seed || counter) bytes: a replayable randomness source (the attacker's own clients,
+    seeded searches). Deterministic by design: never a party's real randomness."""
+
+    def __init__(self, seed: bytes) -> None:
+        self._seed, self._counter, self._buffer = seed, 0, b""
+
+    def __call__(self, count: int) -> bytes:
+        while len(self._buffer) < count:
+            self._counter += 1
+            self._buffer += hashlib.sha256(self._seed + self._counter.to_bytes(8, "little")).digest()
+        out, self._buffer = self._buffer[:count], self._buffer[count:]
+        return out
 
 
 class AdversarialServer(SecAggServer):
@@ -150,6 +166,13 @@ class AdversarialServer(SecAggServer):
     def _check_unmask(self, sender: int, body: m.Body) -> None:
         assert isinstance(body, m.UnmaskResponse)
         self.responses.append((sender, body))
+
+    def forget_masked(self, clients: Iterable[int]) -> None:
+        """Pretend these clients' masked inputs never arrived (``masked`` keeps them for the attacker)."""
+        for c in clients:
+            if c in self._inbox:
+                del self._inbox[c]
+                np.subtract(self._accumulator, self.masked[c], out=self._accumulator)
 
     def keep_response(self, data: bytes) -> None:
         """Decode and keep an unmask response that arrived outside the normal flow."""

@@ -16,7 +16,6 @@ their mask keys without reading their memory.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +26,7 @@ from ..protocols.secagg import Stage
 from ..protocols.secagg import messages as m
 from ..protocols.secagg.client import advertise_signed_bytes
 from ..protocols.secagg.common import LABEL_ADVERTISE_SIG
-from .adversary import CONTEXT, AdversarialServer, Cast, Deviation, Preparation, cast, kind_name, plain_sum, play, replace_body
+from .adversary import CONTEXT, AdversarialServer, Cast, Deviation, ReplayableRandom, Preparation, cast, kind_name, plain_sum, play, replace_body
 from .outcomes import DETECTED, SUCCEEDED, Observation, observe
 
 __all__ = ["restricted_delivery", "graph_grinding", "advertise_dropout_amplification", "mirrored_key",
@@ -35,20 +34,6 @@ __all__ = ["restricted_delivery", "graph_grinding", "advertise_dropout_amplifica
 
 GRINDING_ATTEMPTS = 48
 GRINDING_CONTEXTS = 24
-
-
-class ReplayableRandom:
-    """SHA-256(seed || counter) bytes: the attacker's own clients' randomness, which it can replay."""
-
-    def __init__(self, seed: bytes) -> None:
-        self._seed, self._counter, self._buffer = seed, 0, b""
-
-    def __call__(self, count: int) -> bytes:
-        while len(self._buffer) < count:
-            self._counter += 1
-            self._buffer += hashlib.sha256(self._seed + self._counter.to_bytes(8, "little")).digest()
-        out, self._buffer = self._buffer[:count], self._buffer[count:]
-        return out
 
 
 def _corrupt_ids(config: SecAggConfig) -> list[int]:
@@ -107,9 +92,7 @@ def _restrict(plan: _Plan) -> Deviation:
 def _forget(plan: _Plan) -> Preparation:
     def preparation(server: AdversarialServer) -> None:
         """Claim the dropped honest peers' masked inputs never arrived (``server.masked`` keeps them)."""
-        for h in plan.dropped_honest:
-            if server._inbox.pop(h, 0) != 0:
-                np.subtract(server._accumulator, server.masked[h], out=server._accumulator)
+        server.forget_masked(plan.dropped_honest)
 
     return preparation
 

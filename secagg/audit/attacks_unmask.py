@@ -112,8 +112,7 @@ def inconsistent_survivor_sets(config: SecAggConfig) -> Observation:
 
 def _forget_victim(server: AdversarialServer) -> None:
     """Pretend the victim's masked input never arrived (it did: ``server.masked`` keeps it)."""
-    server._inbox.pop(VICTIM, None)
-    np.subtract(server._accumulator, server.masked[VICTIM], out=server._accumulator)
+    server.forget_masked([VICTIM])
 
 
 def _ask_again(server: AdversarialServer, parties_clients: Mapping[int, SecAggClient], log: Play) -> None:

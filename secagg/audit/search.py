@@ -44,6 +44,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ..bounds import ThresholdBounds
 from ..errors import ParameterError
+from .adversary import ReplayableRandom
 
 __all__ = ["Model", "Strategy", "Leak", "exposure", "search", "brute_force", "harary", "EXHAUSTIVE_CLIENTS"]
 
@@ -314,17 +315,14 @@ def search(model: Model, *, samples: int = 2000, seed: bytes | None = None) -> S
 
 
 class _Draws:
-    """Deterministic choices from SHA-256(seed || counter): replayable, and not numpy's generator."""
+    """Deterministic choices from a replayable SHA-256 stream (not numpy's generator)."""
 
     def __init__(self, seed: bytes) -> None:
-        import hashlib
-
-        self._hash, self._seed, self._counter = hashlib.sha256, seed, 0
+        self._stream = ReplayableRandom(seed)
         self.seed_hex = seed.hex()
 
     def below(self, bound: int) -> int:
-        self._counter += 1
-        word = int.from_bytes(self._hash(self._seed + self._counter.to_bytes(8, "little")).digest()[:8], "little")
+        word = int.from_bytes(self._stream(8), "little")
         return word % bound if bound > 0 else 0
 
     def sample(self, items: Iterable[int], count: int) -> list[int]:

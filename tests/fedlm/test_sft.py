@@ -13,7 +13,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from fedlm.corpus import STDLIB_DOMAINS
 from fedlm.errors import InputError
-from fedlm.sft import (IGNORE_INDEX, Example, _greedy, collate, evaluate_sft, format_example,
+from fedlm.samples import greedy
+from fedlm.sft import (IGNORE_INDEX, Example, collate, evaluate_sft, format_example,
                        load_sft_jsonl, prompt_ids, split_examples, stdlib_sft_examples)
 from fedlm.tokenizer import EOS, train_tokenizer
 
@@ -233,7 +234,7 @@ def test_batched_evaluation_equals_one_at_a_time(tokenizer: PreTrainedTokenizerF
     stops = set(tokenizer.all_special_ids)
     model.eval()  # ok: torch Module.eval(), not Python eval
     with torch.no_grad():
-        batched = _greedy(model, prefixes, [6, 6, 2, 6], tokenizer.pad_token_id,
+        batched = greedy(model, prefixes, [6, 6, 2, 6], tokenizer.pad_token_id,
                           torch.tensor(sorted(stops)), torch.device("cpu"))
         assert batched == [reference_greedy(model, p, s, stops) for p, s in zip(prefixes, [6, 6, 2, 6])]
 
