@@ -57,7 +57,7 @@ def bound(values: np.ndarray, k: int, encoding: FixedPoint) -> Callable[[], obje
 def client_at_delivery(values: np.ndarray, k: int, encoding: FixedPoint) -> tuple[SecAggClient, bytes]:
     """A real client of a complete graph with k neighbours, stopped just before masking."""
     schema = Schema.of(values)
-    config = SecAggConfig(k + 1, max(2, k // 2), schema, encoding, None, ThreatModel.semi_honest(0.0, 0.0))
+    config = SecAggConfig(k + 1, max(2, k // 2), schema, encoding, None, threat=ThreatModel.semi_honest(0.0, 0.0))
     server = SecAggServer(config)
     clients = {i: SecAggClient(config, i) for i in range(k + 1)}
     clients[0].set_input(values)
@@ -106,7 +106,7 @@ def flower_masking(values: np.ndarray, k: int, repeats: int) -> float | None:
 def server_row(dim: int, n: int, k: int, dropout: float, encoding: FixedPoint) -> dict[str, float]:
     """Server time for one SecAgg+ round (n clients, degree k, dropouts after sharing)."""
     schema = Schema.of(np.zeros(dim, dtype=np.float32))
-    config = SecAggConfig(n, k // 2 + 1, schema, encoding, k, ThreatModel.semi_honest(0.0, dropout))
+    config = SecAggConfig(n, k // 2 + 1, schema, encoding, k, threat=ThreatModel.semi_honest(0.0, dropout))
     server = SecAggServer(config)
     clients = {i: SecAggClient(config, i) for i in range(n)}
     words = encoding.encode(np.zeros(dim))

@@ -1,11 +1,13 @@
 """Aggregation backends: plain FedAvg and the secure protocols of ``secagg``.
 
-Every backend takes the round's client deltas, their integer weights and the
-injected dropouts, and returns the weighted average over the survivors.
-``plain`` is computed here in float64; ``secagg``, ``secagg+`` and ``ckks`` are
-calls to :func:`secagg.aggregate`. Clipping happens on the client (see :mod:`fedlm.client`), so
-``fedavg`` of the survivors' deltas is the exact value the secure result must
-match within its ``error_bound``.
+A backend opens one :class:`RoundSession` per round. Each client hands its delta and integer weight
+to the session where it trains (:meth:`RoundSession.add`); for a secure backend that builds the
+client's own protocol party there and sets its input, so the delta never leaves the client except
+masked or encrypted. :meth:`RoundSession.finish` then drives the server and the parties through
+``secagg``'s one router (:func:`secagg.run_round`) with the injected dropouts and returns the
+weighted average over the survivors. ``plain`` is computed in float64. Clipping happens on the
+client (see :mod:`fedlm.client`), so ``fedavg`` of the survivors' deltas is the exact value the
+secure result must match within its ``error_bound`` (a check only the in-memory engine can make).
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 import torch
 
 import secagg
+from secagg.results import local_dropouts, outcome_of
 
 from fedlm.config import RunConfig
 from fedlm.model import StateDict
@@ -76,6 +81,22 @@ def fedavg(updates: Mapping[int, StateDict], weights: Mapping[int, int],
     return out
 
 
+class RoundSession(ABC):
+    """One round of one backend: clients add their deltas where they train, then it finishes."""
+
+    @abstractmethod
+    def add(self, client: int, delta: StateDict, weight: int) -> None:
+        """Client ``client`` contributes ``delta`` with integer ``weight`` (at the client)."""
+
+    @abstractmethod
+    def finish(self, dropouts: Mapping[int, str]) -> AggregationResult:
+        """Runs the round with the injected ``dropouts`` (client id -> stage).
+
+        Raises:
+            RoundAborted: if too few clients survive.
+        """
+
+
 class Backend(ABC):
     """One way of aggregating a round's deltas."""
 
@@ -87,14 +108,41 @@ class Backend(ABC):
         """Stage names at which a client can drop out."""
 
     @abstractmethod
+    def open_round(self, sampled: list[int], context: bytes, round_number: int) -> RoundSession:
+        """A session for the ``sampled`` clients, bound to ``context`` (the global model digest)."""
+
     def aggregate(self, updates: Mapping[int, StateDict], weights: Mapping[int, int],
                   dropouts: Mapping[int, str], context: bytes,
                   round_number: int) -> AggregationResult:
-        """Aggregates the deltas of the clients that survive ``dropouts``.
+        """Every client of ``updates`` adds its delta, then the round finishes (a convenience).
 
         Raises:
             RoundAborted: if too few clients survive.
         """
+        session = self.open_round(sorted(updates), context, round_number)
+        for cid in sorted(updates):
+            session.add(cid, updates[cid], weights[cid])
+        return session.finish(dropouts)
+
+
+class _PlainRound(RoundSession):
+    def __init__(self) -> None:
+        self.updates: dict[int, StateDict] = {}
+        self.weights: dict[int, int] = {}
+
+    def add(self, client: int, delta: StateDict, weight: int) -> None:
+        self.updates[client], self.weights[client] = delta, weight
+
+    def finish(self, dropouts: Mapping[int, str]) -> AggregationResult:
+        start = time.perf_counter()
+        survivors = sorted(c for c in self.updates if c not in dropouts)
+        if not survivors:
+            raise RoundAborted("no client survived the round")
+        average = fedavg(self.updates, self.weights, survivors)
+        return AggregationResult(
+            average=average, survivors=survivors, dropped=dict(dropouts),
+            bytes_up_per_client=float(state_nbytes(self.updates[survivors[0]])),
+            seconds=time.perf_counter() - start, error_bound=0.0)
 
 
 class PlainBackend(Backend):
@@ -107,56 +155,39 @@ class PlainBackend(Backend):
         """Plain FedAvg's only dropout point: before the upload."""
         return PLAIN_STAGES
 
-    def aggregate(self, updates: Mapping[int, StateDict], weights: Mapping[int, int],
-                  dropouts: Mapping[int, str], context: bytes,
-                  round_number: int) -> AggregationResult:
-        """Averages the deltas of every client not in ``dropouts``."""
+    def open_round(self, sampled: list[int], context: bytes, round_number: int) -> RoundSession:
+        return _PlainRound()
+
+
+class _SecureRound(RoundSession):
+    """The server and the client parties of one secure round (protocol ids: sampled positions)."""
+
+    def __init__(self, backend: SecureBackend, sampled: list[int], context: bytes, round_number: int) -> None:
+        self.backend, self.ids, self.context, self.round = backend, sorted(sampled), context, round_number
+        self.position = {cid: i for i, cid in enumerate(self.ids)}
+        self.config: Any = None
+        self.server: Any = None
+        self.parties: dict[int, Any] = {}
+
+    def add(self, client: int, delta: StateDict, weight: int) -> None:
+        """Builds this client's party (and, for the first, the round's config and server)."""
+        if self.config is None:
+            self.config = self.backend.config_for(len(self.ids), secagg.Schema.of(delta))
+            self.server = secagg.new_server(self.config, round_number=self.round, context=self.context)
+        party = secagg.new_client(self.config, self.position[client], round_number=self.round,
+                                  context=self.context)
+        party.set_input(delta, weight)
+        self.parties[self.position[client]] = party
+
+    def finish(self, dropouts: Mapping[int, str]) -> AggregationResult:
+        if self.server is None:
+            raise RoundAborted("no client took part in the round")
         start = time.perf_counter()
-        survivors = sorted(c for c in updates if c not in dropouts)
-        if not survivors:
-            raise RoundAborted("no client survived the round")
-        average = fedavg(updates, weights, survivors)
-        return AggregationResult(
-            average=average, survivors=survivors, dropped=dict(dropouts),
-            bytes_up_per_client=float(state_nbytes(updates[survivors[0]])),
-            seconds=time.perf_counter() - start, error_bound=0.0)
-
-
-class SecureBackend(Backend):
-    """Aggregation through :func:`secagg.aggregate` (``secagg``, ``secagg+``, ``ckks``).
-
-    Args:
-        protocol: The ``secagg`` protocol name.
-        clip_bound: Public per-coordinate clip bound of the deltas.
-        fractional_bits: Fixed-point precision of the encoding.
-        max_weight: Largest integer weight any client can have.
-    """
-
-    def __init__(self, protocol: str, clip_bound: float, fractional_bits: int,
-                 max_weight: int) -> None:
-        self.name = protocol
-        self._secagg: Any = secagg
-        self._clip_bound = clip_bound
-        self._fractional_bits = fractional_bits
-        self._max_weight = max_weight
-
-    @property
-    def stages(self) -> tuple[str, ...]:
-        """The protocol's dropout stages, as ``secagg.DROPOUT_STAGES`` lists them."""
-        return tuple(self._secagg.DROPOUT_STAGES[self.name])
-
-    def aggregate(self, updates: Mapping[int, StateDict], weights: Mapping[int, int],
-                  dropouts: Mapping[int, str], context: bytes,
-                  round_number: int) -> AggregationResult:
-        """Runs the protocol; translates ``InsufficientParties`` into ``RoundAborted``."""
         try:
-            res = self._secagg.aggregate(
-                dict(updates), protocol=self.name, weights=dict(weights),
-                dropouts=dict(dropouts), context=context, round_number=round_number,
-                clip_bound=self._clip_bound, fractional_bits=self._fractional_bits,
-                max_weight=self._max_weight)
-        except self._secagg.InsufficientParties as exc:
+            trace = secagg.run_round(self.server, self.parties, local_dropouts(self.ids, dropouts))
+        except secagg.InsufficientParties as exc:
             raise RoundAborted(str(exc)) from exc
+        res = outcome_of(self.ids, trace, time.perf_counter() - start)
         return AggregationResult(
             average={k: torch.as_tensor(v) for k, v in res.average.items()},
             survivors=sorted(int(c) for c in res.survivors),
@@ -165,8 +196,53 @@ class SecureBackend(Backend):
             seconds=float(res.seconds), error_bound=float(res.error_bound))
 
 
+class SecureBackend(Backend):
+    """Aggregation by a ``secagg`` protocol (``secagg``, ``secagg+``, ``ckks``), each client's party
+    built where the client trains and every party driven through :func:`secagg.run_round`.
+
+    Args:
+        protocol: The ``secagg`` protocol name.
+        clip_bound: Public per-coordinate clip bound of the deltas.
+        fractional_bits: Fixed-point precision of the encoding.
+        max_weight: Largest integer weight any client can have.
+        threat: Whom the masking protocols' thresholds defend against (refused for ``ckks``).
+    """
+
+    def __init__(self, protocol: str, clip_bound: float, fractional_bits: int,
+                 max_weight: int, threat: secagg.ThreatModel | None = None) -> None:
+        if protocol not in secagg.PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}")
+        if (protocol == "ckks") != (threat is None):
+            raise ValueError("secagg and secagg+ need a threat model; ckks takes none (its key committee)")
+        self.name = protocol
+        self._clip_bound = clip_bound
+        self._fractional_bits = fractional_bits
+        self._max_weight = max_weight
+        self._threat = threat
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The protocol's dropout stages, as ``secagg.DROPOUT_STAGES`` lists them."""
+        return tuple(secagg.DROPOUT_STAGES[self.name])
+
+    def config_for(self, num_clients: int, schema: secagg.Schema) -> Any:
+        """The round's protocol config for ``num_clients`` deltas of ``schema``."""
+        if self.name == "ckks":
+            preset = secagg.PRESETS[secagg.defaults.CKKS_PRESET]
+            committee = tuple(range(min(secagg.defaults.CKKS_COMMITTEE_SIZE, num_clients)))
+            return secagg.CkksConfig(num_clients, schema, preset, committee, clip_bound=self._clip_bound,
+                                     max_weight=self._max_weight, fractional_bits=self._fractional_bits)
+        assert self._threat is not None
+        encoding = secagg.FixedPoint(self._clip_bound, self._fractional_bits, self._max_weight, num_clients)
+        return secagg.SecAggConfig.for_protocol(self.name, num_clients, schema, self._threat, encoding)
+
+    def open_round(self, sampled: list[int], context: bytes, round_number: int) -> RoundSession:
+        return _SecureRound(self, sampled, context, round_number)
+
+
 def make_backend(cfg: RunConfig, max_weight: int) -> Backend:
     """The backend the configuration names."""
     if cfg.backend == "plain":
         return PlainBackend()
-    return SecureBackend(cfg.backend, cfg.resolved_clip_bound, cfg.fractional_bits, max_weight)
+    threat = None if cfg.backend == "ckks" else secagg.ThreatModel.semi_honest(cfg.corrupt, max(cfg.dropout, 0.2))
+    return SecureBackend(cfg.backend, cfg.resolved_clip_bound, cfg.fractional_bits, max_weight, threat)

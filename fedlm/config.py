@@ -54,6 +54,8 @@ class RunConfig:
     seq_len: int = _f(64, "Tokens per training sequence.")
     lr: float | None = _f(None, "Local learning rate; default depends on the mode.")
     dropout: float = _f(0.2, "Probability that a sampled client drops out during the round.")
+    corrupt: float = _f(0.1, "Fraction of sampled clients assumed to collude with the server; with the "
+                             "dropout rate (at least 0.2) it sets the secagg/secagg+ thresholds.")
     dirichlet_alpha: float = _f(0.5, "Dirichlet concentration of the non-IID split (small=skewed).")
     seed: int = _f(0, "Seed for data split, client sampling, dropouts and model init.")
     data: tuple[str, ...] = _f((), "User .txt/.jsonl files to use instead of the stdlib corpus.")
@@ -164,6 +166,8 @@ class RunConfig:
         """Checks probabilities, learning rate, clip and DP parameters."""
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if not 0.0 <= self.corrupt < 0.5:
+            raise ValueError(f"corrupt={self.corrupt} must be in [0, 0.5)")
         if not (self.dirichlet_alpha > 0 and math.isfinite(self.dirichlet_alpha)):
             raise ValueError(f"dirichlet_alpha={self.dirichlet_alpha} must be a positive number")
         if self.lr is not None and not self.lr > 0:

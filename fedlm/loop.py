@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedlm.backends import AggregationResult, Backend, RoundAborted, fedavg, make_backend
+from fedlm.backends import AggregationResult, RoundAborted, RoundSession, fedavg, make_backend
 from fedlm.checkpoint import load_checkpoint, lora_targets
 from fedlm.client import ClientUpdate, batch_loss, client_update, local_train
 from fedlm.config import RunConfig
@@ -125,9 +125,11 @@ def max_abs_diff(a: StateDict, b: StateDict) -> float:
 
 def train_clients(model: torch.nn.Module, global_state: StateDict, prepared: Prepared,
                   sampled: list[int], cfg: RunConfig, round_number: int,
-                  progress: RunProgress, personal: PersonalPrompts | None = None) -> dict[int, ClientUpdate]:
+                  progress: RunProgress, session: RoundSession,
+                  personal: PersonalPrompts | None = None) -> dict[int, ClientUpdate]:
     """Local training of every sampled client from the same global state (and, with personal
-    prompt tokens, its own private rows, which it keeps)."""
+    prompt tokens, its own private rows, which it keeps). Each client hands its delta to its own
+    protocol party in ``session`` right where it trained."""
     updates = {}
     for cid in sampled:
         progress.start_steps(cfg.local_steps, f"round {round_number} client {cid}")
@@ -135,15 +137,18 @@ def train_clients(model: torch.nn.Module, global_state: StateDict, prepared: Pre
             personal.enter(model, cid)
         updates[cid] = client_update(model, global_state, prepared.clients[cid], cfg,
                                      round_number, progress.step)
+        session.add(cid, updates[cid].delta, updates[cid].weight)
         if personal is not None:
             personal.leave(model, cid)
     return updates
 
 
-def aggregate_round(backend: Backend, updates: dict[int, ClientUpdate],
-                    dropouts: dict[int, str], global_state: StateDict,
-                    round_number: int) -> tuple[AggregationResult, float]:
-    """Aggregates and checks the result against plain FedAvg of the same survivors.
+def aggregate_round(session: RoundSession, updates: dict[int, ClientUpdate],
+                    dropouts: dict[int, str]) -> tuple[AggregationResult, float]:
+    """Finishes the round and checks the result against plain FedAvg of the same survivors.
+
+    The check is a feature of this in-memory engine: it holds every client's delta, which the server
+    of a real deployment never sees.
 
     Returns:
         The result and ``max_abs_diff_vs_plain``.
@@ -151,10 +156,9 @@ def aggregate_round(backend: Backend, updates: dict[int, ClientUpdate],
     Raises:
         RoundAborted: if the backend could not aggregate.
     """
+    result = session.finish(dropouts)
     deltas = {c: u.delta for c, u in updates.items()}
     weights = {c: u.weight for c, u in updates.items()}
-    result = backend.aggregate(deltas, weights, dropouts, state_digest(global_state),
-                               round_number)
     reference = fedavg(deltas, weights, result.survivors)
     return result, max_abs_diff(result.average, reference)
 
@@ -175,7 +179,7 @@ def build_model(cfg: RunConfig, prepared: Prepared, out_dir: Path,
     return wrap_for_mode(base, cfg, int(tok.eos_token_id), targets), warm_loss
 
 
-def finish_round(model: torch.nn.Module, backend: Backend, prepared: Prepared,
+def finish_round(model: torch.nn.Module, session: RoundSession, prepared: Prepared,
                  global_state: StateDict, rnd: int, sampled: list[int],
                  updates: dict[int, ClientUpdate], dropouts: dict[int, str],
                  batch_size: int, server: ServerOptimizer) -> tuple[StateDict, dict[str, Any]]:
@@ -185,7 +189,7 @@ def finish_round(model: torch.nn.Module, backend: Backend, prepared: Prepared,
         The new global state (unchanged if the round aborted) and the round's record.
     """
     try:
-        result, diff = aggregate_round(backend, updates, dropouts, global_state, rnd)
+        result, diff = aggregate_round(session, updates, dropouts)
     except RoundAborted as exc:
         losses = evaluate(model, prepared.eval_blocks, batch_size)
         return global_state, round_record(rnd, sampled, updates, None, dropouts, losses,
@@ -260,8 +264,9 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
     progress.start_rounds(cfg.rounds)
     for rnd in range(first, cfg.rounds + 1):
         sampled, dropouts = schedule_round(cfg, backend.stages, rngs)
-        updates = train_clients(model, global_state, prepared, sampled, cfg, rnd, progress, personal)
-        global_state, record = finish_round(model, backend, prepared, global_state, rnd,
+        session = backend.open_round(sampled, state_digest(global_state), rnd)
+        updates = train_clients(model, global_state, prepared, sampled, cfg, rnd, progress, session, personal)
+        global_state, record = finish_round(model, session, prepared, global_state, rnd,
                                             sampled, updates, dropouts, cfg.batch_size, server)
         if prepared.sft_heldout is not None:
             record["task_eval"] = task_scores(model, prepared, cfg)

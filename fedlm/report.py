@@ -81,6 +81,8 @@ def _equality_check(cfg: RunConfig, records: list[dict[str, Any]]) -> dict[str, 
         "secure_equals_plain": all(
             r["max_abs_diff_vs_plain"] <= r["error_bound"] + slack for r in done) if checked else None,
         "float32_slack": slack,
+        "plain_check_scope": "in-memory engine only: it holds every client's delta; a deployed server cannot "
+                             "compute plain FedAvg",
     }
 
 

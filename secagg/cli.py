@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .audit import cli as audit_cli
+from . import defaults
 from .encoding import FixedPoint, Schema
 from .errors import SecAggError
 from .graphparams import CORRECTNESS_BITS, SECURITY_BITS, find_harary_parameters
@@ -29,7 +30,7 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
     else:
         graph = find_harary_parameters(args.clients, args.corrupt, args.dropout, threat.is_malicious)
         config = SecAggConfig(args.clients, graph.threshold, schema, FixedPoint(max_clients=args.clients),
-                              graph.degree, threat)
+                              graph.degree, threat=threat)
     return {
         "k": config.degree if config.degree is not None else args.clients - 1,
         "t": config.threshold,
@@ -46,7 +47,7 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 
 def _simulate(args: argparse.Namespace) -> dict[str, Any]:
     if args.protocol == "ckks":
-        from .protocols.ckks.api import simulate_ckks
+        from .simulation_ckks import simulate_ckks
 
         report: dict[str, Any] = simulate_ckks(
             args.clients, args.dim, args.dropout, args.seed, stage=args.stage, preset=args.preset
@@ -90,11 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--adversary", choices=["semi-honest", "malicious"], default="semi-honest")
     s.add_argument("--corrupt", type=float, default=0.1)
     s.add_argument("--expected-dropout", type=float, default=None, help="dropout rate used to choose k and t")
-    s.add_argument("--clip", type=float, default=8.0)
-    s.add_argument("--fractional-bits", type=int, default=18)
+    s.add_argument("--clip", type=float, default=defaults.CLIP_BOUND)
+    s.add_argument("--fractional-bits", type=int, default=defaults.FRACTIONAL_BITS)
     s.add_argument("--max-clients", type=int, default=None)
     s.add_argument("--scale", type=float, default=1.0, help="std-dev of the synthetic inputs")
-    s.add_argument("--preset", default="addition-128", help="CKKS preset: addition-128 or precision-128")
+    s.add_argument("--preset", default=defaults.CKKS_PRESET, help="CKKS preset: addition-128 or precision-128")
     s.add_argument("--json", action="store_true")
     audit_cli.register(sub)
     return parser

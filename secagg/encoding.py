@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from . import defaults
 from .errors import ParameterError
 from .hazmat.prg import MaskStream
 from .hazmat.random import RandomSource, system_random
@@ -237,10 +238,10 @@ class FixedPoint:
         ParameterError: a relation fails (e.g. b > 64 bits, c * 2^f < 1).
     """
 
-    clip_bound: float = 8.0
-    fractional_bits: int = 18
+    clip_bound: float = defaults.CLIP_BOUND
+    fractional_bits: int = defaults.FRACTIONAL_BITS
     max_weight: int = 1
-    max_clients: int = 1000
+    max_clients: int = defaults.MAX_CLIENTS
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.clip_bound) and self.clip_bound > 0):

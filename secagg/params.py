@@ -105,7 +105,8 @@ class SecAggConfig:
     schema: Schema
     encoding: FixedPoint
     degree: int | None = None
-    threat: ThreatModel = field(default_factory=ThreatModel)
+    threat: ThreatModel = field(kw_only=True)
+    """Required: who the thresholds defend against (there is no default threat model)."""
     chunk_size: int = 65536
 
     def __post_init__(self) -> None:
@@ -132,30 +133,44 @@ class SecAggConfig:
 
     @classmethod
     def secagg(
-        cls, num_clients: int, schema: Schema, threat: ThreatModel | None = None, encoding: FixedPoint | None = None
+        cls, num_clients: int, schema: Schema, threat: ThreatModel, encoding: FixedPoint | None = None
     ) -> SecAggConfig:
         """SecAgg (Bonawitz et al.): complete graph, smallest threshold safe for ``threat``."""
-        threat = threat or ThreatModel()
         t = complete_graph_threshold(num_clients, threat)
-        return cls(num_clients, t, schema, encoding or FixedPoint(max_clients=num_clients), None, threat)
+        return cls(num_clients, t, schema, encoding or FixedPoint(max_clients=num_clients), None, threat=threat)
 
     @classmethod
     def secagg_plus(
-        cls, num_clients: int, schema: Schema, threat: ThreatModel | None = None, encoding: FixedPoint | None = None
+        cls, num_clients: int, schema: Schema, threat: ThreatModel, encoding: FixedPoint | None = None
     ) -> SecAggConfig:
         """SecAgg+ (Bell et al.): Harary graph with (k, t) from fcp's parameter search.
 
         Falls back to the complete graph when no degree below n - 1 qualifies (small n).
         """
-        threat = threat or ThreatModel()
         encoding = encoding or FixedPoint(max_clients=num_clients)
         try:
             graph = find_harary_parameters(
                 num_clients, threat.corrupt_fraction, threat.dropout_fraction, threat.is_malicious
             )
         except ParameterError:
-            return cls(num_clients, complete_graph_threshold(num_clients, threat), schema, encoding, None, threat)
-        return cls(num_clients, graph.threshold, schema, encoding, graph.degree, threat)
+            t = complete_graph_threshold(num_clients, threat)
+            return cls(num_clients, t, schema, encoding, None, threat=threat)
+        return cls(num_clients, graph.threshold, schema, encoding, graph.degree, threat=threat)
+
+    @classmethod
+    def for_protocol(
+        cls, protocol: str, num_clients: int, schema: Schema, threat: ThreatModel, encoding: FixedPoint | None = None
+    ) -> SecAggConfig:
+        """:meth:`secagg` or :meth:`secagg_plus` by name.
+
+        Raises:
+            ParameterError: ``protocol`` is neither ``"secagg"`` nor ``"secagg+"``.
+        """
+        if protocol == "secagg":
+            return cls.secagg(num_clients, schema, threat, encoding)
+        if protocol == "secagg+":
+            return cls.secagg_plus(num_clients, schema, threat, encoding)
+        raise ParameterError(f"unknown masking protocol {protocol!r}; use 'secagg' or 'secagg+'")
 
     @property
     def protocol(self) -> str:

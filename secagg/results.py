@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 import time
 from typing import Any, Callable, Generic, Mapping, Protocol, TypeVar
 
@@ -13,7 +13,7 @@ import numpy as np
 from .encoding import FixedPoint, Schema
 from .errors import ProtocolAbort, SecAggError
 
-__all__ = ["WeightedSum", "Trace", "first_drops", "AggregationOutcome", "local_dropouts", "outcome_of"]
+__all__ = ["WeightedSum", "Ledger", "Trace", "first_drops", "AggregationOutcome", "local_dropouts", "outcome_of"]
 
 
 class _HasLayout(Protocol):
@@ -62,29 +62,26 @@ ResultT = TypeVar("ResultT")
 
 
 @dataclass
-class Trace(Generic[ResultT]):
-    """What happened in one driven round, for reports and tests."""
+class Ledger:
+    """The bookkeeping of a round being driven: who dropped or aborted, time and bytes."""
 
-    result: ResultT
-    dropped: dict[int, str]
+    dropped: dict[int, str] = field(default_factory=dict)
+    """Client id -> the dropout stage at which it vanished (scheduled, or because it aborted)."""
     aborted: dict[int, str] = field(default_factory=dict)
     client_seconds: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     server_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     upload_bytes: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     download_bytes: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    stage_upload_bytes: dict[str, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
+    """Server stage -> client id -> the size of the message the client sent in that stage."""
 
-    def attempt(
-        self,
-        cid: int,
-        stage: str,
-        dropouts: Mapping[int, str],
-        make: Callable[[], bytes | None],
-        timing: str | None = None,
-    ) -> bytes | None:
-        """Let client ``cid`` act in ``stage`` unless it has dropped (now or earlier) or it aborts.
+    def attempt(self, cid: int, stage: str, dropouts: Mapping[int, str], make: Callable[[], bytes | None],
+                timing: str) -> bytes | None:
+        """Let client ``cid`` act at dropout stage ``stage`` unless it has dropped (now or earlier) or
+        it aborts.
 
         Records the drop in ``dropped``, an abort in ``aborted`` and ``dropped``, the client's time
-        under ``timing`` (default: the stage) and its upload size. Returns the bytes to deliver.
+        and upload size under the server stage ``timing``. Returns the bytes to deliver.
         """
         if cid in self.dropped:
             return None
@@ -99,10 +96,22 @@ class Trace(Generic[ResultT]):
             self.dropped[cid] = stage
             return None
         finally:
-            self.client_seconds[timing or stage].append(time.perf_counter() - start)
+            self.client_seconds[timing].append(time.perf_counter() - start)
         if data is not None:
             self.upload_bytes[cid] += len(data)
+            self.stage_upload_bytes[timing][cid] = len(data)
         return data
+
+
+@dataclass
+class Trace(Ledger, Generic[ResultT]):
+    """What happened in one driven round, for reports and tests: the ledger and the result."""
+
+    result: ResultT = field(kw_only=True)
+
+    @classmethod
+    def of(cls, ledger: Ledger, result: ResultT) -> Trace[ResultT]:
+        return cls(result=result, **{f.name: getattr(ledger, f.name) for f in fields(Ledger)})
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,19 @@
-"""An in-memory router that runs one round between a server and its clients.
+"""The in-memory router: the one driver that runs a round of any registered protocol.
 
 It stands in for a transport: it moves the parties' bytes, injects dropouts by stage and measures
-time and bytes. Any FL stack does the same with its own messaging (see the README recipe).
+time and bytes. Any FL stack does the same with its own messaging (the README's embedding loop is
+this loop without the bookkeeping); the Flower adapter and the audit harness drive parties through
+the same party interface (:mod:`secagg.protocols.base`).
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
-from .protocols.secagg import AggregateResult, SecAggClient, SecAggServer, Stage
-from .results import Trace
+from .protocols.registry import protocol_of
+from .results import Ledger, Trace
 from .wire import SERVER_ID
 
 __all__ = ["RoundTrace", "Tap", "run_round", "stages_for"]
@@ -20,29 +22,26 @@ __all__ = ["RoundTrace", "Tap", "run_round", "stages_for"]
 # transcripts (secagg.audit.transcript); SERVER_ID names the server.
 Tap = Callable[[int, int, bytes], None]
 
-
-def stages_for(malicious: bool) -> tuple[str, ...]:
-    """Stage names at which a client can drop, in protocol order."""
-    names = ["advertise", "share", "mask", "unmask"]
-    if malicious:
-        names.insert(3, "consistency")
-    return tuple(names)
+RoundTrace = Trace[Any]
+"""The trace of a round (see :class:`secagg.results.Trace`)."""
 
 
-RoundTrace = Trace[AggregateResult]
-"""The trace of a SecAgg / SecAgg+ round (see :class:`secagg.results.Trace`)."""
+def stages_for(config: Any) -> tuple[str, ...]:
+    """The stage names at which a client of ``config``'s protocol can drop, in protocol order."""
+    return protocol_of(config).stage_names(config)
 
 
 class _Router:
     """Moves one round's messages, dropping clients on schedule and recording time and bytes."""
 
-    def __init__(self, server: SecAggServer, dropouts: dict[int, str], tap: Tap | None) -> None:
-        self.server, self.dropouts, self.tap = server, dropouts, tap
-        self.trace = RoundTrace(result=None, dropped={})  # type: ignore[arg-type]
+    def __init__(self, server: Any, clients: Mapping[int, Any], dropouts: dict[int, str], tap: Tap | None) -> None:
+        self.server, self.clients, self.dropouts, self.tap = server, clients, dropouts, tap
+        self.ledger = Ledger()
 
-    def client_step(self, cid: int, stage: str, make: Callable[[], bytes]) -> None:
-        """Let client ``cid`` produce its message for ``stage`` (unless it drops) and deliver it."""
-        data = self.trace.attempt(cid, stage, self.dropouts, make)
+    def client_step(self, cid: int, stage: str, timing: str, make: Callable[[], bytes | None]) -> None:
+        """Let client ``cid`` produce its message at dropout stage ``stage`` (unless it drops) and
+        deliver it to the server."""
+        data = self.ledger.attempt(cid, stage, self.dropouts, make, timing)
         if data is None:
             return
         if self.tap is not None:
@@ -51,46 +50,61 @@ class _Router:
         try:
             self.server.receive(data)
         finally:
-            self.trace.server_seconds[stage] += time.perf_counter() - start
+            self.ledger.server_seconds[timing] += time.perf_counter() - start
 
     def server_step(self) -> dict[int, bytes]:
         stage = self.server.stage.value
         start = time.perf_counter()
-        outbox = self.server.advance()
-        self.trace.server_seconds[stage] += time.perf_counter() - start
+        outbox: dict[int, bytes] = self.server.advance()
+        self.ledger.server_seconds[stage] += time.perf_counter() - start
         for cid, data in outbox.items():
-            self.trace.download_bytes[cid] += len(data)
+            self.ledger.download_bytes[cid] += len(data)
             if self.tap is not None:
                 self.tap(SERVER_ID, cid, data)
         return outbox
 
+    def vanish(self, stage: str) -> None:
+        """Clients scheduled to drop at ``stage`` are gone once it opens, asked or not."""
+        for cid, when in self.dropouts.items():
+            if when == stage and cid in self.clients:
+                self.ledger.dropped.setdefault(cid, stage)
+
 
 def run_round(
-    server: SecAggServer,
-    clients: Mapping[int, SecAggClient],
+    server: Any,
+    clients: Mapping[int, Any],
     dropouts: Mapping[int, str] | None = None,
     tap: Tap | None = None,
 ) -> RoundTrace:
-    """Run a whole round. ``dropouts`` maps a client id to the stage whose message it never sends.
+    """Run a whole round of any registered protocol. ``dropouts`` maps a client id to the dropout
+    stage whose message it never sends (see :func:`stages_for`); it sends nothing after either.
 
     ``tap``, if given, sees every message moved, in order, as (sender, recipient, bytes).
     A client that aborts (e.g. it sees too few neighbours) is treated as dropped from then on.
+    Clients still in the round when it ends are closed (every secret they hold is dropped).
 
     Raises:
+        ParameterError: a dropout stage the protocol does not have.
         InsufficientParties: too few clients took part at some stage; no aggregate exists.
     """
-    valid = set(stages_for(server.config.threat.is_malicious))
-    for client, stage in (dropouts or {}).items():
-        if stage not in valid:
-            raise ValueError(f"client {client}: unknown dropout stage {stage!r}; use one of {sorted(valid)}")
-    router = _Router(server, dict(dropouts or {}), tap)
-    for cid in sorted(clients):
-        router.client_step(cid, "advertise", clients[cid].advertise)
-    while True:
-        outbox = router.server_step()
-        if server.stage is Stage.DONE:
-            break
-        for cid, data in sorted(outbox.items()):
-            router.client_step(cid, server.stage.value, functools.partial(clients[cid].handle, data))
-    router.trace.result = server.result()
-    return router.trace
+    protocol = protocol_of(server.config)
+    schedule = dict(dropouts or {})
+    protocol.check_dropouts(server.config, schedule)
+    stage_name = {s.server_stage: s.name for s in protocol.dropout_stages(server.config)}
+    router = _Router(server, clients, schedule, tap)
+    try:
+        router.vanish("advertise")
+        for cid in sorted(clients):
+            router.client_step(cid, "advertise", "advertise", clients[cid].advertise)
+        while not server.done:
+            outbox = router.server_step()
+            now = server.stage.value
+            name = stage_name.get(now, now)
+            router.vanish(name)
+            for cid, data in sorted(outbox.items()):
+                if cid in clients:
+                    router.client_step(cid, name, now, functools.partial(clients[cid].handle, data))
+    finally:
+        for cid in sorted(set(clients) - set(router.ledger.dropped)):
+            clients[cid].close()
+    return Trace.of(router.ledger, server.result())

@@ -10,36 +10,18 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from . import defaults
 from .encoding import FixedPoint, Schema
 from .errors import ParameterError
 from .hazmat.keys import SigningKey
 from .params import SecAggConfig, ThreatModel
+from .protocols.registry import DROPOUT_STAGES, PROTOCOLS
 from .protocols.secagg import SecAggClient, SecAggServer
-from .results import AggregationOutcome, Trace, local_dropouts, outcome_of
+from .results import AggregationOutcome, local_dropouts, outcome_of
 from .router import RoundTrace, run_round, stages_for
+from .simulation_ckks import aggregate_ckks
 
-__all__ = ["simulate", "aggregate", "AggregationOutcome", "make_config", "DROPOUT_STAGES", "dropout_schedule"]
-
-DROPOUT_STAGES: dict[str, tuple[str, ...]] = {
-    "secagg": stages_for(False),
-    "secagg+": stages_for(False),
-    "ckks": ("advertise", "generate", "before-upload", "after-upload"),
-}
-
-
-def make_config(
-    protocol: str,
-    num_clients: int,
-    schema: Schema,
-    threat: ThreatModel,
-    encoding: FixedPoint,
-) -> SecAggConfig:
-    """SecAgg or SecAgg+ config with parameters chosen for ``threat``."""
-    if protocol == "secagg":
-        return SecAggConfig.secagg(num_clients, schema, threat, encoding)
-    if protocol == "secagg+":
-        return SecAggConfig.secagg_plus(num_clients, schema, threat, encoding)
-    raise ParameterError(f"unknown masking protocol {protocol!r}; use 'secagg' or 'secagg+'")
+__all__ = ["simulate", "aggregate", "AggregationOutcome", "DROPOUT_STAGES", "dropout_schedule"]
 
 
 def _parties(
@@ -99,24 +81,24 @@ def simulate(
     dropout: float = 0.0,
     seed: int = 0,
     *,
+    threat: ThreatModel,
     stage: str | None = None,
-    threat: ThreatModel | None = None,
     encoding: FixedPoint | None = None,
     scale: float = 1.0,
 ) -> dict[str, Any]:
-    """Run one full round on synthetic Gaussian inputs and report exactness, error, bytes and time.
+    """Run one full SecAgg / SecAgg+ round on synthetic Gaussian inputs and report exactness, error,
+    bytes and time (``secagg simulate``; CKKS: :func:`secagg.simulation_ckks.simulate_ckks`).
 
     ``exact`` is true iff the unmasked aggregate equals, bit for bit, the plain modular sum of the
     survivors' quantised inputs. The seed drives the synthetic data and the dropout schedule only;
     all key material comes from the system CSPRNG.
     """
-    threat = threat or ThreatModel.semi_honest(dropout=max(dropout, 0.05))
     encoding = encoding or FixedPoint(max_clients=clients)
     schema = Schema.of(np.zeros(dim, dtype=np.float32))
-    config = make_config(protocol, clients, schema, threat, encoding)
+    config = SecAggConfig.for_protocol(protocol, clients, schema, threat, encoding)
     rng = np.random.default_rng(seed)  # ok: synthetic inputs, not secrets
     inputs = rng.normal(0.0, scale, size=(clients, dim)).astype(np.float32)
-    schedule = dropout_schedule(clients, dropout, stages_for(threat.is_malicious), seed, stage)
+    schedule = dropout_schedule(clients, dropout, stages_for(config), seed, stage)
     server, parties = _parties(config, 0, b"simulation")
     encoded = {}
     for i, party in parties.items():
@@ -140,7 +122,7 @@ def simulate(
         "clients": clients,
         "dim": dim,
         "survivors": len(survivors),
-        "dropped": {s: sorted(c for c, st in trace.dropped.items() if st == s) for s in stages_for(threat.is_malicious)},
+        "dropped": {s: sorted(c for c, st in trace.dropped.items() if st == s) for s in stages_for(config)},
         "aborted_clients": trace.aborted,
         "threshold": config.threshold,
         "degree": config.degree if config.degree is not None else clients - 1,
@@ -169,7 +151,7 @@ def aggregate(
     dropouts: Mapping[int, str] | None = None,
     context: bytes = b"",
     round_number: int = 0,
-    clip_bound: float = 1.0,
+    clip_bound: float = defaults.CLIP_BOUND,
     fractional_bits: int | None = None,
     max_weight: int = 1,
     threat: ThreatModel | None = None,
@@ -178,28 +160,35 @@ def aggregate(
 
     Client ids may be any distinct integers; ``dropouts`` maps some of them to the stage at which
     they vanish. ``error_bound`` bounds |average - exact weighted average of the clipped updates|.
+    ``threat`` is required for ``secagg`` and ``secagg+`` (it sets the thresholds) and refused for
+    ``ckks`` (whose guarantee rests on its key committee). ``fractional_bits``: masking protocols
+    default to :data:`secagg.defaults.FRACTIONAL_BITS`; CKKS to the finest grid its noise allows.
+
     Raises:
         InsufficientParties: too few clients survived; nothing is released.
-        ParameterError: mismatched schemas, NaN/Inf, bad weights or unsafe parameters.
+        ParameterError: mismatched schemas, NaN/Inf, bad weights, unsafe parameters, an unknown
+            protocol, or an option the protocol cannot honour.
     """
+    if protocol not in PROTOCOLS:
+        raise ParameterError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
     if protocol == "ckks":
         if threat is not None:
             raise ParameterError("CKKS has no threshold threat model: it rests on its key committee "
                                  "(SECURITY.md, CKKS section); pass threat only for secagg and secagg+")
-        from .protocols.ckks.api import aggregate_ckks
-
-        outcome: AggregationOutcome = aggregate_ckks(
+        return aggregate_ckks(
             updates, weights=weights, dropouts=dropouts, context=context, round_number=round_number,
             clip_bound=clip_bound, max_weight=max_weight, fractional_bits=fractional_bits,
         )
-        return outcome
+    if threat is None:
+        raise ParameterError(f"{protocol} needs a threat model: pass threat=secagg.ThreatModel.semi_honest("
+                             "corrupt, dropout) or ThreatModel.malicious(...)")
     ids = sorted(updates)
     if len(ids) < 2:
         raise ParameterError("secure aggregation needs at least two clients")
     schema = Schema.of(updates[ids[0]])
-    threat = threat or ThreatModel.semi_honest(corrupt=0.1, dropout=0.2)
-    encoding = FixedPoint(clip_bound, 16 if fractional_bits is None else fractional_bits, max_weight, len(ids))
-    config = make_config(protocol, len(ids), schema, threat, encoding)
+    bits = defaults.FRACTIONAL_BITS if fractional_bits is None else fractional_bits
+    encoding = FixedPoint(clip_bound, bits, max_weight, len(ids))
+    config = SecAggConfig.for_protocol(protocol, len(ids), schema, threat, encoding)
     server, parties = _parties(config, round_number, context)
     for index, cid in enumerate(ids):
         parties[index].set_input(updates[cid], (weights or {}).get(cid, 1))

@@ -21,6 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from .errors import IntegrityError, MalformedMessage, ParameterError
+from .hazmat.keys import PUBLIC_KEY_BYTES, is_canonical_public_key
 
 __all__ = [
     "MAGIC", "WIRE_VERSION", "SERVER_ID", "Header", "Writer", "Reader", "HEADER_BYTES", "TAG_BYTES",
@@ -117,6 +118,11 @@ class Writer:
         self._parts.append(np.ascontiguousarray(values, dtype=dtype).data.cast("B"))
         return self
 
+    def raw(self, data: bytes) -> Writer:
+        """Append bytes that are already a canonical encoding (e.g. a body encoded once for many)."""
+        self._parts.append(data)
+        return self
+
     def body(self) -> bytes:
         """The fields written so far, without a header."""
         return b"".join(self._parts)
@@ -161,6 +167,17 @@ class Reader:
 
     def fixed(self, length: int) -> bytes:
         return bytes(self._take(length))
+
+    def public_key(self) -> bytes:
+        """An X25519 public key in its one canonical encoding (u < 2^255 - 19, so bit 255 is clear).
+
+        X25519 ignores bit 255, so without this check two byte strings name one point and a key
+        could be re-advertised under a different encoding that compares unequal.
+        """
+        key = self.fixed(PUBLIC_KEY_BYTES)
+        if not is_canonical_public_key(key):
+            raise MalformedMessage("an X25519 public key is not canonically encoded")
+        return key
 
     def blob(self, max_length: int) -> bytes:
         length = self.u32()

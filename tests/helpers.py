@@ -44,7 +44,7 @@ def small_config(n: int, dim: int, protocol: str = "secagg", threat: ThreatModel
     threat = threat or ThreatModel.semi_honest(0.1, 0.2)
     encoding = FixedPoint(clip_bound=4.0, fractional_bits=12, max_clients=n)
     if threshold is not None:
-        return SecAggConfig(n, threshold, schema, encoding, degree, threat, chunk_size=1024)
+        return SecAggConfig(n, threshold, schema, encoding, degree, threat=threat, chunk_size=1024)
     maker = SecAggConfig.secagg if protocol == "secagg" else SecAggConfig.secagg_plus
     return maker(n, schema, threat, encoding)
 

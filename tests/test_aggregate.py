@@ -8,6 +8,8 @@ import torch
 
 from secagg import InsufficientParties, ParameterError, ThreatModel, aggregate
 
+THREAT = ThreatModel.semi_honest(corrupt=0.1, dropout=0.2)
+
 
 def _updates(n: int = 5):
     gen = torch.Generator().manual_seed(0)
@@ -22,7 +24,7 @@ def _updates(n: int = 5):
 def test_weighted_average_of_state_dicts(protocol: str) -> None:
     updates = _updates()
     weights = {cid: w for cid, w in zip(updates, [1, 2, 3, 4, 5])}
-    out = aggregate(updates, protocol, weights=weights, dropouts={11: "mask"}, max_weight=5)
+    out = aggregate(updates, protocol, weights=weights, dropouts={11: "mask"}, max_weight=5, threat=THREAT)
     assert out.survivors == [10, 12, 13, 14] and out.dropped == {11: "mask"}
     assert out.weight_sum == 1 + 3 + 4 + 5
     for name in ("q.lora_A", "q.lora_B"):
@@ -36,18 +38,24 @@ def test_weighted_average_of_state_dicts(protocol: str) -> None:
 def test_aggregate_errors() -> None:
     updates = _updates(3)
     with pytest.raises(InsufficientParties):
-        aggregate(updates, "secagg", dropouts={10: "mask", 11: "mask"})
+        aggregate(updates, "secagg", dropouts={10: "mask", 11: "mask"}, threat=THREAT)
+    with pytest.raises(ParameterError, match="needs a threat model"):
+        aggregate(updates, "secagg")  # no silent default: the caller says whom it defends against
+    with pytest.raises(ParameterError, match="unknown protocol"):
+        aggregate(updates, "secagg++", threat=THREAT)
+    with pytest.raises(ParameterError, match="dropout stage"):
+        aggregate(updates, "secagg", dropouts={10: "before-upload"}, threat=THREAT)
     updates[12] = {"q.lora_A": torch.zeros(4, 16)}
     with pytest.raises(ParameterError):
-        aggregate(updates, "secagg")
+        aggregate(updates, "secagg", threat=THREAT)
     with pytest.raises(ParameterError):
-        aggregate({1: np.zeros(3)}, "secagg")
+        aggregate({1: np.zeros(3)}, "secagg", threat=THREAT)
 
 
 def test_ckks_backend_of_aggregate_matches_the_masking_backends() -> None:
     updates = _updates(4)
     weights = {10: 1, 11: 2, 12: 3, 13: 4}
-    masked = aggregate(updates, "secagg", weights=weights, dropouts={12: "mask"}, max_weight=4)
+    masked = aggregate(updates, "secagg", weights=weights, dropouts={12: "mask"}, max_weight=4, threat=THREAT)
     ckks = aggregate(updates, "ckks", weights=weights, dropouts={12: "before-upload"}, max_weight=4)
     assert ckks.survivors == masked.survivors == [10, 11, 13]
     for name in updates[10]:

@@ -70,13 +70,13 @@ def test_hypergeometric_known_values() -> None:
 def test_config_relations_are_checked() -> None:
     schema = Schema.of(np.zeros(4, dtype=np.float32))
     with pytest.raises(ParameterError, match="overflow"):
-        SecAggConfig(10, 5, schema, FixedPoint(max_clients=5))
+        SecAggConfig(10, 5, schema, FixedPoint(max_clients=5), threat=ThreatModel.semi_honest())
     with pytest.raises(ParameterError, match="corrupt"):
-        SecAggConfig(10, 1, schema, FixedPoint(max_clients=10), None, ThreatModel.semi_honest(0.3, 0.1))
+        SecAggConfig(10, 1, schema, FixedPoint(max_clients=10), None, threat=ThreatModel.semi_honest(0.3, 0.1))
     with pytest.raises(ParameterError, match="malicious"):
-        SecAggConfig(10, 5, schema, FixedPoint(max_clients=10), None, ThreatModel.malicious(0.2, 0.1))
+        SecAggConfig(10, 5, schema, FixedPoint(max_clients=10), None, threat=ThreatModel.malicious(0.2, 0.1))
     with pytest.raises(ParameterError, match="even"):
-        SecAggConfig(10, 2, schema, FixedPoint(max_clients=10), 3)
+        SecAggConfig(10, 2, schema, FixedPoint(max_clients=10), 3, threat=ThreatModel.semi_honest())
     with pytest.raises(ParameterError, match="exceeds"):
         SecAggConfig.secagg(10, schema, ThreatModel.malicious(0.6, 0.3))
     config = SecAggConfig.secagg_plus(1000, schema, ThreatModel.semi_honest(0.05, 0.05))

@@ -10,11 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg import InsufficientParties, ProtocolAbort, ThreatModel
-from secagg.router import run_round, stages_for
+from secagg.protocols.registry import DROPOUT_STAGES
+from secagg.router import run_round
 
 from .helpers import encoded_inputs, make_parties, predict, ring_sum, small_config
 
-STAGES = stages_for(False)
+STAGES = DROPOUT_STAGES["secagg"]
 
 
 def run_and_check(config, drops: dict[int, str], seed: int = 0) -> None:

@@ -39,7 +39,7 @@ def _threat(c: int, n: int, malicious: bool) -> ThreatModel:
 
 
 def _config(n: int, t: int, c: int, malicious: bool, degree: int | None = None) -> SecAggConfig:
-    return SecAggConfig(n, t, SCHEMA, FixedPoint(max_clients=n), degree, _threat(c, n, malicious))
+    return SecAggConfig(n, t, SCHEMA, FixedPoint(max_clients=n), degree, threat=_threat(c, n, malicious))
 
 
 def _quorum(n: int, t: int, c: int, malicious: bool) -> int:

@@ -62,11 +62,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from .. import defaults
 from ..encoding import FixedPoint, Schema
 from ..errors import MalformedMessage, ParameterError, SecAggError
 from ..params import SecAggConfig, ThreatModel
 from ..protocols.secagg import AggregateResult, SecAggServer, Stage
-from ..simulation import make_config
 from ..wire import Header
 from .nodestate import NodeStore, RoundSpec
 
@@ -183,12 +183,12 @@ def session_config(run_config: Mapping[str, Any], num_clients: int, template: An
         _setting(run_config, "secagg-dropout-fraction", float, 0.2),
     )
     encoding = FixedPoint(
-        clip_bound=_setting(run_config, "secagg-clip-bound", float, 8.0),
-        fractional_bits=_setting(run_config, "secagg-fractional-bits", int, 16),
+        clip_bound=_setting(run_config, "secagg-clip-bound", float, defaults.CLIP_BOUND),
+        fractional_bits=_setting(run_config, "secagg-fractional-bits", int, defaults.FRACTIONAL_BITS),
         max_weight=_setting(run_config, "secagg-max-weight", int, 1),
         max_clients=num_clients,
     )
-    return make_config(protocol, num_clients, Schema.of(template), threat, encoding)
+    return SecAggConfig.for_protocol(protocol, num_clients, Schema.of(template), threat, encoding)
 
 
 def round_context(run_id: int, round_number: int) -> bytes:

@@ -253,6 +253,8 @@ class NodeStore:
             update, weight = get_input()
             client.set_input(update, weight)
         reply = client.handle(message)
+        if reply is None:  # every SecAgg stage a client handles has a reply
+            raise ProtocolAbort("the client produced no reply")
         return reply, client.stage is Stage.DONE
 
     def status(self, round_number: int) -> str:

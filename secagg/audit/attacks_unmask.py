@@ -125,7 +125,8 @@ def _ask_again(server: AdversarialServer, parties_clients: Mapping[int, SecAggCl
         try:
             reply = client.handle(data)
             log.probes.append((cid, "unmask-request", "accepted"))
-            server.keep_response(reply)
+            if reply is not None:
+                server.keep_response(reply)
         except SecAggError as exc:
             log.probes.append((cid, "unmask-request", f"unmask-request (asked again): {type(exc).__name__}: {exc}"))
 

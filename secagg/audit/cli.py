@@ -23,7 +23,7 @@ from ..graphparams import corrupt_count
 from ..params import SecAggConfig, ThreatModel
 from ..protocols.secagg import SecAggClient, SecAggServer
 from ..router import run_round, stages_for
-from ..simulation import dropout_schedule, make_config
+from ..simulation import dropout_schedule
 from ..wire import SERVER_ID
 from .attacks import attack_names
 from .harness import run_attacks
@@ -112,10 +112,10 @@ def search_config(protocol: str, clients: int, corrupt: int, dropout: float, deg
     schema = Schema.of(np.zeros(1, dtype=np.float32))
     encoding = FixedPoint(max_clients=clients)
     if degree is None:
-        return make_config(protocol, clients, schema, threat, encoding)
+        return SecAggConfig.for_protocol(protocol, clients, schema, threat, encoding)
     for t in range(1, degree + 2):
         try:
-            return SecAggConfig(clients, t, schema, encoding, degree, threat)
+            return SecAggConfig(clients, t, schema, encoding, degree, threat=threat)
         except ParameterError:
             continue
     raise ParameterError(f"no threshold makes degree k={degree} safe for n={clients} and {corrupt} corrupt clients")
@@ -146,8 +146,8 @@ def record_round(path: Path, protocol: str, clients: int, dim: int, adversary: s
     malicious = adversary == "malicious"
     rate = max(dropout, 0.05)
     threat = ThreatModel.malicious(0.1, rate) if malicious else ThreatModel.semi_honest(0.1, rate)
-    config = make_config(protocol, clients, Schema.of(np.zeros(dim, dtype=np.float32)), threat,
-                         FixedPoint(max_clients=clients))
+    config = SecAggConfig.for_protocol(protocol, clients, Schema.of(np.zeros(dim, dtype=np.float32)), threat,
+                                       FixedPoint(max_clients=clients))
     identities = {i: SigningKey.generate() for i in range(clients)} if malicious else None
     registry = {i: k.public_bytes for i, k in identities.items()} if identities else None
     context = b"secagg audit record"
@@ -157,7 +157,7 @@ def record_round(path: Path, protocol: str, clients: int, dim: int, adversary: s
     rng = np.random.default_rng(seed)  # ok: synthetic inputs, not secrets
     for party in parties.values():
         party.set_input(rng.normal(size=dim).astype(np.float32))
-    schedule = dropout_schedule(clients, dropout, stages_for(malicious), seed)
+    schedule = dropout_schedule(clients, dropout, stages_for(config), seed)
     with TranscriptRecorder.open(path, SERVER_ID, config_meta(config, 0, registry)) as recorder:
         trace = run_round(server, parties, schedule, tap=recorder)
         count = recorder.count

@@ -19,7 +19,7 @@ def test_a_corrupt_fraction_just_below_a_multiple_of_one_over_n_is_counted_once(
     threat = ThreatModel.malicious(0.2 - 2e-11, 0.1)
     assert threat.corrupt_bound(20) == corrupt_count(20, 0.2 - 2e-11) == 4
     with pytest.raises(ParameterError, match=r"max\(2t - h, t \+ q - n\) >= c_nb \+ 2"):
-        SecAggConfig(20, 7, SCHEMA, FixedPoint(max_clients=20), 8, threat)
+        SecAggConfig(20, 7, SCHEMA, FixedPoint(max_clients=20), 8, threat=threat)
 
 
 @pytest.mark.parametrize("n", range(30, 120, 7))

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from secagg.encoding import Schema
 from secagg.errors import ParameterError
 from secagg.protocols.ckks import ADDITION_128, PRECISION_128, CkksConfig, CkksPreset, he, presets
-from secagg.protocols.ckks.driver import run_ckks_round
+from secagg.router import run_round as run_ckks_round
 
 
 @pytest.mark.parametrize(

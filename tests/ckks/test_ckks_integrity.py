@@ -15,28 +15,27 @@ from secagg.wire import HEADER_BYTES, Header
 
 def _to_upload_stage(s: Session) -> dict[int, bytes]:
     """Run key setup; returns the context broadcast per client."""
-    for cid in s.config.committee:
+    for cid in sorted(s.clients):
         s.server.receive(s.clients[cid].advertise())
     (generator, key_list), = s.server.advance().items()
     s.server.receive(s.clients[generator].handle(key_list))
     return s.server.advance()
 
 
-def _replace_chunk(upload: bytes, index: int, blob: bytes, limits: m.Limits) -> bytes:
-    header, body = m.decode(upload, limits)
+def _replace_chunk(s: Session, upload: bytes, index: int, blob: bytes) -> bytes:
+    header, body = s.open(upload)
     assert isinstance(body, m.Upload)
     chunks = list(body.chunks)
     chunks[index] = blob
-    return m.encode(header, m.Upload(tuple(chunks)))
+    return s.seal(header, m.Upload(tuple(chunks)))
 
 
 def test_every_message_round_trips_canonically() -> None:
     s = make_session(n=3, d=50)
     limits = limits_for(s.config)
-    seen = [s.clients[0].advertise()]
-    s.server.receive(seen[0])
-    for cid in (1, 2):
-        s.server.receive(s.clients[cid].advertise())
+    seen = [s.clients[cid].advertise() for cid in range(3)]
+    for data in seen:
+        s.server.receive(data)
     outbox = s.server.advance()
     seen += list(outbox.values())
     package = s.clients[0].handle(outbox[0])
@@ -52,13 +51,17 @@ def test_every_message_round_trips_canonically() -> None:
     response = s.clients[holder].handle(request)
     seen += [request, response]
     for data in seen:
-        header, body = m.decode(data, limits)
-        assert m.encode(header, body) == data
-        with pytest.raises(MalformedMessage):
-            m.decode(data[:-1], limits)
-        with pytest.raises(MalformedMessage):
-            m.decode(data + b"\x00", limits)
-    assert {m.decode(d, limits)[0].kind for d in seen} == set(m.Kind)
+        header, body = s.open(data)
+        assert s.seal(header, body) == data
+        # An authenticated kind fails its tag first; the others fail parsing.
+        broken = IntegrityError if header.kind in m.AUTHENTICATED_KINDS else MalformedMessage
+        with pytest.raises(broken):
+            s.open(data[:-1])
+        with pytest.raises(broken):
+            s.open(data + b"\x00")
+    assert {s.open(d)[0].kind for d in seen} == set(m.Kind)
+    assert {s.open(d)[0].kind for d in seen if d[-16:] and s.open(d)[0].kind in m.AUTHENTICATED_KINDS} == set(
+        m.AUTHENTICATED_KINDS)
 
 
 def test_tampered_ciphertext_metadata_rejected_without_state_change() -> None:
@@ -66,13 +69,17 @@ def test_tampered_ciphertext_metadata_rejected_without_state_change() -> None:
     contexts = _to_upload_stage(s)
     limits = limits_for(s.config)
     good = s.clients[1].handle(contexts[1])
-    _, body = m.decode(good, limits)
+    _, body = s.open(good)
     assert isinstance(body, m.Upload)
     for bad_blob in (b"", b"\x00" * 100, body.chunks[0][: len(body.chunks[0]) // 2], bytes(64)):
         with pytest.raises(IntegrityError):
-            s.server.receive(_replace_chunk(good, 0, bad_blob, limits))
-    with pytest.raises(MalformedMessage):
+            s.server.receive(_replace_chunk(s, good, 0, bad_blob))
+    with pytest.raises(IntegrityError, match="authentication"):  # truncated: its tag no longer verifies
         s.server.receive(good[: HEADER_BYTES + 10])
+    flipped = bytearray(good)
+    flipped[HEADER_BYTES + 40] ^= 1  # altered in transit by someone without the channel key
+    with pytest.raises(IntegrityError, match="authentication"):
+        s.server.receive(bytes(flipped))
     s.server.receive(good)  # the honest upload is still accepted afterwards
     assert s.server.contributors == (1,)
     with pytest.raises(ProtocolAbort):
@@ -87,9 +94,9 @@ def test_ciphertext_of_another_session_scale_rejected() -> None:
     foreign = other.clients[1].handle(foreign_contexts[1])
     limits = limits_for(s.config)
     good = s.clients[1].handle(contexts[1])
-    _, foreign_body = m.decode(foreign, limits_for(other.config))
+    _, foreign_body = other.open(foreign)
     with pytest.raises(IntegrityError):
-        s.server.receive(_replace_chunk(good, 0, foreign_body.chunks[0], limits))
+        s.server.receive(_replace_chunk(s, good, 0, foreign_body.chunks[0]))
 
 
 def test_flipped_coefficient_is_caught_by_the_key_holder() -> None:
@@ -97,11 +104,11 @@ def test_flipped_coefficient_is_caught_by_the_key_holder() -> None:
     contexts = _to_upload_stage(s)
     limits = limits_for(s.config)
     uploads = {c: s.clients[c].handle(contexts[c]) for c in range(3)}
-    _, body = m.decode(uploads[2], limits)
+    _, body = s.open(uploads[2])
     blob = bytearray(body.chunks[0])
     blob[len(blob) // 2] ^= 0x10  # inside the compressed coefficients: still a well-formed ciphertext
     try:
-        s.server.receive(_replace_chunk(uploads[2], 0, bytes(blob), limits))
+        s.server.receive(_replace_chunk(s, uploads[2], 0, bytes(blob)))
     except IntegrityError:
         pytest.skip("this flip broke the encoding; the server caught it")
     for c in (0, 1):
@@ -114,16 +121,16 @@ def test_flipped_coefficient_is_caught_by_the_key_holder() -> None:
 
 def test_malformed_public_context_rejected_by_server() -> None:
     s = make_session(n=3, d=50)
-    for cid in s.config.committee:
+    for cid in sorted(s.clients):
         s.server.receive(s.clients[cid].advertise())
     (generator, key_list), = s.server.advance().items()
     package = s.clients[generator].handle(key_list)
-    header, body = m.decode(package, limits_for(s.config))
+    header, body = s.open(package)
     assert isinstance(body, m.KeyPackage)
     broken = body.public_context[:-100] + bytes(100)
     for public in (b"", broken, body.public_context[: len(body.public_context) // 3]):
         with pytest.raises(IntegrityError):
-            s.server.receive(m.encode(header, m.KeyPackage(public, body.recipients, body.sealed)))
+            s.server.receive(s.seal(header, m.KeyPackage(public, body.recipients, body.sealed)))
     assert s.server.stage is Stage.GENERATE
     s.server.receive(package)
     assert len(s.server.advance()) == 3
@@ -153,9 +160,9 @@ def test_server_substituting_the_public_context_is_detected() -> None:
     limits = limits_for(s.config)
     _, own_public = he.generate_context(s.config.preset, s.config.log_scale)
     for cid in (0, 1):
-        header, body = m.decode(contexts[cid], limits)
+        header, body = s.open(contexts[cid])
         assert isinstance(body, m.ContextBroadcast)
-        forged = m.encode(header, m.ContextBroadcast(body.key_list, own_public, body.sealed))
+        forged = s.seal(header, m.ContextBroadcast(body.key_list, own_public, body.sealed))
         with pytest.raises(IntegrityError):
             s.clients[cid].handle(forged)
         assert s.clients[cid].stage is Stage.ABORTED
@@ -164,18 +171,18 @@ def test_server_substituting_the_public_context_is_detected() -> None:
 def test_tampered_sealed_secret_context_rejected() -> None:
     s = make_session(n=3, d=50)
     contexts = _to_upload_stage(s)
-    header, body = m.decode(contexts[1], limits_for(s.config))
+    header, body = s.open(contexts[1])
     assert isinstance(body, m.ContextBroadcast) and body.sealed
     sealed = bytearray(body.sealed)
     sealed[40] ^= 1
     with pytest.raises(IntegrityError):
-        s.clients[1].handle(m.encode(header, m.ContextBroadcast(body.key_list, body.public_context, bytes(sealed))))
+        s.clients[1].handle(s.seal(header, m.ContextBroadcast(body.key_list, body.public_context, bytes(sealed))))
 
 
 def test_wrong_session_round_or_recipient_leaves_client_unchanged() -> None:
     s = make_session(n=3, d=50)
     contexts = _to_upload_stage(s)
-    header, body = m.decode(contexts[2], limits_for(s.config))
+    header, body = s.open(contexts[2])
     variants = [
         Header(header.kind, header.protocol, header.round + 1, header.session, header.sender, header.recipient),
         Header(header.kind, header.protocol, header.round, bytes(32), header.sender, header.recipient),
@@ -185,7 +192,7 @@ def test_wrong_session_round_or_recipient_leaves_client_unchanged() -> None:
     before = s.clients[2].stage
     for variant in variants:
         with pytest.raises(SecAggError):
-            s.clients[2].handle(m.encode(variant, body))
+            s.clients[2].handle(s.seal(variant, body))
         assert s.clients[2].stage is before
     assert s.clients[2].handle(contexts[2])
 
@@ -198,9 +205,9 @@ def test_key_holder_refuses_small_sums_and_decrypts_once() -> None:
     s.server.receive(uploads[1])
     (holder, request), = s.server.advance().items()
     limits = limits_for(s.config)
-    header, body = m.decode(request, limits)
+    header, body = s.open(request)
     assert isinstance(body, m.DecryptRequest)
-    lonely = m.encode(header, m.DecryptRequest((0,), body.chunks))
+    lonely = s.seal(header, m.DecryptRequest((0,), body.chunks))
     probe = make_session(n=3, d=50, min_contributors=2)
     probe_contexts = _to_upload_stage(probe)
     probe.clients[0].handle(probe_contexts[0])
@@ -222,12 +229,12 @@ def test_key_holder_refuses_a_sum_of_one() -> None:
     s.server.receive(uploads[1])
     s.server.receive(uploads[2])
     (holder, request), = s.server.advance().items()
-    header, body = m.decode(request, limits_for(s.config))
+    header, body = s.open(request)
     assert isinstance(body, m.DecryptRequest)
     from secagg.errors import InsufficientParties
 
     with pytest.raises(InsufficientParties):
-        s.clients[holder].handle(m.encode(header, m.DecryptRequest((1,), body.chunks)))
+        s.clients[holder].handle(s.seal(header, m.DecryptRequest((1,), body.chunks)))
     assert not s.clients[holder].holds_key
 
 

@@ -101,20 +101,20 @@ def _variants(blob: bytes, slots: int) -> dict[str, bytes]:
 
 
 def _to_upload_stage(s: Session) -> dict[int, bytes]:
-    for cid in s.config.committee:
+    for cid in sorted(s.clients):
         s.server.receive(s.clients[cid].advertise())
     ((generator, key_list),) = s.server.advance().items()
     s.server.receive(s.clients[generator].handle(key_list))
     return s.server.advance()
 
 
-def _with_chunks(data: bytes, limits: m.Limits, edit: Callable[[list[bytes]], list[bytes]]) -> bytes:
+def _with_chunks(s: Session, data: bytes, edit: Callable[[list[bytes]], list[bytes]]) -> bytes:
     """Re-encode an upload or decryption request with its chunk list edited."""
-    header, body = m.decode(data, limits)
+    header, body = s.open(data)
     if isinstance(body, m.Upload):
-        return m.encode(header, m.Upload(tuple(edit(list(body.chunks)))))
+        return s.seal(header, m.Upload(tuple(edit(list(body.chunks)))))
     assert isinstance(body, m.DecryptRequest)
-    return m.encode(header, m.DecryptRequest(body.contributors, tuple(edit(list(body.chunks)))))
+    return s.seal(header, m.DecryptRequest(body.contributors, tuple(edit(list(body.chunks)))))
 
 
 def _replace(index: int, blob: bytes) -> Callable[[list[bytes]], list[bytes]]:
@@ -155,13 +155,13 @@ def test_server_rejects_inconsistent_upload_first_in_and_round_completes(variant
     contexts = _to_upload_stage(s)
     limits = limits_for(s.config)
     uploads = {c: s.clients[c].handle(contexts[c]) for c in range(3)}
-    _, body = m.decode(uploads[2], limits)
+    _, body = s.open(uploads[2])
     assert isinstance(body, m.Upload)
     bad = _variants(body.chunks[0], s.config.slots)[variant]
     # two ciphertexts in one chunk already exceed the decoder's size limit
     expected = MalformedMessage if len(bad) > limits.max_ciphertext else IntegrityError
     with pytest.raises(expected):
-        s.server.receive(_with_chunks(uploads[2], limits, _replace(0, bad)))
+        s.server.receive(_with_chunks(s, uploads[2], _replace(0, bad)))
     assert s.server.stage is Stage.UPLOAD and s.server.contributors == ()
     for c in range(3):
         s.server.receive(uploads[c])
@@ -179,7 +179,7 @@ def test_wrong_chunk_count_is_malformed_at_server(count: int) -> None:
     limits = limits_for(s.config)
     good = s.clients[0].handle(contexts[0])
     with pytest.raises(MalformedMessage, match="chunk ciphertexts"):
-        s.server.receive(_with_chunks(good, limits, lambda chunks: (chunks * 2)[:count]))
+        s.server.receive(_with_chunks(s, good, lambda chunks: (chunks * 2)[:count]))
     assert s.server.contributors == ()
     s.server.receive(good)
     assert s.server.contributors == (0,)
@@ -198,17 +198,17 @@ def test_key_holder_keeps_its_key_on_malformed_requests_then_decrypts() -> None:
     s = make_session(n=3, d=2100)
     holder, request = _decrypt_stage(s)
     client, limits = s.clients[holder], limits_for(s.config)
-    _, body = m.decode(request, limits)
+    _, body = s.open(request)
     assert isinstance(body, m.DecryptRequest)
     variants = _variants(body.chunks[1], s.config.slots).values()
-    hostile = [_with_chunks(request, limits, _replace(1, bad)) for bad in variants]
+    hostile = [_with_chunks(s, request, _replace(1, bad)) for bad in variants]
     for data in hostile:
         with pytest.raises(MalformedMessage):  # too long for the decoder, or the layout check
             client.handle(data)
         assert client.stage is Stage.DECRYPT and client.holds_key
     for count in (1, 3):
         with pytest.raises(MalformedMessage, match="chunk ciphertexts"):
-            client.handle(_with_chunks(request, limits, lambda chunks: (chunks * 2)[:count]))
+            client.handle(_with_chunks(s, request, lambda chunks: (chunks * 2)[:count]))
         assert client.stage is Stage.DECRYPT and client.holds_key
     s.server.receive(client.handle(request))
     assert client.stage is Stage.DONE and not client.holds_key
@@ -222,19 +222,19 @@ def test_corrupt_payload_behind_a_valid_layout_is_refused_before_the_key_is_spen
     contexts = _to_upload_stage(s)
     limits = limits_for(s.config)
     uploads = {c: s.clients[c].handle(contexts[c]) for c in range(3)}
-    _, body = m.decode(uploads[0], limits)
+    _, body = s.open(uploads[0])
     assert isinstance(body, m.Upload)
     ct, scale = _parts(body.chunks[0])
     corrupt = _vector([s.config.slots], [ct[:16] + bytes(len(ct) - 16)], scale)
     he.check_layout(corrupt, s.config.preset, s.config.log_scale)  # only the parser can tell
     with pytest.raises(IntegrityError):
-        s.server.receive(_with_chunks(uploads[0], limits, _replace(0, corrupt)))
+        s.server.receive(_with_chunks(s, uploads[0], _replace(0, corrupt)))
     for c in range(3):
         s.server.receive(uploads[c])
     ((holder, request),) = s.server.advance().items()
     client = s.clients[holder]
     with pytest.raises(MalformedMessage):
-        client.handle(_with_chunks(request, limits, _replace(0, corrupt)))
+        client.handle(_with_chunks(s, request, _replace(0, corrupt)))
     assert client.stage is Stage.DECRYPT and client.holds_key
     s.server.receive(client.handle(request))
     s.server.advance()

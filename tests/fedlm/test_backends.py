@@ -47,7 +47,8 @@ def test_secure_equals_plain_within_bound_at_every_stage(
         secagg_module: ModuleType, protocol: str) -> None:
     ups = _updates(5, seed=7)
     weights = {0: 3, 1: 1, 2: 4, 3: 2, 4: 5}
-    backend = SecureBackend(protocol, clip_bound=0.25, fractional_bits=20, max_weight=5)
+    threat = None if protocol == "ckks" else secagg_module.ThreatModel.semi_honest(0.1, 0.2)
+    backend = SecureBackend(protocol, clip_bound=0.25, fractional_bits=20, max_weight=5, threat=threat)
     for r, stage in enumerate(backend.stages, start=1):
         res = backend.aggregate(ups, weights, {1: stage}, b"ctx", r)
         assert res.dropped == {1: stage}
@@ -61,11 +62,38 @@ def test_secure_equals_plain_within_bound_at_every_stage(
 
 def test_secure_backend_turns_insufficient_parties_into_round_aborted(
         secagg_module: ModuleType) -> None:
-    backend = SecureBackend("secagg+", clip_bound=0.25, fractional_bits=16, max_weight=1)
+    backend = SecureBackend("secagg+", clip_bound=0.25, fractional_bits=16, max_weight=1,
+                            threat=secagg_module.ThreatModel.semi_honest(0.1, 0.2))
     first = backend.stages[0]
     ups = _updates(3)
     with pytest.raises(RoundAborted):
         backend.aggregate(ups, {c: 1 for c in ups}, {c: first for c in ups}, b"", 1)
+
+
+def test_a_secure_backend_needs_a_threat_model_exactly_when_the_protocol_has_thresholds() -> None:
+    with pytest.raises(ValueError, match="threat model"):
+        SecureBackend("secagg+", clip_bound=0.25, fractional_bits=16, max_weight=1)
+    with pytest.raises(ValueError, match="threat model"):
+        SecureBackend("ckks", clip_bound=0.25, fractional_bits=16, max_weight=1,
+                      threat=__import__("secagg").ThreatModel.semi_honest(0.1, 0.2))
+
+
+def test_each_client_party_is_built_where_the_client_adds_its_delta(secagg_module: ModuleType) -> None:
+    """The session holds one protocol party per client, made at add() time, and finishes through the
+    router: the delta itself is not kept by the session."""
+    backend = SecureBackend("secagg", clip_bound=0.25, fractional_bits=16, max_weight=1,
+                            threat=secagg_module.ThreatModel.semi_honest(0.1, 0.2))
+    ups = _updates(4)
+    session = backend.open_round([7, 3, 9, 5], b"ctx", 1)
+    for cid in (3, 5):
+        session.add(cid, ups[cid - 3 if cid == 3 else 1], 1)
+    parties = session.parties  # type: ignore[attr-defined]
+    assert sorted(parties) == [0, 1] and all(isinstance(p, secagg_module.SecAggClient) for p in parties.values())
+    assert not hasattr(session, "updates")
+    session.add(7, ups[2], 1)
+    session.add(9, ups[3], 1)
+    res = session.finish({})
+    assert res.survivors == [3, 5, 7, 9]
 
 
 def test_state_digest_binds_names_shapes_and_values() -> None:

@@ -57,7 +57,7 @@ def test_secagg_refusal_is_a_clean_error(
     def refuse(*args: object, **kwargs: object) -> None:
         raise secagg.ParameterError("the sum of 5 inputs needs 70 bits (> 64)")
 
-    monkeypatch.setattr(secagg, "aggregate", refuse)
+    monkeypatch.setattr(secagg, "new_server", refuse)
     flags = _flags({**TINY, "rounds": 1})
     assert main(["run", "--backend", "secagg+", "--out", str(tmp_path), *flags]) == 2
     assert "70 bits" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """CKKS client state machine (no I/O): one upload per client; committee members also hold the key.
 
-Drive it with :meth:`CkksClient.advertise` (committee members only) and then :meth:`handle` for each
-server message; each call returns the bytes to send back. A malformed message (including a
+Drive it like every party (:mod:`secagg.protocols.base`): :meth:`CkksClient.advertise` (every client:
+its channel key; a committee member also receives the secret context on it) and then :meth:`handle`
+for each server message; each call returns the bytes to send back. A malformed message (including a
 decryption request with a ciphertext that does not parse as one of the session's) or one for another
 stage, round or session raises without changing state: a key holder keeps its key. A hostile or
 inconsistent one aborts the client for good (stage ``ABORTED``).
@@ -37,6 +38,8 @@ from ...hazmat.keys import AgreementKeyPair, open_sealed, seal
 from ...hazmat.prg import MaskStream
 from ...hazmat.random import RandomSource, system_random
 from ...wire import SERVER_ID, Header
+from ..base import ClientParty
+from ..channel import LABEL_SERVER_CHANNEL, channel_context
 from . import he
 from . import messages as m
 from .common import LABEL_SECRET_CONTEXT, PROTOCOL_ID, Stage, limits_for, seal_context, session_id, setup_id
@@ -45,14 +48,14 @@ from .parallel import ChunkPool, default_pool
 
 __all__ = ["CkksClient"]
 
-_EXPECTED = {
+_EXPECTED: dict[Stage, tuple[int, ...]] = {
     Stage.GENERATE: (m.Kind.KEY_LIST, m.Kind.CONTEXT),
     Stage.CONTEXT: (m.Kind.CONTEXT,),
     Stage.DECRYPT: (m.Kind.DECRYPT_REQUEST,),
 }
 
 
-class CkksClient:
+class CkksClient(ClientParty[Stage]):
     """One client's view of one CKKS aggregation round.
 
     Args:
@@ -64,6 +67,10 @@ class CkksClient:
         pool: process pool for large inputs (default: the process-wide :func:`default_pool`).
     """
 
+    config: CkksConfig
+    _authenticated = m.AUTHENTICATED_KINDS
+    _encode = staticmethod(m.encode)
+
     def __init__(
         self,
         config: CkksConfig,
@@ -74,21 +81,23 @@ class CkksClient:
         random: RandomSource = system_random,
         pool: ChunkPool | None = None,
     ) -> None:
-        if not 0 <= client_id < config.num_clients:
-            raise ParameterError(f"client_id must be in [0, {config.num_clients}), got {client_id}")
-        self.config, self.client_id, self.round = config, client_id, round_number
+        self._start_client(config, client_id, round_number, setup_id(config, round_number, context), Stage.ADVERTISE,
+                           PROTOCOL_ID, _EXPECTED)
         self._random, self._pool = random, pool
-        self._setup = setup_id(config, round_number, context)
         self._limits = limits_for(config)
         self._member = client_id in config.committee
-        self._stage = Stage.ADVERTISE if self._member else Stage.CONTEXT
-        self._keypair: AgreementKeyPair | None = AgreementKeyPair.generate(random) if self._member else None
+        self._keypair: AgreementKeyPair | None = AgreementKeyPair.generate(random)
+        self._server_key = b""
         self._values: np.ndarray | None = None
         self._weight = 1
-        self._session = b""
         self._generated: tuple[bytes, bytes] | None = None
         self._secret: bytes | None = None
-        self.sent_bytes = 0
+        self._request_ctx: Any = None
+        self._handlers = {
+            Stage.GENERATE: self._on_key_list_or_context,
+            Stage.CONTEXT: self._on_context_message,
+            Stage.DECRYPT: self._on_decrypt,
+        }
 
     # -- inputs -----------------------------------------------------------------------------------
     def set_input(self, update: Any, weight: int = 1) -> None:
@@ -102,64 +111,45 @@ class CkksClient:
         self._values = self.config.schema.flatten(update)
 
     @property
-    def stage(self) -> Stage:
-        return self._stage
-
-    @property
-    def session(self) -> bytes:
-        """The session id (empty until the public context arrives)."""
-        return self._session
-
-    @property
     def holds_key(self) -> bool:
         """True while this client holds the secret context and can decrypt."""
         return self._secret is not None
 
     # -- protocol ---------------------------------------------------------------------------------
-    def advertise(self) -> bytes | None:
-        """Committee members: the X25519 key to receive the secret context on. Others: ``None``."""
-        if not self._member:
-            return None
+    def advertise(self) -> bytes:
+        """Stage 0: a fresh X25519 key (the channel with the server; a committee member's secret
+        context is sealed to it)."""
         if self._stage is not Stage.ADVERTISE:
             raise ProtocolAbort("the key was already advertised")
         assert self._keypair is not None
-        self._stage = Stage.GENERATE
+        self._stage = Stage.GENERATE if self._member else Stage.CONTEXT
         return self._send(m.Kind.ADVERTISE, self._setup, m.Advertise(self._keypair.public_bytes))
 
-    def handle(self, data: bytes) -> bytes:
-        """Process one server message and return the reply.
+    def _decode(self, data: bytes) -> tuple[Header, m.Body]:
+        return m.decode(data, self._limits, self._tag_key)
 
-        Raises:
-            MalformedMessage, ProtocolAbort: the message is malformed or not for this stage (state
-                unchanged, the key kept).
-            IntegrityError, InsufficientParties, ProtocolAbort, ParameterError: the client aborted.
-        """
-        if self._stage not in _EXPECTED:
-            raise ProtocolAbort(f"client {self.client_id} expects no message in stage {self._stage.value}")
-        header, body = m.decode(data, self._limits)
-        self._check_header(header)
-        secret_ctx = self._parse_request(body) if isinstance(body, m.DecryptRequest) else None
-        try:
-            if isinstance(body, m.KeyList):
-                return self._on_key_list(body)
-            if isinstance(body, m.ContextBroadcast):
-                return self._on_context(body)
-            assert isinstance(body, m.DecryptRequest)
-            return self._on_decrypt(body, secret_ctx)
-        except SecAggError:
-            self._abort()
-            raise
+    def _expected_session(self) -> bytes:
+        return self._session if self._stage is Stage.DECRYPT else self._setup
 
-    def _check_header(self, header: Header) -> None:
-        if header.kind not in _EXPECTED[self._stage]:
-            raise ProtocolAbort(f"unexpected message kind {header.kind} in stage {self._stage.value}")
-        if header.protocol != PROTOCOL_ID or header.round != self.round:
-            raise ProtocolAbort("message for another protocol or round")
-        expected = self._session if self._stage is Stage.DECRYPT else self._setup
-        if header.session != expected:
-            raise ProtocolAbort("message for another session")
-        if header.sender != SERVER_ID or header.recipient != self.client_id:
-            raise ProtocolAbort("message not addressed from the server to this client")
+    def _inspect(self, body: m.Body) -> None:
+        self._request_ctx = self._parse_request(body) if isinstance(body, m.DecryptRequest) else None
+
+    def _on_key_list_or_context(self, body: m.Body) -> bytes:
+        if isinstance(body, m.KeyList):
+            return self._on_key_list(body)
+        return self._on_context_message(body)
+
+    def _on_context_message(self, body: m.Body) -> bytes:
+        assert isinstance(body, m.ContextBroadcast)
+        return self._on_context(body)
+
+    def _open_channel(self, server_key: bytes) -> None:
+        """Derive the authenticated channel from the server's key (the same key all round)."""
+        if self._server_key and server_key != self._server_key:
+            raise ProtocolAbort("the server changed its channel key within the round")
+        assert self._keypair is not None
+        self._channel = self._keypair.agree(server_key, LABEL_SERVER_CHANNEL, channel_context(self._setup, self.client_id))
+        self._server_key = server_key
 
     def _parse_request(self, body: m.DecryptRequest) -> Any:
         """Parse every ciphertext of a decryption request before the key is spent on it.
@@ -183,22 +173,17 @@ class CkksClient:
             raise MalformedMessage("the decryption request holds a malformed ciphertext") from None
         return ctx
 
-    def _send(self, kind: m.Kind, session: bytes, body: m.Body) -> bytes:
-        data = m.encode(Header(kind, PROTOCOL_ID, self.round, session, self.client_id, SERVER_ID), body)
-        self.sent_bytes += len(data)
-        return data
-
-    def _abort(self) -> None:
-        self._stage = Stage.ABORTED
+    def _forget(self) -> None:
         self._values = None
-        self._secret = self._generated = None
+        self._secret = self._generated = self._request_ctx = None
         self._keypair = None
 
     # -- key setup --------------------------------------------------------------------------------
     def _check_key_list(self, key_list: m.KeyList) -> None:
         if not set(key_list.members) <= set(self.config.committee):
             raise ProtocolAbort("the key list names a client outside the committee")
-        if len(set(key_list.keys)) != len(key_list.keys):
+        every_key = [key_list.server_key, *key_list.keys]
+        if len(set(every_key)) != len(every_key):
             raise ProtocolAbort("the key list repeats a public key")
         if self._member and self.client_id in key_list.members:
             mine = key_list.keys[key_list.members.index(self.client_id)]
@@ -211,6 +196,7 @@ class CkksClient:
         if body.generator != self.client_id or self.client_id not in body.members:
             raise ProtocolAbort("a key list was sent to a client that is not the designated generator")
         assert self._keypair is not None
+        self._open_channel(body.server_key)
         secret, public = he.generate_context(self.config.preset, self.config.log_scale)
         session = session_id(self._setup, body.body_bytes(), public)
         recipients, sealed = [], []
@@ -229,6 +215,7 @@ class CkksClient:
         """Every client: check the public context, take the secret one if addressed, then upload."""
         key_list = body.key_list
         self._check_key_list(key_list)
+        self._open_channel(key_list.server_key)
         cfg = self.config
         public_ctx = he.load_context(body.public_context, cfg.preset, cfg.log_scale, secret=False)
         session = session_id(self._setup, key_list.body_bytes(), body.public_context)
@@ -274,11 +261,13 @@ class CkksClient:
         return m.Upload(tuple(blobs))
 
     # -- decryption -------------------------------------------------------------------------------
-    def _on_decrypt(self, body: m.DecryptRequest, ctx: Any) -> bytes:
+    def _on_decrypt(self, body: m.Body) -> bytes:
         """The key holder: decrypt the sum once, check it against the noise bound, round, release.
 
-        ``ctx`` is the secret context :meth:`_parse_request` loaded after parsing every chunk.
+        Uses the secret context :meth:`_parse_request` loaded after parsing every chunk.
         """
+        assert isinstance(body, m.DecryptRequest)
+        ctx, self._request_ctx = self._request_ctx, None
         cfg, n = self.config, len(body.contributors)
         if body.contributors and body.contributors[-1] >= cfg.num_clients:
             raise ProtocolAbort("the decryption request names an unknown client")
@@ -307,16 +296,3 @@ class CkksClient:
         if rest or not n <= weight_sum <= n * cfg.max_weight:
             raise IntegrityError("the decrypted weight sum is not a sum of valid weights")
         return grid[: cfg.dim].astype(np.int64)
-
-    def close(self) -> None:
-        """End the round at this client: a key holder that was not asked to decrypt drops its key."""
-        self._secret = self._generated = None
-        self._values = None
-        if self._stage is not Stage.ABORTED:
-            self._stage = Stage.DONE
-
-    def __getstate__(self) -> None:
-        raise TypeError("clients hold secrets and cannot be pickled")
-
-    def __repr__(self) -> str:
-        return f"CkksClient(id={self.client_id}, round={self.round}, stage={self._stage.value})"

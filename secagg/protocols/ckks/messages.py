@@ -16,9 +16,11 @@ import numpy as np
 from ...errors import MalformedMessage
 from ...hazmat.keys import PUBLIC_KEY_BYTES
 from ...wire import Header, Reader, Writer
+from ..channel import TagKey, finish, open_message
 
 __all__ = [
     "Kind",
+    "AUTHENTICATED_KINDS",
     "Limits",
     "Advertise",
     "KeyList",
@@ -45,6 +47,11 @@ class Kind(enum.IntEnum):
     DECRYPT_RESPONSE = 7
 
 
+# Every message after the one that carries the server's channel key has a Poly1305 tag
+# (secagg.protocols.channel); the advertisement, key list and context broadcast precede the channel.
+AUTHENTICATED_KINDS = frozenset({Kind.KEY_PACKAGE, Kind.UPLOAD, Kind.DECRYPT_REQUEST, Kind.DECRYPT_RESPONSE})
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Size limits a decoder enforces, from the session config.
@@ -66,7 +73,8 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Advertise:
-    """Committee member -> server: a fresh X25519 key for receiving the secret context."""
+    """Client -> server: a fresh X25519 key. It keys the client's authenticated channel with the
+    server; a committee member also receives the secret context on it."""
 
     public_key: bytes
     KIND = Kind.ADVERTISE
@@ -76,37 +84,31 @@ class Advertise:
 
     @classmethod
     def read(cls, r: Reader, limits: Limits) -> Advertise:
-        return cls(r.fixed(PUBLIC_KEY_BYTES))
-
-
-def _write_keys(w: Writer, generator: int, members: tuple[int, ...], keys: tuple[bytes, ...]) -> None:
-    w.u32(generator).ids(members)
-    for key in keys:
-        w.fixed(key, PUBLIC_KEY_BYTES)
-
-
-def _read_keys(r: Reader, limits: Limits) -> tuple[int, tuple[int, ...], tuple[bytes, ...]]:
-    generator, members = r.u32(), r.ids(limits.max_parties)
-    if generator not in members:
-        raise MalformedMessage("the generator is not among the committee keys")
-    return generator, members, tuple(r.fixed(PUBLIC_KEY_BYTES) for _ in members)
+        return cls(r.public_key())
 
 
 @dataclass(frozen=True, slots=True)
 class KeyList:
-    """Server -> designated generator: the committee members that advertised, with their keys."""
+    """Server -> designated generator (and, inside the context broadcast, every client): the
+    server's channel key and the committee members that advertised, with their keys."""
 
+    server_key: bytes
     generator: int
     members: tuple[int, ...]
     keys: tuple[bytes, ...]
     KIND = Kind.KEY_LIST
 
     def write(self, w: Writer) -> None:
-        _write_keys(w, self.generator, self.members, self.keys)
+        w.fixed(self.server_key, PUBLIC_KEY_BYTES).u32(self.generator).ids(self.members)
+        for key in self.keys:
+            w.fixed(key, PUBLIC_KEY_BYTES)
 
     @classmethod
     def read(cls, r: Reader, limits: Limits) -> KeyList:
-        return cls(*_read_keys(r, limits))
+        server_key, generator, members = r.public_key(), r.u32(), r.ids(limits.max_parties)
+        if generator not in members:
+            raise MalformedMessage("the generator is not among the committee keys")
+        return cls(server_key, generator, members, tuple(r.public_key() for _ in members))
 
     def body_bytes(self) -> bytes:
         w = Writer()
@@ -224,19 +226,21 @@ _BY_KIND: dict[int, Any] = {
 }
 
 
-def encode(header: Header, body: Body) -> bytes:
+def encode(header: Header, body: Body, tag_key: bytes | None = None) -> bytes:
+    """Canonical bytes of a message; authenticated kinds need the one-time ``tag_key``."""
     w = Writer()
     body.write(w)
-    return w.finish(header)
+    return finish(header, w, AUTHENTICATED_KINDS, tag_key)
 
 
-def decode(data: bytes, limits: Limits) -> tuple[Header, Body]:
-    """Parse a whole message.
+def decode(data: bytes, limits: Limits, tag_key: TagKey | None = None) -> tuple[Header, Body]:
+    """Parse a whole message, checking its tag first if its kind is authenticated.
 
     Raises:
         MalformedMessage: the bytes are not a canonical encoding of a known message.
+        IntegrityError: the tag does not verify.
     """
-    header, reader = Header.decode(data)
+    header, reader = open_message(data, AUTHENTICATED_KINDS, tag_key)
     cls = _BY_KIND.get(header.kind)
     if cls is None:
         raise MalformedMessage(f"unknown message kind {header.kind}")

@@ -20,8 +20,11 @@ from typing import Any
 import numpy as np
 
 from ...errors import InsufficientParties, ProtocolAbort
+from ...hazmat.random import RandomSource, system_random
 from ...results import WeightedSum, first_drops
 from ...wire import SERVER_ID, Header, Writer
+from ..base import ServerParty
+from ..channel import LABEL_SERVER_CHANNEL, TO_CLIENT, channel_context, finish, message_key
 from . import he
 from . import messages as m
 from .common import PROTOCOL_ID, Stage, limits_for, session_id, setup_id
@@ -29,7 +32,7 @@ from .config import CkksConfig
 
 __all__ = ["CkksServer", "CkksResult"]
 
-_EXPECTED = {
+_EXPECTED: dict[Stage, int] = {
     Stage.ADVERTISE: m.Kind.ADVERTISE,
     Stage.GENERATE: m.Kind.KEY_PACKAGE,
     Stage.UPLOAD: m.Kind.UPLOAD,
@@ -50,17 +53,28 @@ class CkksResult(WeightedSum):
     """Client id -> the stage at which the server stopped hearing from it."""
 
 
-class CkksServer:
-    """The aggregator's view of one round. It never holds a secret key."""
+class CkksServer(ServerParty[Stage, CkksResult]):
+    """The aggregator's view of one round. It never holds a secret key.
 
-    def __init__(self, config: CkksConfig, *, round_number: int = 0, context: bytes = b"") -> None:
-        self.config, self.round = config, round_number
-        self._setup = setup_id(config, round_number, context)
+    Args:
+        config: the public session parameters (identical at every party).
+        round_number, context: as for the clients.
+        random: randomness for the server's channel key (default ``os.urandom``).
+    """
+
+    config: CkksConfig
+    _authenticated = m.AUTHENTICATED_KINDS
+    _encode = staticmethod(m.encode)
+
+    def __init__(self, config: CkksConfig, *, round_number: int = 0, context: bytes = b"",
+                 random: RandomSource = system_random) -> None:
+        self._start_server(config, round_number, setup_id(config, round_number, context), Stage.ADVERTISE,
+                           PROTOCOL_ID, _EXPECTED, random)
         self._limits = limits_for(config)
-        self._session = b""
-        self._stage = Stage.ADVERTISE
         self._keys: dict[int, bytes] = {}
         self._untried: list[int] = []
+        self._committee: dict[int, bytes] = {}
+        self._failed_generators: list[int] = []
         self._key_list: m.KeyList | None = None
         self._package: m.KeyPackage | None = None
         self._public: Any = None
@@ -70,41 +84,37 @@ class CkksServer:
         self._silent: list[int] = []
         self._request_body = b""
         self._response: m.DecryptResponse | None = None
-        self._result: CkksResult | None = None
-        self._dropped: dict[str, tuple[int, ...]] = {}
-
-    @property
-    def dropped(self) -> dict[int, str]:
-        """Client id -> the stage whose message the server never got from it (so far)."""
-        return first_drops(self._dropped)
-
-    @property
-    def stage(self) -> Stage:
-        return self._stage
-
-    @property
-    def session(self) -> bytes:
-        return self._session
+        self._closers = {
+            Stage.ADVERTISE: self._close_advertise,
+            Stage.GENERATE: self._close_generate,
+            Stage.UPLOAD: self._close_upload,
+            Stage.DECRYPT: self._close_decrypt,
+        }
 
     @property
     def contributors(self) -> tuple[int, ...]:
         return tuple(sorted(self._contributors))
 
     # -- intake -----------------------------------------------------------------------------------
-    def receive(self, data: bytes) -> int:
-        """Validate and take in one client message for the current stage; returns the sender id.
+    def _decode(self, data: bytes) -> tuple[Header, m.Body]:
+        return m.decode(data, self._limits, self._tag_key)
 
-        Raises:
-            MalformedMessage, ProtocolAbort, IntegrityError: the message is rejected and ignored.
-        """
-        if self._stage not in _EXPECTED:
-            raise ProtocolAbort(f"the server expects no message in stage {self._stage.value}")
-        header, body = m.decode(data, self._limits)
-        sender = self._check_header(header)
+    def _receiving_session(self) -> bytes:
+        return self._session if self._stage in (Stage.UPLOAD, Stage.DECRYPT) else self._setup
+
+    def _check_sender(self, sender: int) -> None:
+        allowed = {
+            Stage.ADVERTISE: sender not in self._keys,
+            Stage.GENERATE: self._key_list is not None and sender == self._key_list.generator,
+            Stage.UPLOAD: sender in self._keys and sender not in self._contributors,
+            Stage.DECRYPT: bool(self._holders) and sender == self._holders[0],
+        }[self._stage]
+        if not allowed:
+            raise ProtocolAbort(f"client {sender} may not send this message now (or already did)")
+
+    def _take(self, sender: int, body: m.Body) -> None:
         if isinstance(body, m.Advertise):
-            if body.public_key in self._keys.values():
-                raise ProtocolAbort("a committee member repeated another member's key")
-            self._keys[sender] = body.public_key
+            self._take_key(sender, body.public_key)
         elif isinstance(body, m.KeyPackage):
             self._take_package(body)
         elif isinstance(body, m.Upload):
@@ -112,28 +122,13 @@ class CkksServer:
         else:
             assert isinstance(body, m.DecryptResponse)
             self._take_response(body)
-        return sender
 
-    def _check_header(self, header: Header) -> int:
-        if header.kind != _EXPECTED[self._stage]:
-            raise ProtocolAbort(f"unexpected message kind {header.kind} in stage {self._stage.value}")
-        if header.protocol != PROTOCOL_ID or header.round != self.round:
-            raise ProtocolAbort("message for another protocol or round")
-        session = self._session if self._stage in (Stage.UPLOAD, Stage.DECRYPT) else self._setup
-        if header.session != session:
-            raise ProtocolAbort("message for another session")
-        sender = header.sender
-        if header.recipient != SERVER_ID or not 0 <= sender < self.config.num_clients:
-            raise ProtocolAbort("message not addressed from a registered client to the server")
-        allowed = {
-            Stage.ADVERTISE: sender in self.config.committee and sender not in self._keys,
-            Stage.GENERATE: self._key_list is not None and sender == self._key_list.generator,
-            Stage.UPLOAD: sender not in self._contributors,
-            Stage.DECRYPT: bool(self._holders) and sender == self._holders[0],
-        }[self._stage]
-        if not allowed:
-            raise ProtocolAbort(f"client {sender} may not send this message now (or already did)")
-        return sender
+    def _take_key(self, sender: int, key: bytes) -> None:
+        if key in self._keys.values() or key == self._channel_key.public_bytes:
+            raise ProtocolAbort("a client repeated another party's key")
+        # IntegrityError for a low-order point, before anything is stored.
+        channel = self._channel_key.agree(key, LABEL_SERVER_CHANNEL, channel_context(self._setup, sender))
+        self._keys[sender], self._channels[sender] = key, channel
 
     def _take_package(self, body: m.KeyPackage) -> None:
         assert self._key_list is not None
@@ -161,32 +156,13 @@ class CkksServer:
         self._response = body
 
     # -- stage transitions ------------------------------------------------------------------------
-    def advance(self) -> dict[int, bytes]:
-        """Close the current stage with the messages received so far.
-
-        Returns:
-            client id -> message bytes for the next stage (empty once the round is done).
-        Raises:
-            InsufficientParties: no key could be set up, too few uploads, or no key holder answered.
-        """
-        step = {
-            Stage.ADVERTISE: self._close_advertise,
-            Stage.GENERATE: self._close_generate,
-            Stage.UPLOAD: self._close_upload,
-            Stage.DECRYPT: self._close_decrypt,
-        }.get(self._stage)
-        if step is None:
-            raise ProtocolAbort(f"nothing to advance in stage {self._stage.value}")
-        try:
-            return step()
-        except InsufficientParties:
-            self._stage = Stage.ABORTED
-            self._accumulator = None
-            raise
+    def _forget(self) -> None:
+        self._accumulator = None
 
     def _close_advertise(self) -> dict[int, bytes]:
-        self._dropped["advertise"] = tuple(c for c in self.config.committee if c not in self._keys)
-        self._untried = sorted(self._keys)
+        self._dropped["advertise"] = tuple(c for c in range(self.config.num_clients) if c not in self._keys)
+        self._committee = {c: k for c, k in sorted(self._keys.items()) if c in self.config.committee}
+        self._untried = sorted(self._committee)
         self._stage = Stage.GENERATE
         return self._designate()
 
@@ -195,12 +171,16 @@ class CkksServer:
         if not self._untried:
             raise InsufficientParties("no committee member advertised a key or delivered the CKKS context")
         generator = self._untried.pop(0)
-        members = tuple(sorted(self._keys))
-        self._key_list = m.KeyList(generator, members, tuple(self._keys[c] for c in members))
+        members = tuple(self._committee)
+        server_key = self._channel_key.public_bytes
+        self._key_list = m.KeyList(server_key, generator, members, tuple(self._committee[c] for c in members))
         return {generator: self._send(m.Kind.KEY_LIST, self._setup, generator, self._key_list)}
 
     def _close_generate(self) -> dict[int, bytes]:
         if self._package is None:
+            assert self._key_list is not None
+            self._failed_generators.append(self._key_list.generator)
+            self._dropped["generate"] = tuple(self._failed_generators)
             return self._designate()
         assert self._key_list is not None
         package, key_list = self._package, self._key_list
@@ -210,12 +190,12 @@ class CkksServer:
         self._stage = Stage.UPLOAD
         return {
             c: self._send(m.Kind.CONTEXT, self._setup, c, m.ContextBroadcast(key_list, package.public_context, sealed.get(c, b"")))
-            for c in range(self.config.num_clients)
+            for c in sorted(self._keys)
         }
 
     def _close_upload(self) -> dict[int, bytes]:
         uploaded = self.contributors
-        self._dropped["upload"] = tuple(sorted(set(range(self.config.num_clients)) - set(uploaded)))
+        self._dropped["before-upload"] = tuple(sorted(set(range(self.config.num_clients)) - set(uploaded)))
         if len(uploaded) < self.config.min_contributors or self._accumulator is None:
             raise InsufficientParties(f"{len(uploaded)} uploads; at least {self.config.min_contributors} are needed")
         live = set(uploaded)
@@ -233,7 +213,8 @@ class CkksServer:
             raise InsufficientParties("no live key holder answered the decryption request")
         holder = self._holders[0]
         header = Header(m.Kind.DECRYPT_REQUEST, PROTOCOL_ID, self.round, self._session, SERVER_ID, holder)
-        return {holder: header.encode() + self._request_body}
+        tag_key = message_key(self._channels[holder], TO_CLIENT, m.Kind.DECRYPT_REQUEST)
+        return {holder: finish(header, Writer().raw(self._request_body), m.AUTHENTICATED_KINDS, tag_key)}
 
     def _close_decrypt(self) -> dict[int, bytes]:
         if self._response is None:
@@ -242,21 +223,8 @@ class CkksServer:
         cfg, grid = self.config, self._response.grid_sum
         weighted = grid[: cfg.schema.size].astype(np.float64) * 2.0**-cfg.grid_bits
         weight_sum = int(grid[cfg.schema.size]) >> cfg.grid_bits
-        self._dropped["decrypt"] = tuple(self._silent)
+        self._dropped["after-upload"] = tuple(self._silent)
         self._result = CkksResult(cfg, weighted, weight_sum, self.contributors, self._holders[0], self.dropped)
         self._stage = Stage.DONE
         self._request_body = b""
         return {}
-
-    def _send(self, kind: m.Kind, session: bytes, client: int, body: m.Body) -> bytes:
-        return m.encode(Header(kind, PROTOCOL_ID, self.round, session, SERVER_ID, client), body)
-
-    def result(self) -> CkksResult:
-        """The aggregate, once a key holder's decryption has been taken in.
-
-        Raises:
-            ProtocolAbort: the round is not finished (or was aborted).
-        """
-        if self._result is None:
-            raise ProtocolAbort(f"no aggregate: the round is in stage {self._stage.value}")
-        return self._result

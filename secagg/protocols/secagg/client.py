@@ -21,6 +21,7 @@ from ...hazmat.prg import MaskStream
 from ...hazmat.random import RandomSource, system_random
 from ...params import SecAggConfig
 from ...wire import SERVER_ID, Header, Writer
+from ..base import ClientParty
 from . import messages as m
 from .common import (
     LABEL_ADVERTISE_SIG,
@@ -51,10 +52,10 @@ __all__ = ["SecAggClient", "advertise_signed_bytes", "survivors_signed_bytes"]
 
 _SHARE_WORDS = 2 * (shamir.share_bytes(32) // 4)
 _EXPECTED = {
-    Stage.SHARE: m.Kind.KEY_LIST,
-    Stage.MASK: m.Kind.DELIVERY,
-    Stage.CONSISTENCY: m.Kind.SURVIVORS,
-    Stage.UNMASK: m.Kind.UNMASK_REQUEST,
+    Stage.SHARE: (m.Kind.KEY_LIST,),
+    Stage.MASK: (m.Kind.DELIVERY,),
+    Stage.CONSISTENCY: (m.Kind.SURVIVORS,),
+    Stage.UNMASK: (m.Kind.UNMASK_REQUEST,),
 }
 
 
@@ -66,7 +67,7 @@ def survivors_signed_bytes(session: bytes, survivors: tuple[int, ...]) -> bytes:
     return session + Writer().ids(survivors).body()
 
 
-class SecAggClient:
+class SecAggClient(ClientParty[Stage]):
     """One client's view of one aggregation round.
 
     Args:
@@ -79,6 +80,10 @@ class SecAggClient:
         registry: client id -> Ed25519 public key of every client (malicious threat model only).
     """
 
+    config: SecAggConfig
+    _authenticated = m.AUTHENTICATED_KINDS
+    _encode = staticmethod(m.encode)
+
     def __init__(
         self,
         config: SecAggConfig,
@@ -90,31 +95,31 @@ class SecAggClient:
         identity: SigningKey | None = None,
         registry: Mapping[int, bytes] | None = None,
     ) -> None:
-        if not 0 <= client_id < config.num_clients:
-            raise ParameterError(f"client_id must be in [0, {config.num_clients}), got {client_id}")
+        self._start_client(config, client_id, round_number, setup_id(config, round_number, context), Stage.ADVERTISE,
+                           protocol_id(config), _EXPECTED)
         if config.threat.is_malicious and (identity is None or registry is None):
             raise ParameterError("the malicious threat model needs an identity key and a registry (PKI)")
         if registry is not None and identity is not None and registry.get(client_id) != identity.public_bytes:
             raise ParameterError("the registry does not hold this client's identity key")
-        self.config, self.client_id, self.round = config, client_id, round_number
         self._random = random
         self._identity, self._registry = identity, dict(registry) if registry else None
-        self._setup = setup_id(config, round_number, context)
-        self._stage = Stage.ADVERTISE
         self._encryption = AgreementKeyPair.generate(random)
         self._masking = AgreementKeyPair.generate(random)
         self._values: np.ndarray | None = None
         self._weight = 1
         self._encoded: np.ndarray | None = None
-        self._session = b""
-        self._channel = b""
         self._keys: dict[int, m.KeyEntry] = {}
         self._neighbours: tuple[int, ...] = ()
         self._seed = b""
         self._held: dict[int, np.ndarray] = {}
         self._own_share = np.zeros((2, _SHARE_WORDS // 2), dtype=np.int64)
         self._survivors: tuple[int, ...] | None = None
-        self.sent_bytes = 0
+        self._handlers = {
+            Stage.SHARE: self._on_key_list,
+            Stage.MASK: self._on_delivery,
+            Stage.CONSISTENCY: self._on_survivors,
+            Stage.UNMASK: self._on_unmask,
+        }
 
     # -- inputs ---------------------------------------------------------------------------------
     def set_input(self, update: Any, weight: int = 1) -> None:
@@ -136,15 +141,6 @@ class SecAggClient:
             raise ParameterError("encoded input holds values outside the ring")
         self._encoded, self._values = words.copy(), None
 
-    @property
-    def stage(self) -> Stage:
-        return self._stage
-
-    @property
-    def session(self) -> bytes:
-        """The session id (empty until the key list arrives)."""
-        return self._session
-
     # -- protocol ---------------------------------------------------------------------------------
     def advertise(self) -> bytes:
         """Stage 0: the client's fresh public keys (signed in the malicious variant)."""
@@ -157,49 +153,13 @@ class SecAggClient:
         self._stage = Stage.SHARE
         return self._send(m.Kind.ADVERTISE, self._setup, m.Advertise(enc, mask, sig))
 
-    def handle(self, data: bytes) -> bytes:
-        """Process one server message and return the reply.
+    def _decode(self, data: bytes) -> tuple[Header, m.Body]:
+        return m.decode(data, max_parties=self.config.num_clients, tag_key=self._tag_key)
 
-        Raises:
-            MalformedMessage, ProtocolAbort: the message is not for this stage (state unchanged).
-            IntegrityError, InsufficientParties, ProtocolAbort: the client aborted the round.
-        """
-        if self._stage in (Stage.DONE, Stage.ABORTED, Stage.ADVERTISE):
-            raise ProtocolAbort(f"client {self.client_id} expects no message in stage {self._stage.value}")
-        header, body = m.decode(data, max_parties=self.config.num_clients, tag_key=self._tag_key)
-        self._check_header(header)
-        handler = {
-            Stage.SHARE: self._on_key_list,
-            Stage.MASK: self._on_delivery,
-            Stage.CONSISTENCY: self._on_survivors,
-            Stage.UNMASK: self._on_unmask,
-        }[self._stage]
-        try:
-            return handler(body)
-        except SecAggError:
-            self._abort()
-            raise
+    def _expected_session(self) -> bytes:
+        return self._setup if self._stage is Stage.SHARE else self._session
 
-    def _tag_key(self, header: Header) -> bytes:
-        if not self._channel:
-            raise ProtocolAbort("an authenticated message arrived before the key list")
-        return message_key(self._channel, TO_CLIENT, header.kind)
-
-    def _check_header(self, header: Header) -> None:
-        session = self._setup if self._stage is Stage.SHARE else self._session
-        check_binding(header, self.config, _EXPECTED[self._stage], self.round, session, self._stage)
-        if header.sender != SERVER_ID or header.recipient != self.client_id:
-            raise ProtocolAbort("message not addressed from the server to this client")
-
-    def _send(self, kind: m.Kind, session: bytes, body: m.Body) -> bytes:
-        header = Header(kind, protocol_id(self.config), self.round, session, self.client_id, SERVER_ID)
-        tag_key = message_key(self._channel, TO_SERVER, kind) if kind in m.AUTHENTICATED_KINDS else None
-        data = m.encode(header, body, tag_key)
-        self.sent_bytes += len(data)
-        return data
-
-    def _abort(self) -> None:
-        self._stage = Stage.ABORTED
+    def _forget(self) -> None:
         self._values = self._encoded = None
         self._held = {}
         self._seed = b""
@@ -361,9 +321,3 @@ class SecAggClient:
         signed = survivors_signed_bytes(self._session, self._survivors)
         for signer, signature in zip(body.signers, body.signatures):
             verify_signature(self._registry[signer], signature, LABEL_SURVIVORS_SIG, signed)
-
-    def __getstate__(self) -> None:
-        raise TypeError("clients hold secrets and cannot be pickled")
-
-    def __repr__(self) -> str:
-        return f"SecAggClient(id={self.client_id}, round={self.round}, stage={self._stage.value})"

@@ -19,6 +19,7 @@ from ...hazmat.prg import MaskStream
 from ...errors import ProtocolAbort
 from ...params import PROTOCOL_IDS, SecAggConfig
 from ...wire import WIRE_VERSION, Header
+from ..channel import LABEL_SERVER_CHANNEL, TO_CLIENT, TO_SERVER, channel_context, message_key
 
 __all__ = [
     "Stage",
@@ -40,18 +41,17 @@ __all__ = [
     "channel_context",
     "seed_commitment",
     "message_key",
+    "LABEL_SERVER_CHANNEL",
+    "TO_CLIENT",
+    "TO_SERVER",
 ]
 
 LABEL_SHARE_ENCRYPTION = b"share-encryption"
 LABEL_PAIRWISE_MASK = b"pairwise-mask"
 LABEL_SELF_MASK = b"self-mask"
 LABEL_GRAPH = b"harary-graph"
-LABEL_SERVER_CHANNEL = b"server-channel"
-LABEL_MESSAGE_MAC = b"message-mac"
 LABEL_KEY_CHECK = b"key-check"
 LABEL_ADVERTISE_SIG = b"advertise-keys"
-TO_SERVER = 0
-TO_CLIENT = 1
 LABEL_SURVIVORS_SIG = b"survivor-set"
 
 
@@ -165,16 +165,6 @@ def share_context(session: bytes, round_number: int, sender: int, recipient: int
 def seed_commitment(session: bytes, client: int, seed: bytes) -> bytes:
     """Hiding, binding commitment to a 32-byte uniformly random self-mask seed."""
     return hashlib.sha256(b"secagg/v1/seed-commitment\x00" + session + struct.pack("<I", client) + seed).digest()
-
-
-def channel_context(session: bytes, client: int) -> bytes:
-    """KDF context of the secret a client shares with the server for message authentication."""
-    return session + struct.pack("<I", client)
-
-
-def message_key(channel_secret: bytes, direction: int, kind: int) -> bytes:
-    """One-time Poly1305 key for the single message of ``kind`` sent in ``direction``."""
-    return derive_key(channel_secret, LABEL_MESSAGE_MAC, bytes([direction, kind]))
 
 
 def apply_masks(

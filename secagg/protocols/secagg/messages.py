@@ -13,8 +13,9 @@ from typing import Any, Callable, Union
 import numpy as np
 
 from ...errors import MalformedMessage, ParameterError
-from ...hazmat.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, is_canonical_public_key
-from ...wire import Header, Reader, Writer, strip_tag
+from ...hazmat.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
+from ...wire import Header, Reader, Writer
+from ..channel import TagKey, finish, open_message
 
 __all__ = [
     "Kind",
@@ -66,17 +67,6 @@ class ShareKind(enum.IntEnum):
     MASK_KEY = 2
 
 
-def _public_key(reader: Reader) -> bytes:
-    """An X25519 public key in its one canonical encoding (u < 2^255 - 19, so bit 255 is clear).
-
-    X25519 ignores bit 255, so without this check two byte strings name one point and a key could
-    be re-advertised under a different encoding that compares unequal.
-    """
-    key = reader.fixed(PUBLIC_KEY_BYTES)
-    if not is_canonical_public_key(key):
-        raise MalformedMessage("an X25519 public key is not canonically encoded")
-    return key
-
 
 def _signature(reader: Reader) -> bytes:
     sig = reader.blob(SIGNATURE_BYTES)
@@ -99,7 +89,7 @@ class Advertise:
 
     @classmethod
     def read(cls, r: Reader, max_parties: int) -> Advertise:
-        return cls(_public_key(r), _public_key(r), _signature(r))
+        return cls(r.public_key(), r.public_key(), _signature(r))
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +116,9 @@ class KeyList:
 
     @classmethod
     def read(cls, r: Reader, max_parties: int) -> KeyList:
-        server_key = _public_key(r)
+        server_key = r.public_key()
         ids = r.ids(max_parties)
-        return cls(server_key, tuple(KeyEntry(i, _public_key(r), _public_key(r), _signature(r)) for i in ids))
+        return cls(server_key, tuple(KeyEntry(i, r.public_key(), r.public_key(), _signature(r)) for i in ids))
 
     def body_bytes(self) -> bytes:
         w = Writer()
@@ -293,11 +283,9 @@ _BY_KIND: dict[int, Any] = {
 
 def encode(header: Header, body: Body, tag_key: bytes | None = None) -> bytes:
     """Canonical bytes of a message; authenticated kinds need the one-time ``tag_key``."""
-    if (header.kind in AUTHENTICATED_KINDS) != (tag_key is not None):
-        raise ParameterError(f"message kind {header.kind} {'needs' if tag_key is None else 'takes no'} tag key")
     w = Writer()
     body.write(w)
-    return w.finish(header, tag_key)
+    return finish(header, w, AUTHENTICATED_KINDS, tag_key)
 
 
 def decode(
@@ -305,24 +293,20 @@ def decode(
     *,
     max_parties: int,
     vector_words: tuple[int, int] | None = None,
-    tag_key: Callable[[Header], bytes] | None = None,
+    tag_key: TagKey | None = None,
 ) -> tuple[Header, Body]:
     """Parse a whole message, checking its tag first if its kind is authenticated.
 
     Args:
         max_parties: upper bound on any list length (the session's client count).
         vector_words: (word size, count) a masked input must have; None refuses masked inputs.
-        tag_key: maps the (unauthenticated) header to the one-time MAC key; it may raise
-            ProtocolAbort for a header that cannot be for this party.
+        tag_key: maps the (unauthenticated) header to the one-time MAC key (see
+            :data:`secagg.protocols.channel.TagKey`).
     Raises:
         MalformedMessage: the bytes are not a canonical encoding of a known message.
         IntegrityError: the tag does not verify.
     """
-    header, reader = Header.decode(data)
-    if header.kind in AUTHENTICATED_KINDS:
-        if tag_key is None:
-            raise MalformedMessage(f"message kind {header.kind} is not expected here")
-        header, reader = Header.decode(strip_tag(data, tag_key(header)))
+    header, reader = open_message(data, AUTHENTICATED_KINDS, tag_key)
     return header, read_body(header, reader, max_parties, vector_words)
 
 

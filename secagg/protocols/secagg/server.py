@@ -23,6 +23,7 @@ from ...params import SecAggConfig
 from ...hazmat.random import RandomSource, system_random
 from ...results import WeightedSum, first_drops
 from ...wire import SERVER_ID, Header
+from ..base import ServerParty
 from . import messages as m
 from .client import advertise_signed_bytes, survivors_signed_bytes
 from .common import (
@@ -50,7 +51,7 @@ from .common import (
 
 __all__ = ["SecAggServer", "AggregateResult"]
 
-_EXPECTED = {
+_EXPECTED: dict[Stage, int] = {
     Stage.ADVERTISE: m.Kind.ADVERTISE,
     Stage.SHARE: m.Kind.SHARES,
     Stage.MASK: m.Kind.MASKED_INPUT,
@@ -72,8 +73,12 @@ class AggregateResult(WeightedSum):
     """Client id -> the stage at which the server stopped hearing from it."""
 
 
-class SecAggServer:
+class SecAggServer(ServerParty[Stage, AggregateResult]):
     """The aggregator's view of one round. It never sees an individual input in the clear."""
+
+    config: SecAggConfig
+    _authenticated = m.AUTHENTICATED_KINDS
+    _encode = staticmethod(m.encode)
 
     def __init__(
         self,
@@ -84,13 +89,10 @@ class SecAggServer:
         registry: dict[int, bytes] | None = None,
         random: RandomSource = system_random,
     ) -> None:
-        self.config, self.round = config, round_number
-        self._channel_key = AgreementKeyPair.generate(random)
-        self._channels: dict[int, bytes] = {}
+        self._start_server(config, round_number, setup_id(config, round_number, context), Stage.ADVERTISE,
+                           protocol_id(config), _EXPECTED, random)
         self._registry = registry
-        self._setup = setup_id(config, round_number, context)
         self._session = self._setup
-        self._stage = Stage.ADVERTISE
         self._inbox: dict[int, m.Body | None] = {}
         self._shared_set: set[int] = set()
         self._keys: dict[int, m.KeyEntry] = {}
@@ -99,39 +101,25 @@ class SecAggServer:
         self._survivors: tuple[int, ...] = ()
         self._accumulator = np.zeros(config.dim, dtype=config.encoding.dtype)
         self._signatures: dict[int, bytes] = {}
-        self._result: AggregateResult | None = None
-        self._dropped: dict[str, tuple[int, ...]] = {}  # stage -> clients, as the requests need them
-
-    @property
-    def stage(self) -> Stage:
-        return self._stage
-
-    @property
-    def session(self) -> bytes:
-        return self._session
-
-    @property
-    def dropped(self) -> dict[int, str]:
-        """Client id -> the stage whose message the server never got from it (so far)."""
-        return first_drops(self._dropped)
+        self._closers = {
+            Stage.ADVERTISE: self._close_advertise,
+            Stage.SHARE: self._close_shares,
+            Stage.MASK: self._close_masked,
+            Stage.CONSISTENCY: self._close_consistency,
+            Stage.UNMASK: self._close_unmask,
+        }
 
     # -- intake -----------------------------------------------------------------------------------
-    def receive(self, data: bytes) -> int:
-        """Validate and store one client message for the current stage; returns the sender id.
-
-        Raises:
-            MalformedMessage, ProtocolAbort, IntegrityError: the message is rejected and ignored.
-        """
-        if self._stage not in _EXPECTED:
-            raise ProtocolAbort(f"the server expects no message in stage {self._stage.value}")
+    def _decode(self, data: bytes) -> tuple[Header, m.Body]:
         words = (self.config.encoding.dtype.itemsize, self.config.dim)
-        header, body = m.decode(data, max_parties=self.config.num_clients, vector_words=words, tag_key=self._tag_key)
-        sender = self._check_header(header)
+        return m.decode(data, max_parties=self.config.num_clients, vector_words=words, tag_key=self._tag_key)
+
+    def _take(self, sender: int, body: m.Body) -> None:
         if self._stage is Stage.MASK:
             assert isinstance(body, m.MaskedInput)
             self._accept_masked(sender, body.vector)
             self._inbox[sender] = None  # the vector itself is consumed into the accumulator
-            return sender
+            return
         check = {
             Stage.ADVERTISE: self._check_advertise,
             Stage.SHARE: self._check_shares,
@@ -140,28 +128,17 @@ class SecAggServer:
         }[self._stage]
         check(sender, body)
         self._inbox[sender] = body
-        return sender
-
-    def _tag_key(self, header: Header) -> bytes:
-        channel = self._channels.get(header.sender)
-        if channel is None:
-            raise ProtocolAbort(f"no authenticated channel with client {header.sender}")
-        return message_key(channel, TO_SERVER, header.kind)
 
     @property
     def graph(self) -> dict[int, tuple[int, ...]]:
         """The public share/mask graph over the clients that advertised keys (empty before)."""
         return dict(self._graph)
 
-    def _check_header(self, header: Header) -> int:
-        check_binding(header, self.config, _EXPECTED[self._stage], self.round, self._session, self._stage)
-        if header.recipient != SERVER_ID or not 0 <= header.sender < self.config.num_clients:
-            raise ProtocolAbort("message not addressed from a registered client to the server")
-        if header.sender in self._inbox:
-            raise ProtocolAbort(f"duplicate message from client {header.sender}")
-        if self._stage is not Stage.ADVERTISE and header.sender not in self._eligible():
-            raise ProtocolAbort(f"client {header.sender} is not part of this stage")
-        return header.sender
+    def _check_sender(self, sender: int) -> None:
+        if sender in self._inbox:
+            raise ProtocolAbort(f"duplicate message from client {sender}")
+        if self._stage is not Stage.ADVERTISE and sender not in self._eligible():
+            raise ProtocolAbort(f"client {sender} is not part of this stage")
 
     def _eligible(self) -> tuple[int, ...]:
         return {
@@ -217,29 +194,6 @@ class SecAggServer:
                 raise MalformedMessage("share word outside the field")
 
     # -- stage transitions ------------------------------------------------------------------------
-    def advance(self) -> dict[int, bytes]:
-        """Close the current stage with the messages received so far.
-
-        Returns:
-            client id -> message bytes for the next stage (empty once the round is done).
-        Raises:
-            InsufficientParties: fewer than the threshold took part; the round is over.
-        """
-        step = {
-            Stage.ADVERTISE: self._close_advertise,
-            Stage.SHARE: self._close_shares,
-            Stage.MASK: self._close_masked,
-            Stage.CONSISTENCY: self._close_consistency,
-            Stage.UNMASK: self._close_unmask,
-        }.get(self._stage)
-        if step is None:
-            raise ProtocolAbort(f"nothing to advance in stage {self._stage.value}")
-        try:
-            return step()
-        except (InsufficientParties, IntegrityError):
-            self._stage = Stage.ABORTED
-            raise
-
     def _require(self, count: int, what: str, needed: int) -> None:
         if count < needed:
             raise InsufficientParties(f"only {count} clients {what}; {needed} are needed")
@@ -416,19 +370,3 @@ class SecAggServer:
     def _next(self, stage: Stage) -> None:
         self._inbox = {}
         self._stage = stage
-
-    def _send(self, kind: m.Kind, session: bytes, client: int, body: m.Body) -> bytes:
-        header = Header(kind, protocol_id(self.config), self.round, session, SERVER_ID, client)
-        tag_key = message_key(self._channels[client], TO_CLIENT, kind) if kind in m.AUTHENTICATED_KINDS else None
-        data = m.encode(header, body, tag_key)
-        return data
-
-    def result(self) -> AggregateResult:
-        """The aggregate, once the unmask stage has been advanced.
-
-        Raises:
-            ProtocolAbort: the round is not finished (or was aborted).
-        """
-        if self._result is None:
-            raise ProtocolAbort(f"no aggregate: the round is in stage {self._stage.value}")
-        return self._result

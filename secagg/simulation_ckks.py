@@ -1,4 +1,5 @@
-"""``secagg simulate --protocol ckks``: one in-memory round on random data, reported as JSON fields."""
+"""CKKS through the one-call drivers: ``secagg simulate --protocol ckks`` (one in-memory round on
+random data, reported with every field of the SecAgg report) and ``secagg.aggregate(..., "ckks")``."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ from typing import Any
 
 import numpy as np
 
-from ...encoding import Schema
-from ...errors import ParameterError
-from .client import CkksClient
-from .config import CkksConfig
-from .driver import DROPOUT_STAGES, CkksTrace, run_ckks_round
-from .parallel import ChunkPool
-from .presets import PRESETS
-from .server import CkksServer
+from typing import Mapping
 
-__all__ = ["simulate_ckks"]
+from .encoding import Schema
+from .errors import ParameterError
+from .protocols.ckks import PRESETS, ChunkPool, CkksClient, CkksConfig, CkksResult, CkksServer
+from .protocols.registry import PROTOCOLS
+from .results import AggregationOutcome, Trace, local_dropouts, outcome_of
+from .router import run_round
+
+__all__ = ["simulate_ckks", "aggregate_ckks"]
+
+CkksTrace = Trace[CkksResult]
 
 
 def _dropouts(rng: np.random.Generator, clients: int, fraction: float, stage: str | None) -> dict[int, str]:
@@ -59,6 +62,9 @@ def simulate_ckks(
         raise ParameterError(f"unknown CKKS preset {preset!r}; choose one of {sorted(PRESETS)}")
     if not 0 <= dropout < 1:
         raise ParameterError("dropout must be in [0, 1)")
+    if stage is not None and stage not in PROTOCOLS["ckks"].stage_names(None):
+        raise ParameterError(f"unknown CKKS dropout stage {stage!r}; use one of "
+                             f"{', '.join(PROTOCOLS['ckks'].stage_names(None))}")
     rng = np.random.default_rng(seed)  # ok: synthetic inputs and dropout schedule, not secrets
     updates = [rng.normal(0.0, 0.1, dim).astype(np.float32) for _ in range(clients)]
     weights = [int(w) for w in rng.integers(1, max_weight + 1, size=clients)]
@@ -69,7 +75,7 @@ def simulate_ckks(
     for i, party in parties.items():
         party.set_input(updates[i], weights[i])
     start = time.perf_counter()
-    trace = run_ckks_round(server, parties, _dropouts(rng, clients, dropout, stage))
+    trace: CkksTrace = run_round(server, parties, _dropouts(rng, clients, dropout, stage))
     total = time.perf_counter() - start
     survivors = trace.result.survivors
     clipped = [np.clip(updates[i].astype(np.float64), -clip_bound, clip_bound) * weights[i] for i in survivors]
@@ -88,7 +94,7 @@ def _report(config: CkksConfig, trace: CkksTrace, exact_sum: np.ndarray, weight_
     error = float(np.max(np.abs(result.weighted_sum - exact_sum)))
     average_error = float(np.max(np.abs(result.average_vector() - exact_sum / weight_sum)))
     sum_bound = len(result.survivors) * 2.0**-config.grid_bits
-    uploads = list(trace.ciphertext_upload_bytes.values())
+    uploads = list(trace.stage_upload_bytes["upload"].values())
     per_client = float(np.mean(uploads))
     client_seconds, server_seconds = _timings(trace)
     dim = config.schema.size
@@ -98,7 +104,7 @@ def _report(config: CkksConfig, trace: CkksTrace, exact_sum: np.ndarray, weight_
         "clients": config.num_clients,
         "dim": dim,
         "survivors": len(result.survivors),
-        "dropped": {s: sorted(c for c, st in trace.dropped.items() if st == s) for s in DROPOUT_STAGES},
+        "dropped": {s: sorted(c for c, st in trace.dropped.items() if st == s) for s in PROTOCOLS["ckks"].stage_names(config)},
         "aborted_clients": trace.aborted,
         "threshold": config.min_contributors,  # the fewest inputs a key holder decrypts a sum of
         "degree": None,  # no pairwise graph: every client talks only to the server
@@ -130,3 +136,36 @@ def _report(config: CkksConfig, trace: CkksTrace, exact_sum: np.ndarray, weight_
         "decrypted_by": result.decrypted_by,
         "bytes_per_parameter": per_client / dim,
     }
+
+
+def aggregate_ckks(
+    updates: Mapping[int, Any],
+    *,
+    weights: Mapping[int, int] | None = None,
+    dropouts: Mapping[int, str] | None = None,
+    context: bytes = b"",
+    round_number: int = 0,
+    clip_bound: float = 1.0,
+    max_weight: int = 1,
+    preset: str = "addition-128",
+    fractional_bits: int | None = None,
+) -> AggregationOutcome:
+    """Average ``updates`` (client id -> state dict / tensors / array) under CKKS, in memory.
+
+    The first three clients (by id) form the key committee. ``fractional_bits`` is the grid 2^-g
+    (``None``: the finest the CKKS noise bound allows). Raises as :func:`secagg.aggregate`.
+    """
+    ids = sorted(updates)
+    if not ids:
+        raise ParameterError("nothing to aggregate")
+    if preset not in PRESETS:
+        raise ParameterError(f"unknown CKKS preset {preset!r}; choose one of {sorted(PRESETS)}")
+    config = CkksConfig(len(ids), Schema.of(updates[ids[0]]), PRESETS[preset],
+                        clip_bound=clip_bound, max_weight=max_weight, fractional_bits=fractional_bits)
+    server = CkksServer(config, round_number=round_number, context=context)
+    parties = {i: CkksClient(config, i, round_number=round_number, context=context) for i in range(len(ids))}
+    for index, cid in enumerate(ids):
+        parties[index].set_input(updates[cid], (weights or {}).get(cid, 1))
+    start = time.perf_counter()
+    trace = run_round(server, parties, local_dropouts(ids, dropouts))
+    return outcome_of(ids, trace, time.perf_counter() - start)
