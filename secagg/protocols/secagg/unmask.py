@@ -8,8 +8,9 @@ harness alike:
   verification is decoded again with Berlekamp-Welch over every held share;
 - :func:`seed_verifier` and :func:`mask_key_verifier` check a secret against what its owner
   published (the seed commitment, the advertised mask key) and raise otherwise;
-- :func:`self_mask` and :func:`pairwise_mask` derive mask streams, and :func:`pairwise_corrections`
-  builds the streams that cancel the masks survivors added with clients whose mask keys are known.
+- :func:`pairwise_corrections` builds the streams that cancel the masks survivors added with
+  clients whose mask keys are known (:func:`self_mask` and :func:`pairwise_mask`, re-exported from
+  :mod:`~secagg.protocols.secagg.masking`, derive the streams themselves).
 
 Nothing here holds state or secrets of its own; every function is deterministic in its arguments.
 """
@@ -23,9 +24,10 @@ import numpy as np
 
 from ...errors import InsufficientParties, IntegrityError
 from ...hazmat import shamir
-from ...hazmat.keys import AgreementKeyPair, derive_key
+from ...hazmat.keys import AgreementKeyPair
 from ...hazmat.prg import MaskStream
-from .common import LABEL_PAIRWISE_MASK, LABEL_SELF_MASK, pairwise_context, seed_commitment
+from .common import seed_commitment
+from .masking import pairwise_mask, self_mask
 
 __all__ = [
     "Verifier", "Held", "seed_verifier", "mask_key_verifier", "reconstruct_secrets", "reconstruct_secret",
@@ -132,20 +134,6 @@ def reconstruct_secret(owner: int, shares: Mapping[int, bytes], threshold: int, 
         InsufficientParties, IntegrityError: as :func:`reconstruct_secrets`.
     """
     return reconstruct_secrets((owner,), {owner: shares}, threshold, verify)[owner]
-
-
-def self_mask(seed: bytes, session: bytes) -> MaskStream:
-    """The self-mask stream a client derives from its seed (it adds the stream, +1)."""
-    return MaskStream(derive_key(seed, LABEL_SELF_MASK, session))
-
-
-def pairwise_mask(session: bytes, u: int, keypair_u: AgreementKeyPair, v: int, public_v: bytes) -> MaskStream:
-    """The mask stream u and v share; u adds it (+1) if u < v and subtracts it otherwise.
-
-    Security assumption: X25519 computational Diffie-Hellman; the KDF context binds both ids and keys.
-    """
-    context = pairwise_context(session, u, keypair_u.public_bytes, v, public_v)
-    return MaskStream(keypair_u.agree(public_v, LABEL_PAIRWISE_MASK, context))
 
 
 def pairwise_corrections(
