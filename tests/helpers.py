@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from secagg import FixedPoint, Schema, SecAggClient, SecAggConfig, SecAggServer, SigningKey, ThreatModel
+from secagg.audit.adversary import ReplayableRandom
+from secagg.hazmat.keys import AgreementKeyPair
+from secagg.protocols.secagg import Stage
+from secagg.protocols.secagg import messages as m
+from secagg.protocols.secagg.common import LABEL_SERVER_CHANNEL, TO_SERVER, channel_context, message_key
+from secagg.wire import Header
 
 
 def make_parties(config: SecAggConfig, round_number: int = 0, context: bytes = b"ctx"):
@@ -69,3 +77,47 @@ def predict(graph: dict[int, tuple[int, ...]], t: int, n: int, drops: dict[int, 
         if len((set(graph[owner]) | {owner}) & u4) < t:
             return None
     return sorted(u3)
+
+
+class CorruptClient:
+    """A corrupt client built from public pieces, not by reaching into a SecAggClient.
+
+    An honest client runs with randomness the test can replay (so the test knows its encryption
+    key, the first key it draws); its unmask response is rewritten with ``corrupt(share)`` and
+    re-tagged with its own channel key, as any corrupt client can.
+    """
+
+    def __init__(self, config: SecAggConfig, client_id: int, *, corrupt, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self._seed = b"corrupt-client-%d" % client_id
+        self.client = SecAggClient(config, client_id, random=ReplayableRandom(self._seed), **kwargs)
+        self.config, self.client_id, self._corrupt, self._server_key = config, client_id, corrupt, b""
+
+    @property
+    def stage(self):  # type: ignore[no-untyped-def]
+        return self.client.stage
+
+    def set_encoded_input(self, words: np.ndarray) -> None:
+        self.client.set_encoded_input(words)
+
+    def advertise(self) -> bytes:
+        return self.client.advertise()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def handle(self, data: bytes) -> bytes | None:
+        header, _ = Header.decode(data)
+        if header.kind == m.Kind.KEY_LIST:
+            key_list = m.decode(data, max_parties=self.config.num_clients)[1]
+            assert isinstance(key_list, m.KeyList)
+            self._server_key = key_list.server_key
+        reply = self.client.handle(data)
+        if reply is None or self.client.stage is not Stage.DONE:
+            return reply
+        encryption = AgreementKeyPair.generate(ReplayableRandom(self._seed))
+        context = channel_context(self.client.session, self.client_id)
+        channel = encryption.agree(self._server_key, LABEL_SERVER_CHANNEL, context)
+        key = message_key(channel, TO_SERVER, m.Kind.UNMASK_RESPONSE)
+        header, body = m.decode(reply, max_parties=self.config.num_clients, tag_key=lambda _: key)
+        assert isinstance(body, m.UnmaskResponse)
+        return m.encode(header, dataclasses.replace(body, shares=tuple(self._corrupt(s) for s in body.shares)), key)

@@ -28,7 +28,7 @@ from secagg.protocols.secagg import messages as m
 from secagg.protocols.secagg.common import TO_SERVER, message_key, pairwise_context, protocol_id
 from secagg.wire import SERVER_ID, Header
 
-from .helpers import encoded_inputs, ring_sum, small_config
+from .helpers import CorruptClient, encoded_inputs, ring_sum, small_config
 
 P25519 = 2**255 - 19
 # RFC 7748, section 6.1.
@@ -300,26 +300,6 @@ def test_consistent_holders_does_not_vouch_for_out_of_field_share_words() -> Non
 # -- a full round with bad unmask shares ---------------------------------------------------------------
 
 
-class BadShareClient(SecAggClient):
-    """A corrupt client: honest until the unmask stage, then it rewrites every share it returns.
-
-    It tags the rewritten response with its own channel key, as any corrupt client can.
-    """
-
-    def __init__(self, *args, corrupt: Callable[[bytes], bytes], **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
-        self._corrupt = corrupt
-
-    def handle(self, data: bytes) -> bytes:
-        reply = super().handle(data)
-        if self.stage is not Stage.DONE:
-            return reply
-        key = message_key(self._channel, TO_SERVER, m.Kind.UNMASK_RESPONSE)
-        header, body = m.decode(reply, max_parties=self.config.num_clients, tag_key=lambda _: key)
-        assert isinstance(body, m.UnmaskResponse) and body.shares
-        return m.encode(header, dataclasses.replace(body, shares=tuple(self._corrupt(s) for s in body.shares)), key)
-
-
 def _field_errors(seed: int) -> Callable[[bytes], bytes]:
     rng = np.random.default_rng(seed)
 
@@ -347,7 +327,7 @@ def _bad_share_round(
     config = _round_config()
     server = SecAggServer(config, context=b"ctx")
     clients = {
-        i: BadShareClient(config, i, context=b"ctx", corrupt=corrupt) if i in bad else SecAggClient(config, i, context=b"ctx")
+        i: CorruptClient(config, i, context=b"ctx", corrupt=corrupt) if i in bad else SecAggClient(config, i, context=b"ctx")
         for i in range(config.num_clients)
     }
     encoded = encoded_inputs(config, clients, seed=len(bad))

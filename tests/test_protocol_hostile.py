@@ -9,16 +9,24 @@ from secagg import IntegrityError, ProtocolAbort, ThreatModel
 from secagg.protocols.secagg import SecAggServer, Stage
 from secagg.protocols.secagg import messages as m
 
-from .helpers import encoded_inputs, make_parties, small_config
+from secagg.audit.adversary import AdversarialServer, replace_body
+
+from .helpers import CorruptClient, encoded_inputs, make_parties, small_config
 
 
-class OverlapServer(SecAggServer):
+def _unmask_lie(change):  # type: ignore[no-untyped-def]
+    """A deviating server (the audit's router around an honest one) whose unmask requests are
+    rewritten by ``change``."""
+    def script(server: AdversarialServer, outbox: dict[int, bytes]) -> dict[int, bytes]:
+        return server.rewrite(outbox, set(outbox), change)
+
+    return {"mask": script}
+
+
+def OverlapServer(config, **kwargs) -> AdversarialServer:  # type: ignore[no-untyped-def]
     """Lists a surviving client as dropped too, hoping to collect both kinds of its shares."""
-
-    def _close_masked(self):  # type: ignore[override]
-        self._survivors = tuple(sorted(self._inbox))
-        self._dropped["mask"] = (self._survivors[0],)
-        return self._unmask_requests(m.UnmaskRequest(self._survivors, self._dropped["mask"]))
+    return AdversarialServer(config, script=_unmask_lie(lambda body: replace_body(body, dropped=(body.alive[0],))),
+                             **kwargs)
 
 
 def _drive(server, clients, drop=()):
@@ -48,17 +56,10 @@ def test_client_refuses_a_survivor_listed_as_dropped() -> None:
 def test_client_refuses_to_unmask_when_itself_listed_as_dropped() -> None:
     config = small_config(5, 8, threshold=3, threat=ThreatModel.semi_honest(0.0, 0.0))
 
-    class ClaimDropped(SecAggServer):
-        """Claims client 0 dropped although its masked input arrived (a false dropout claim)."""
-
-        def _close_masked(self):  # type: ignore[override]
-            self._survivors = tuple(sorted(self._inbox))
-            request = m.UnmaskRequest(self._survivors[1:], (0,))
-            self._next(Stage.UNMASK)
-            return {c: self._send(m.Kind.UNMASK_REQUEST, self._session, c, request) for c in self._survivors}
-
+    # Claims client 0 dropped although its masked input arrived (a false dropout claim).
     _, clients = make_parties(config)
-    server = ClaimDropped(config, context=b"ctx")
+    server = AdversarialServer(config, context=b"ctx",
+                               script=_unmask_lie(lambda body: m.UnmaskRequest(body.alive[1:], (0,))))
     encoded_inputs(config, clients)
     outbox = _drive(server, clients)
     with pytest.raises(ProtocolAbort, match="not surviving"):
@@ -66,9 +67,8 @@ def test_client_refuses_to_unmask_when_itself_listed_as_dropped() -> None:
     # The others reveal only the mask-KEY share of client 0, never its self-mask seed share, so
     # client 0's masked input stays hidden behind its self mask (double masking).
     for c in range(1, 5):
-        _, body = m.decode(outbox[c], max_parties=5, tag_key=clients[c]._tag_key)
         reply = clients[c].handle(outbox[c])
-        _, response = m.decode(reply, max_parties=5, tag_key=lambda h: server._tag_key(h))
+        _, response = server.open(reply)
         kinds = dict(zip(response.owners, response.kinds))
         assert kinds[0] == m.ShareKind.MASK_KEY
 
@@ -91,14 +91,16 @@ def test_server_rejects_low_order_and_repeated_keys() -> None:
 def test_client_rejects_key_list_with_duplicated_keys() -> None:
     config = small_config(4, 8, threshold=2, threat=ThreatModel.semi_honest(0.0, 0.0))
 
-    class CopyKeys(SecAggServer):
-        def _close_advertise(self):  # type: ignore[override]
-            first = self._inbox[0]
-            self._inbox[1] = first
-            return super()._close_advertise()
+    def copy_keys(server: AdversarialServer, outbox: dict[int, bytes]) -> dict[int, bytes]:
+        """Client 1's key-list entry carries client 0's keys."""
+        def change(body):  # type: ignore[no-untyped-def]
+            first = body.entries[0]
+            return replace_body(body, entries=(first, replace_body(first, client=1)) + body.entries[2:])
+
+        return server.rewrite(outbox, set(outbox), change)
 
     _, clients = make_parties(config)
-    server = CopyKeys(config, context=b"ctx")
+    server = AdversarialServer(config, context=b"ctx", script={"advertise": copy_keys})
     for p in clients.values():
         server.receive(p.advertise())
     outbox = server.advance()
@@ -136,14 +138,11 @@ def test_a_client_sending_a_crafted_bad_share_cannot_corrupt_the_sum() -> None:
 
     config = small_config(6, 8, threshold=3, threat=ThreatModel.semi_honest(0.0, 0.0))
     server, clients = make_parties(config)
+
+    def plus_one(share: bytes) -> bytes:
+        return ((np.frombuffer(share, dtype="<u4").astype(np.int64) + 1) % 2147483647).astype("<u4").tobytes()
+
+    clients[2] = CorruptClient(config, 2, context=b"ctx", corrupt=plus_one)  # every share it releases is off by one
     encoded = encoded_inputs(config, clients)
-    liar = clients[2]
-    honest_held = liar._on_unmask
-
-    def lie(body):  # type: ignore[no-untyped-def]
-        liar._held = {o: (s + 1) % 2147483647 for o, s in liar._held.items()}
-        return honest_held(body)
-
-    liar._on_unmask = lie  # type: ignore[method-assign]
     trace = run_round(server, clients, {5: "mask"})
     assert np.array_equal(trace.result.ring_sum, ring_sum(config, encoded, [0, 1, 2, 3, 4]))

@@ -25,8 +25,8 @@ from ..params import SecAggConfig
 from ..protocols.secagg import Stage
 from ..protocols.secagg import messages as m
 from ..protocols.secagg.client import advertise_signed_bytes
-from ..protocols.secagg.common import LABEL_ADVERTISE_SIG
-from .adversary import CONTEXT, AdversarialServer, Cast, Deviation, ReplayableRandom, Preparation, cast, kind_name, plain_sum, play, replace_body
+from ..protocols.secagg.common import LABEL_ADVERTISE_SIG, LABEL_SERVER_CHANNEL, TO_SERVER, channel_context, message_key
+from .adversary import CONTEXT, AdversarialServer, Cast, Deviation, ReplayableRandom, cast, kind_name, plain_sum, play, replace_body
 from .outcomes import DETECTED, SUCCEEDED, Observation, observe
 
 __all__ = ["restricted_delivery", "graph_grinding", "advertise_dropout_amplification", "mirrored_key",
@@ -41,11 +41,19 @@ def _corrupt_ids(config: SecAggConfig) -> list[int]:
     return list(range(config.num_clients - config.corrupt_bound, config.num_clients))
 
 
-def _corrupt_mask_key(cid: int) -> bytes:
+def _corrupt_random(cid: int) -> ReplayableRandom:
+    """The randomness a corrupt client runs with, which the attacker can replay."""
+    return ReplayableRandom(b"corrupt-%d" % cid)
+
+
+def _corrupt_keys(cid: int) -> tuple[AgreementKeyPair, AgreementKeyPair]:
     """Replay a corrupt client's randomness: its encryption key pair first, then its mask key pair."""
-    replay = ReplayableRandom(b"corrupt-%d" % cid)
-    AgreementKeyPair.generate(replay)
-    return AgreementKeyPair.generate(replay).private_bytes()
+    replay = _corrupt_random(cid)
+    return AgreementKeyPair.generate(replay), AgreementKeyPair.generate(replay)
+
+
+def _corrupt_mask_key(cid: int) -> bytes:
+    return _corrupt_keys(cid)[1].private_bytes()
 
 
 @dataclass
@@ -89,14 +97,6 @@ def _restrict(plan: _Plan) -> Deviation:
     return deviation
 
 
-def _forget(plan: _Plan) -> Preparation:
-    def preparation(server: AdversarialServer) -> None:
-        """Claim the dropped honest peers' masked inputs never arrived (``server.masked`` keeps them)."""
-        server.forget_masked(plan.dropped_honest)
-
-    return preparation
-
-
 def _isolate(config: SecAggConfig, *, attempts: int = 1, contexts: int = 1, withhold: bool = False) -> Observation:
     """Restricted delivery after grinding: ``contexts`` caller contexts (model digests the server
     may perturb) times ``attempts`` server channel keys, optionally over shrunken key lists."""
@@ -106,7 +106,7 @@ def _isolate(config: SecAggConfig, *, attempts: int = 1, contexts: int = 1, with
     for index in range(contexts):
         context = CONTEXT if index == 0 else CONTEXT + b"/perturbed-%d" % index
         parties = cast(config, range(config.num_clients), context=context,
-                       randoms={c: ReplayableRandom(b"corrupt-%d" % c) for c in corrupt})
+                       randoms={c: _corrupt_random(c) for c in corrupt})
         adverts = {cid: client.advertise() for cid, client in parties.clients.items()}
         for listed in _key_lists(config, sorted(adverts), corrupt, withhold):
             for _ in range(attempts):
@@ -124,7 +124,7 @@ def _isolate(config: SecAggConfig, *, attempts: int = 1, contexts: int = 1, with
     _, server, opened, listed, parties = best
     plan = _plan(server, set(corrupt), [u for u in listed if u not in corrupt])
     server.script = {"share": _restrict(plan)}
-    server.before = {"mask": _forget(plan)}
+    server.forget_masked(plan.dropped_honest)  # claim they never arrived; ``server.masked`` keeps them
     members = {cid: parties.clients[cid] for cid in listed}
     log = play(server, members, opened=opened)
     known = {c: _corrupt_mask_key(c) for c in plan.corrupt_neighbours}
@@ -209,7 +209,7 @@ def mirrored_key(config: SecAggConfig) -> Observation:
             entry = m.KeyEntry(corrupt, advert.encryption_key, advert.mask_key, advert.signature)
             return replace_body(body, entries=tuple(sorted(body.entries + (entry,), key=lambda e: e.client)))
 
-        return {cid: server.forge(m.Kind.KEY_LIST, cid, change(server.read(cid, data))) for cid, data in outbox.items()}
+        return {cid: server.seal(cid, change(server.read(data))) for cid, data in outbox.items()}
 
     server = AdversarialServer(config, context=CONTEXT, registry=parties.registry, script={"advertise": inject})
     log = play(server, parties.clients, uplink=uplink)
@@ -225,25 +225,28 @@ def bad_share_abort(config: SecAggConfig) -> Observation:
     The goal is a denial of service: an aborted round. Fewer bad shares than the honest surplus must
     be found and left out, and the aggregate must still be exact.
     """
-    corrupt = {0}  # the lowest id: the old retry tried only subsets that contain holder 0
-    parties = cast(config, range(config.num_clients), context=CONTEXT)
+    corrupt = 0  # the lowest id: the old retry tried only subsets that contain holder 0
+    parties = cast(config, range(config.num_clients), context=CONTEXT, randoms={corrupt: _corrupt_random(corrupt)})
     server = AdversarialServer(config, context=CONTEXT, registry=parties.registry)
 
     def garble(cid: int, data: bytes) -> bytes:
-        if cid not in corrupt or server.stage is not Stage.UNMASK:
+        """The corrupt client re-tags its garbled response with its own channel key (it can)."""
+        if cid != corrupt or server.stage is not Stage.UNMASK:
             return data
-        body = server.read_uplink(cid, data)
+        header, body = server.open(data)
         assert isinstance(body, m.UnmaskResponse)
         bad = tuple(bytes((b + 1) % 256 for b in share[:4]) + share[4:] for share in body.shares)
-        return server.forge_uplink(cid, replace_body(body, shares=bad))
+        context = channel_context(header.session, cid)
+        channel = _corrupt_keys(cid)[0].agree(server.view.server_key, LABEL_SERVER_CHANNEL, context)
+        return m.encode(header, replace_body(body, shares=bad), message_key(channel, TO_SERVER, header.kind))
 
     log = play(server, parties.clients, uplink=garble)
     if server.aggregate_error or log.result is None:
         log.server_error = log.server_error or server.aggregate_error
-        return observe(log, [], {"unmask-response"}, goal=True, note=f"round aborted by bad shares from {sorted(corrupt)}")
+        return observe(log, [], {"unmask-response"}, goal=True, note=f"round aborted by bad shares from {[corrupt]}")
     exact = np.array_equal(log.result.ring_sum, plain_sum(config, parties.inputs, log.result.survivors))
     if not exact:
         return Observation(SUCCEEDED, "the round released a wrong sum")
-    return Observation(DETECTED, f"bad shares from clients {sorted(corrupt)} were identified and left out; "
+    return Observation(DETECTED, f"bad shares from clients {[corrupt]} were identified and left out; "
                                  f"aggregate over {len(log.result.survivors)} survivors exact")
 

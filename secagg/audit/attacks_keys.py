@@ -8,7 +8,9 @@ cannot write to (the PKI of the malicious variant) tell the victim that its peer
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections import defaultdict
 
 import numpy as np
 
@@ -18,7 +20,8 @@ from ..hazmat.random import RandomSource
 from ..params import SecAggConfig
 from ..protocols.secagg import SecAggServer, Stage
 from ..protocols.secagg.common import ring_order, setup_id
-from .adversary import CONTEXT, AdversarialServer, Cast, Play, _hand, cast, kind_name, play, plain_sum
+from ..protocols.secagg import messages as m
+from .adversary import CONTEXT, AdversarialServer, Cast, Deviation, Play, _hand, cast, kind_name, play, plain_sum, replace_body
 from .outcomes import Observation, observe
 
 __all__ = ["key_substitution", "sybils_without_registry", "sybils_with_registry", "different_models", "split_sessions"]
@@ -97,14 +100,16 @@ def _models(config: SecAggConfig) -> tuple[dict[int, bytes], Cast]:
 def different_models(config: SecAggConfig) -> Observation:
     """Even clients get model A, odd clients model B, in what they are told is one round.
 
-    The attacker runs one honest server per model; both share a channel key and relay every
-    message to each other, so every client sees all keys and all share ciphertexts.
+    The attacker runs one server per model; both share a channel key and relay every message to
+    each other, so every client sees all keys and all share ciphertexts.
     """
     contexts, parties = _models(config)
     seed = os.urandom(32)
-    servers = {ctx: SecAggServer(config, context=ctx, registry=parties.registry, random=_same_first_key(seed))
+    servers = {ctx: AdversarialServer(config, context=ctx, registry=parties.registry, random=_same_first_key(seed))
                for ctx in set(contexts.values())}
     home = {i: servers[contexts[i]] for i in range(config.num_clients)}
+    for server in servers.values():
+        server.script = {"advertise": _all_keys(servers), "share": _all_shares(servers)}
     log = Play()
     inbound = {i: c.advertise() for i, c in parties.clients.items()}
     while all(s.stage not in (Stage.DONE, Stage.ABORTED) for s in servers.values()):
@@ -113,7 +118,8 @@ def different_models(config: SecAggConfig) -> Observation:
                 home[i].receive(data)
             except SecAggError as exc:
                 log.rejected.append(f"server rejected {kind_name(data)} from client {i}: {type(exc).__name__}")
-        _relay(servers, inbound)
+        if any(s.stage is Stage.ADVERTISE for s in servers.values()):
+            _relay_adverts(servers, inbound)
         try:
             outbox = {i: d for s in servers.values() for i, d in s.advance().items() if home[i] is s}
         except SecAggError as exc:
@@ -124,14 +130,61 @@ def different_models(config: SecAggConfig) -> Observation:
     return observe(log, [], {"key-list"})
 
 
-def _relay(servers: dict[bytes, SecAggServer], senders: dict[int, bytes]) -> None:
-    """Copy each stored client message into the other server, as if one server had it all."""
+def _relay_adverts(servers: dict[bytes, AdversarialServer], senders: dict[int, bytes]) -> None:
+    """Hand each server the other model's advertisements, re-addressed to its own setup (they are
+    untagged, so the attacker can). Where the server checks signatures it refuses them; the key-list
+    script then adds them anyway."""
     for server in servers.values():
+        for i, data in senders.items():
+            if i in server.kept[Stage.ADVERTISE]:
+                continue
+            header, body = m.decode(data, max_parties=server.config.num_clients)
+            try:
+                server.receive(m.encode(dataclasses.replace(header, session=server.setup), body))
+            except SecAggError:
+                pass  # a relay the honest server refuses is the attacker's business, not a client's
+
+
+def _all_keys(servers: dict[bytes, AdversarialServer]) -> Deviation:
+    """Every client's keys in every key list, as advertised to whichever server."""
+    def deviation(server: AdversarialServer, outbox: dict[int, bytes]) -> dict[int, bytes]:
+        adverts = {c: b for s in servers.values() for c, b in s.kept[Stage.ADVERTISE].items()}
+        entries = []
+        for c, body in sorted(adverts.items()):
+            assert isinstance(body, m.Advertise)
+            entries.append(m.KeyEntry(c, body.encryption_key, body.mask_key, body.signature))
+
+        def change(body: m.Body) -> m.Body:
+            assert isinstance(body, m.KeyList)
+            return replace_body(body, entries=tuple(entries))
+
+        return server.rewrite(outbox, set(outbox), change)
+
+    return deviation
+
+
+def _all_shares(servers: dict[bytes, AdversarialServer]) -> Deviation:
+    """Every share ciphertext for a client in its delivery, whichever server the sender used."""
+    def deviation(server: AdversarialServer, outbox: dict[int, bytes]) -> dict[int, bytes]:
+        inbound: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         for other in servers.values():
-            for i in senders:
-                body = other._inbox.get(i)
-                if body is not None and i not in server._inbox and server.stage is not Stage.MASK:
-                    server._inbox[i] = body
+            if other is server:
+                continue
+            for sender, body in other.kept[Stage.SHARE].items():
+                assert isinstance(body, m.ShareBundle)
+                for peer, ciphertext in zip(body.peers, body.ciphertexts):
+                    inbound[peer].append((sender, ciphertext))
+
+            out = dict(outbox)
+        for c, data in outbox.items():
+            body = server.read(data)
+            assert isinstance(body, m.ShareDelivery)
+            pairs = sorted(list(zip(body.peers, body.ciphertexts)) + inbound[c])
+            merged = m.ShareDelivery(tuple(p for p, _ in pairs), tuple(x for _, x in pairs))
+            out[c] = server.seal(c, merged)
+        return out
+
+    return deviation
 
 
 def split_sessions(config: SecAggConfig) -> Observation:

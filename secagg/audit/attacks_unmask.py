@@ -94,7 +94,7 @@ def _split_requests(server: AdversarialServer, outbox: dict[int, bytes]) -> dict
             signers,
             tuple(server.signatures[s] for s in signers),
         )
-        out.update({c: server.forge(m.Kind.UNMASK_REQUEST, c, request) for c in members & set(outbox)})
+        out.update({c: server.seal(c, request) for c in members & set(outbox)})
     return out
 
 
@@ -110,18 +110,13 @@ def inconsistent_survivor_sets(config: SecAggConfig) -> Observation:
     return observe(log, leaked_inputs(server, parties, [VICTIM]), {"unmask-request", "survivors"})
 
 
-def _forget_victim(server: AdversarialServer) -> None:
-    """Pretend the victim's masked input never arrived (it did: ``server.masked`` keeps it)."""
-    server.forget_masked([VICTIM])
-
-
 def _ask_again(server: AdversarialServer, parties_clients: Mapping[int, SecAggClient], log: Play) -> None:
     """After the mask-key shares, ask every client for the victim's self-mask seed share too."""
     request = m.UnmaskRequest(_with(server.survivors, VICTIM), ())
     for cid, client in sorted(parties_clients.items()):
         if client.stage is not Stage.DONE:
             continue
-        data = server.forge(m.Kind.UNMASK_REQUEST, cid, request)
+        data = server.seal(cid, request)
         try:
             reply = client.handle(data)
             log.probes.append((cid, "unmask-request", "accepted"))
@@ -134,15 +129,14 @@ def _ask_again(server: AdversarialServer, parties_clients: Mapping[int, SecAggCl
 def _tell_victim(server: AdversarialServer, outbox: dict[int, bytes]) -> dict[int, bytes]:
     """Send the victim the same list as everyone else (which calls it dropped)."""
     any_client = min(outbox)
-    body = server.read(any_client, outbox[any_client])
-    return {**outbox, VICTIM: server.forge(body.KIND, VICTIM, body)}
+    return {**outbox, VICTIM: server.seal(VICTIM, server.read(outbox[any_client]))}
 
 
 def false_dropout_claim(config: SecAggConfig) -> Observation:
     """The server received the victim's masked input but declares it dropped, then asks again."""
     parties = cast(config, range(config.num_clients))
-    server = AdversarialServer(config, context=CONTEXT, registry=parties.registry, before={"mask": _forget_victim},
-                               script={"mask": _tell_victim})
+    server = AdversarialServer(config, context=CONTEXT, registry=parties.registry, script={"mask": _tell_victim})
+    server.forget_masked([VICTIM])  # its masked input arrives and is kept, but never delivered
     log = play(server, parties.clients)
     _ask_again(server, parties.clients, log)
     note = ""

@@ -46,8 +46,7 @@ def _replayer(old: AdversarialServer, sent: dict[tuple[int, str], bytes], new: A
         if cid in RAW_REPLAY:
             return [(stale, True), (data, False)]
         if REWRITTEN.get(kind) == cid and (kind != "unmask-request" or new.config.threat.is_malicious):
-            body = old.read(cid, stale)
-            return [(new.forge(body.KIND, cid, body), True)]
+            return [(new.seal(cid, old.read(stale)), True)]
         return [(data, False)]
 
     return intercept
@@ -127,10 +126,10 @@ def _probe(config: SecAggConfig, kind: str, mutate: Callable[[bytes], bytes] | N
 
 def _retagged_flip(server: AdversarialServer, cid: int, data: bytes) -> bytes:
     """The server flips a bit inside a relayed share ciphertext and re-tags the message (it can)."""
-    body = server.read(cid, data)
+    body = server.read(data)
     assert isinstance(body, m.ShareDelivery)
     first = _flip(body.ciphertexts[0], len(body.ciphertexts[0]) // 2)
-    return server.forge(m.Kind.DELIVERY, cid, replace_body(body, ciphertexts=(first,) + body.ciphertexts[1:]))
+    return server.seal(cid, replace_body(body, ciphertexts=(first,) + body.ciphertexts[1:]))
 
 
 def _verdict(config: SecAggConfig, log: Play, inputs: dict[int, np.ndarray], kind: str) -> str:

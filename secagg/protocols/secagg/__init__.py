@@ -2,6 +2,6 @@
 
 from .client import SecAggClient
 from .common import Stage
-from .server import AggregateResult, SecAggServer
+from .server import AggregateResult, SecAggServer, ServerView
 
-__all__ = ["SecAggClient", "SecAggServer", "AggregateResult", "Stage"]
+__all__ = ["SecAggClient", "SecAggServer", "ServerView", "AggregateResult", "Stage"]

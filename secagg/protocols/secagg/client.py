@@ -16,13 +16,13 @@ import numpy as np
 from ...encoding import FixedPoint
 from ...errors import InsufficientParties, IntegrityError, ParameterError, ProtocolAbort, SecAggError
 from ...hazmat import shamir
-from ...hazmat.keys import AgreementKeyPair, SigningKey, derive_key, open_sealed, seal, verify_signature
-from ...hazmat.prg import MaskStream
+from ...hazmat.keys import AgreementKeyPair, SigningKey, open_sealed, seal, verify_signature
 from ...hazmat.random import RandomSource, system_random
 from ...params import SecAggConfig
 from ...wire import SERVER_ID, Header, Writer
 from ..base import ClientParty
 from . import messages as m
+from .masking import mask_input
 from .common import (
     LABEL_ADVERTISE_SIG,
     LABEL_SERVER_CHANNEL,
@@ -30,16 +30,12 @@ from .common import (
     TO_SERVER,
     channel_context,
     message_key,
-    LABEL_PAIRWISE_MASK,
-    LABEL_SELF_MASK,
     LABEL_SHARE_ENCRYPTION,
     LABEL_SURVIVORS_SIG,
     Stage,
-    apply_masks,
     check_binding,
     neighbours,
     neighbours_of,
-    pairwise_context,
     unrecoverable_seeds,
     protocol_id,
     seed_commitment,
@@ -240,33 +236,9 @@ class SecAggClient(ClientParty[Stage]):
         return self._send(m.Kind.MASKED_INPUT, self._session, m.MaskedInput(vector))
 
     def _masked_vector(self, peers: tuple[int, ...]) -> np.ndarray:
-        cfg, enc = self.config, self.config.encoding
-        streams = [(MaskStream(derive_key(self._seed, LABEL_SELF_MASK, self._session)), +1)]
-        mine = self._masking.public_bytes
-        for peer in peers:
-            peer_key = self._keys[peer].mask_key
-            context = pairwise_context(self._session, self.client_id, mine, peer, peer_key)
-            key = self._masking.agree(peer_key, LABEL_PAIRWISE_MASK, context)
-            streams.append((MaskStream(key), +1 if self.client_id < peer else -1))
-        out = np.empty(cfg.dim, dtype=enc.dtype)
-        values, encoded, d = self._values, self._encoded, cfg.schema.size
-        noise = MaskStream(self._random(32))
-
-        def fill(start: int, stop: int, view: np.ndarray) -> None:
-            if encoded is not None:
-                view[:] = encoded[start:stop]
-                return
-            assert values is not None
-            body = min(stop, d) - start
-            if body > 0:
-                enc.quantize_into(values[start : start + body], self._weight, noise, view[:body])
-            if stop > d:
-                view[-1] = self._weight
-
-        apply_masks(out, streams, cfg.chunk_size, fill)
-        if enc.modulus_bits < 8 * out.dtype.itemsize:
-            np.bitwise_and(out, out.dtype.type(enc.ring_mask), out=out)
-        return out
+        peer_keys = {peer: self._keys[peer].mask_key for peer in peers}
+        return mask_input(self.config, self._session, self.client_id, self._seed, self._masking, peer_keys,
+                          values=self._values, weight=self._weight, encoded=self._encoded, random=self._random)
 
     def _on_survivors(self, body: m.Body) -> bytes:
         assert isinstance(body, m.SurvivorList) and self._identity is not None

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable
+from types import MappingProxyType
+from typing import Mapping
 
 import numpy as np
 
-from ...errors import InsufficientParties, IntegrityError, MalformedMessage, ProtocolAbort
+from ...errors import InsufficientParties, IntegrityError, MalformedMessage, ParameterError, ProtocolAbort
 from ...hazmat import shamir
-from ...hazmat.keys import AgreementKeyPair, derive_key, verify_signature
-from ...hazmat.prg import MaskStream
+from ...hazmat.keys import AgreementKeyPair, verify_signature
 from ...params import SecAggConfig
 from ...hazmat.random import RandomSource, system_random
 from ...results import WeightedSum, first_drops
@@ -34,23 +34,21 @@ from .common import (
     TO_SERVER,
     channel_context,
     message_key,
-    LABEL_PAIRWISE_MASK,
-    LABEL_SELF_MASK,
     LABEL_SURVIVORS_SIG,
     Stage,
     apply_masks,
     check_binding,
     neighbours,
-    pairwise_context,
     unrecoverable_seeds,
     protocol_id,
-    seed_commitment,
     session_id,
     setup_id,
 )
+from .unmask import mask_key_verifier, pairwise_corrections, reconstruct_secrets, seed_verifier, self_mask
 
-__all__ = ["SecAggServer", "AggregateResult"]
+__all__ = ["SecAggServer", "AggregateResult", "ServerView"]
 
+_DOWNLINK = frozenset({m.Kind.KEY_LIST, m.Kind.DELIVERY, m.Kind.SURVIVORS, m.Kind.UNMASK_REQUEST})
 _EXPECTED: dict[Stage, int] = {
     Stage.ADVERTISE: m.Kind.ADVERTISE,
     Stage.SHARE: m.Kind.SHARES,
@@ -71,6 +69,34 @@ class AggregateResult(WeightedSum):
     survivors: tuple[int, ...]
     dropped: dict[int, str] = field(default_factory=dict)
     """Client id -> the stage at which the server stopped hearing from it."""
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """What the server of a round legitimately knows, read-only: public keys, the graph, commitments
+    and who took part. It holds no client secret and no key of the server's own.
+
+    For embedders and auditors (transcripts, the adversarial harness); reading it says nothing about
+    whether the server behaves honestly.
+    """
+
+    setup: bytes
+    """The setup id (config, round and caller context), bound before any key is seen."""
+    session: bytes
+    """The session id (the setup id until the key list is sent)."""
+    stage: Stage
+    server_key: bytes
+    """The server's public channel key, as sent in the key list."""
+    keys: Mapping[int, m.KeyEntry]
+    """Client -> its advertised keys (and signature), for the clients in the key list."""
+    graph: Mapping[int, tuple[int, ...]]
+    """The share/mask graph over the key list (empty before it)."""
+    commitments: Mapping[int, bytes]
+    """Client -> the seed commitment it sent with its shares."""
+    shared: tuple[int, ...]
+    """Clients whose share bundles were delivered."""
+    survivors: tuple[int, ...]
+    """Clients whose masked inputs are in the sum (empty before the mask stage closes)."""
 
 
 class SecAggServer(ServerParty[Stage, AggregateResult]):
@@ -95,6 +121,7 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
         self._session = self._setup
         self._inbox: dict[int, m.Body | None] = {}
         self._shared_set: set[int] = set()
+        self._commitments: dict[int, bytes] = {}
         self._keys: dict[int, m.KeyEntry] = {}
         self._graph: dict[int, tuple[int, ...]] = {}
         self._shared: tuple[int, ...] = ()
@@ -139,6 +166,57 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
             raise ProtocolAbort(f"duplicate message from client {sender}")
         if self._stage is not Stage.ADVERTISE and sender not in self._eligible():
             raise ProtocolAbort(f"client {sender} is not part of this stage")
+
+    # -- public knowledge and channels (for embedders and auditors) -------------------------------
+    @property
+    def view(self) -> ServerView:
+        """A snapshot of what this server knows (:class:`ServerView`); later stages do not change it."""
+        return ServerView(
+            setup=self._setup, session=self._session, stage=self._stage,
+            server_key=self._channel_key.public_bytes, keys=MappingProxyType(dict(self._keys)),
+            graph=MappingProxyType(dict(self._graph)), commitments=MappingProxyType(dict(self._commitments)),
+            shared=self._shared, survivors=self._survivors,
+        )
+
+    def open(self, data: bytes) -> tuple[Header, m.Body]:
+        """Decode and authenticate a message on a channel this server holds, without storing it.
+
+        Opens a client's message to the server, or one of the server's own messages to a client
+        (it holds both directions of every channel). Unlike :meth:`receive` it checks no stage,
+        session or duplicate and changes no state: an auditor's or embedder's read of the traffic.
+
+        Raises:
+            MalformedMessage, IntegrityError: the bytes are not an authentic, canonical message.
+            ProtocolAbort: the message is tagged on a channel this server does not have.
+        """
+        words = (self.config.encoding.dtype.itemsize, self.config.dim)
+        return m.decode(data, max_parties=self.config.num_clients, vector_words=words, tag_key=self._open_key)
+
+    def _open_key(self, header: Header) -> bytes:
+        if header.sender != SERVER_ID:
+            return self._tag_key(header)
+        channel = self._channels.get(header.recipient)
+        if channel is None:
+            raise ProtocolAbort(f"no authenticated channel with client {header.recipient}")
+        return message_key(channel, TO_CLIENT, header.kind)
+
+    def seal(self, client: int, body: m.Body) -> bytes:
+        """Encode a server-to-client message of this round for ``client``, tagged with its channel key.
+
+        The key list is bound to the setup id, every later message to the session id. Any server can
+        do this with its own channel keys; a sealed body is not checked against the protocol, so this
+        says nothing about honesty (the audit harness uses it to deviate).
+
+        Raises:
+            ParameterError: ``body`` is not a server-to-client message.
+            ProtocolAbort: the message needs a channel this server does not have with ``client``.
+        """
+        kind = m.Kind(body.KIND)
+        if kind not in _DOWNLINK:
+            raise ParameterError(f"{kind.name} is not a message the server sends")
+        if kind in m.AUTHENTICATED_KINDS and client not in self._channels:
+            raise ProtocolAbort(f"no authenticated channel with client {client}")
+        return self._send(kind, self._setup if kind is m.Kind.KEY_LIST else self._session, client, body)
 
     def _eligible(self) -> tuple[int, ...]:
         return {
@@ -284,82 +362,14 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
             assert isinstance(body, m.UnmaskResponse)
             for owner, share in zip(body.owners, body.shares):
                 held[owner][holder] = share
-        seeds = self._reconstruct(self._survivors, held, self._seed_matches)
-        mask_keys = self._reconstruct(self._dropped["mask"], held, self._mask_key_matches)
-        streams = [(MaskStream(derive_key(seeds[u], LABEL_SELF_MASK, self._session)), -1) for u in self._survivors]
-        streams += self._pairwise_corrections(mask_keys)
+        t, mask_public = self.config.threshold, {c: e.mask_key for c, e in self._keys.items()}
+        seeds = reconstruct_secrets(self._survivors, held, t, seed_verifier(self._session, self._commitments))
+        mask_keys = reconstruct_secrets(self._dropped["mask"], held, t, mask_key_verifier(mask_public))
+        streams = [(self_mask(seeds[u], self._session), -1) for u in self._survivors]
+        streams += pairwise_corrections(self._session, mask_keys, self._graph, mask_public, set(self._survivors))
         apply_masks(self._accumulator, streams, self.config.chunk_size)
         self._finish()
         return {}
-
-    def _seed_matches(self, owner: int, secret: bytes) -> bool:
-        return seed_commitment(self._session, owner, secret) == self._commitments[owner]
-
-    def _mask_key_matches(self, owner: int, secret: bytes) -> bool:
-        return AgreementKeyPair.from_private_bytes(secret).public_bytes == self._keys[owner].mask_key
-
-    def _reconstruct(
-        self, owners: tuple[int, ...], held: dict[int, dict[int, bytes]], verify: Callable[[int, bytes], bool]
-    ) -> dict[int, bytes]:
-        """Recover and verify one 32-byte secret per owner from t shares.
-
-        Owners whose first t holders coincide are reconstructed in one batch. A secret that fails
-        verification (a bad share) is retried with other subsets of t holders before giving up.
-        """
-        t = self.config.threshold
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for owner in owners:
-            holders = sorted(held.get(owner, {}))
-            if len(holders) < t:
-                raise InsufficientParties(f"only {len(holders)} shares for client {owner}; threshold is {t}")
-            groups[tuple(holders[:t])].append(owner)
-        secrets: dict[int, bytes] = {}
-        for first_holders, batch in groups.items():
-            try:
-                recovered = self._interpolate(first_holders, batch, held)
-            except IntegrityError:
-                recovered = [b""] * len(batch)
-            for owner, secret in zip(batch, recovered):
-                secrets[owner] = secret if secret and verify(owner, secret) else self._retry(owner, held, verify)
-        return secrets
-
-    @staticmethod
-    def _interpolate(holders: tuple[int, ...], owners: list[int], held: dict[int, dict[int, bytes]]) -> list[bytes]:
-        stacked = np.stack([[np.frombuffer(held[o][h], dtype="<u4") for o in owners] for h in holders])
-        return shamir.reconstruct([h + 1 for h in holders], stacked.astype(np.int64))
-
-    def _retry(self, owner: int, held: dict[int, dict[int, bytes]], verify: Callable[[int, bytes], bool]) -> bytes:
-        """Find and leave out wrong shares (Berlekamp-Welch over every held share), then verify.
-
-        Succeeds whenever the honest shares outnumber the wrong ones by at least t (the unique
-        decoding radius); a random retry would almost never avoid every wrong share.
-        """
-        holders, t = sorted(held[owner]), self.config.threshold
-        table = np.stack([np.frombuffer(held[owner][h], dtype="<u4") for h in holders]).astype(np.int64)
-        good = [holders[i] for i in shamir.consistent_holders([h + 1 for h in holders], table[:, None, :], t)]
-        if len(good) >= t:
-            try:
-                secret = self._interpolate(tuple(good[:t]), [owner], held)[0]
-            except IntegrityError:
-                secret = b""
-            if secret and verify(owner, secret):
-                return secret
-        raise IntegrityError(f"no consistent set of {t} shares reconstructs client {owner}'s secret")
-
-    def _pairwise_corrections(self, mask_keys: dict[int, bytes]) -> list[tuple[MaskStream, int]]:
-        """Streams that cancel the masks survivors added with clients that dropped after sharing."""
-        alive = set(self._survivors)
-        streams = []
-        for u, private in mask_keys.items():
-            keypair = AgreementKeyPair.from_private_bytes(private)
-            for v in self._graph[u]:
-                if v in alive:
-                    peer_key = self._keys[v].mask_key
-                    context = pairwise_context(self._session, u, keypair.public_bytes, v, peer_key)
-                    key = keypair.agree(peer_key, LABEL_PAIRWISE_MASK, context)
-                    # v added +p if v < u and -p otherwise; undo it.
-                    streams.append((MaskStream(key), -1 if v < u else +1))
-        return streams
 
     def _finish(self) -> None:
         weighted, weight_sum = self.config.encoding.decode(self._accumulator)
