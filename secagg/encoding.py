@@ -322,6 +322,31 @@ class FixedPoint:
         np.bitwise_and(out, out.dtype.type(self.ring_mask), out=out)
         return out
 
+    def check_encoded(self, words: np.ndarray) -> int:
+        """Check words claimed to be :meth:`encode`'s output; returns their weight.
+
+        The weight word must be in ``[1, max_weight]`` and every value word, read as a signed ring
+        element, within ``[-ceil(w * c * 2^f), ceil(w * c * 2^f)]``: what clipping guarantees, so
+        the overflow-freedom of the modulus holds for pre-encoded inputs too.
+
+        Raises:
+            ParameterError: a word is outside the ring, the weight is invalid, or a value is
+                larger than the clip bound allows.
+        """
+        if self.modulus_bits < 8 * words.dtype.itemsize and (words > self.ring_mask).any():
+            raise ParameterError("encoded input holds values outside the ring")
+        weight = int(words[-1])
+        if not 1 <= weight <= self.max_weight:
+            raise ParameterError(f"encoded weight {weight} outside [1, {self.max_weight}]")
+        bound = math.ceil(Fraction(self.clip_bound) * weight * (1 << self.fractional_bits))
+        signed = words[:-1].astype(np.uint64).astype(np.int64)
+        if self.modulus_bits < 64:
+            signed[signed >= (1 << (self.modulus_bits - 1))] -= 1 << self.modulus_bits
+        if signed.size and (int(signed.min()) < -bound or int(signed.max()) > bound):
+            raise ParameterError(f"an encoded value exceeds weight * clip_bound = {weight} * {self.clip_bound} "
+                                 "(encode with config.encoding.encode, which clips)")
+        return weight
+
     def decode(self, total: np.ndarray) -> tuple[np.ndarray, int]:
         """Signed interpretation of a ring sum: (sum of weight * value, sum of weights)."""
         words = total.astype(np.uint64) & np.uint64(self.ring_mask)

@@ -243,3 +243,26 @@ def test_non_finite_values_are_refused(bad: float) -> None:
         fp.quantize_into(values, 1, MaskStream(bytes(32)), np.empty(3, dtype=fp.dtype))
     with pytest.raises(ParameterError, match="NaN or infinity"):
         Schema.of(values).flatten(values)
+
+
+def test_pre_encoded_inputs_must_respect_the_clip_and_weight() -> None:
+    """set_encoded_input is public: words beyond what clipping yields would void the no-overflow
+    guarantee of the modulus, so they are refused; the exact bound is accepted."""
+    from secagg import ParameterError, SecAggClient, SecAggConfig, ThreatModel
+
+    enc = FixedPoint(clip_bound=0.5, fractional_bits=4, max_weight=3, max_clients=4)
+    config = SecAggConfig.secagg(4, Schema.of(np.zeros(3)), ThreatModel.semi_honest(0.0, 0.0), enc)
+    client = SecAggClient(config, 0)
+    bound = 2 * 8  # weight 2 * clip 0.5 * 2^4
+    ring = 1 << enc.modulus_bits
+    good = np.array([bound, ring - bound, 0, 2], dtype=enc.dtype)  # +bound, -bound, 0; weight 2
+    client.set_encoded_input(good)
+    for bad, why in (
+        ([bound + 1, 0, 0, 2], "exceeds"),
+        ([0, ring - bound - 1, 0, 2], "exceeds"),
+        ([0, 0, 0, 0], "weight 0"),
+        ([0, 0, 0, 4], "weight 4"),
+    ):
+        with pytest.raises(ParameterError, match=why):
+            client.set_encoded_input(np.array(bad, dtype=enc.dtype))
+    assert enc.check_encoded(enc.encode(np.array([9.0, -9.0, 0.1]), weight=3)) == 3

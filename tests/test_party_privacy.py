@@ -3,7 +3,8 @@
 An AST scan: the private members of SecAggServer and SecAggClient are the ``_names`` their classes
 define (methods) or assign on ``self``; no code outside their own modules may read one as
 ``<expr>._name`` where ``<expr>`` is not ``self``/``cls`` (``super()._name`` counts), nor subclass
-the parties to reach them. ``self._x`` inside other classes and module-private functions are fine.
+the parties to reach them. The parties are every protocol's client and server and their shared
+skeleton (:mod:`secagg.protocols.base`). ``self._x`` inside other classes and module-private functions are fine.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PARTIES = {
     "SecAggServer": ROOT / "secagg/protocols/secagg/server.py",
     "SecAggClient": ROOT / "secagg/protocols/secagg/client.py",
+    "CkksServer": ROOT / "secagg/protocols/ckks/server.py",
+    "CkksClient": ROOT / "secagg/protocols/ckks/client.py",
+    "_Party": ROOT / "secagg/protocols/base.py",
+    "ClientParty": ROOT / "secagg/protocols/base.py",
+    "ServerParty": ROOT / "secagg/protocols/base.py",
 }
 SCANNED = ("secagg", "benchmarks", "fedlm", "tests")
 

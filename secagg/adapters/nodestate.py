@@ -276,6 +276,7 @@ class NodeStore:
         if record.advertisement and advertisement != record.advertisement:
             raise ProtocolAbort("replay of the advertisement diverged")
         zero = np.zeros(spec.config.dim, dtype=spec.config.encoding.dtype)
+        zero[-1] = 1  # a valid encoding (all values 0, weight 1): a placeholder, never sent again
         for step, (message, recorded) in enumerate(record.steps):
             masking = client.stage is Stage.MASK
             if masking:

@@ -129,12 +129,16 @@ class SecAggClient(ClientParty[Stage]):
         self._encoded = None
 
     def set_encoded_input(self, words: np.ndarray) -> None:
-        """Provide an input already encoded by ``config.encoding.encode`` (weight word last)."""
+        """Provide an input already encoded by ``config.encoding.encode`` (weight word last).
+
+        Raises:
+            ParameterError: wrong shape or dtype, or words that no clipped input encodes to (see
+                :meth:`FixedPoint.check_encoded`): the no-overflow guarantee needs the clip.
+        """
         enc: FixedPoint = self.config.encoding
         if words.shape != (self.config.dim,) or words.dtype != enc.dtype:
             raise ParameterError(f"encoded input must be {self.config.dim} words of {enc.dtype}")
-        if enc.modulus_bits < 8 * enc.dtype.itemsize and (words > enc.ring_mask).any():
-            raise ParameterError("encoded input holds values outside the ring")
+        self._weight = enc.check_encoded(words)
         self._encoded, self._values = words.copy(), None
 
     # -- protocol ---------------------------------------------------------------------------------
