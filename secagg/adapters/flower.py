@@ -66,7 +66,7 @@ from .. import defaults
 from ..encoding import FixedPoint, Schema
 from ..errors import MalformedMessage, ParameterError, SecAggError
 from ..params import SecAggConfig, ThreatModel
-from ..protocols.secagg import AggregateResult, SecAggServer, Stage
+from ..protocols.secagg import AggregateResult, SecAggServer
 from ..wire import Header
 from .nodestate import NodeStore, RoundSpec
 
@@ -289,11 +289,12 @@ def run_round(
     if len(nodes) != config.num_clients:
         raise ParameterError(f"{len(nodes)} nodes for a session of {config.num_clients} clients")
     server = SecAggServer(config, round_number=round_number, context=context)
-    outcome = FlowerRound(round_number, result=None, nodes=nodes)  # type: ignore[arg-type]
     ids = {node: client for client, node in nodes.items()}
+    dropped: dict[int, str] = {}
+    stage_seconds: dict[str, float] = {}
     step = "advertise"
     outbox = {c: b"" for c in nodes}
-    while True:
+    while not server.done:  # the router's loop (secagg.router.run_round), over Flower messages
         start = time.monotonic()
         envelopes = {nodes[c]: pack(Envelope(step, round_number, c, config.num_clients, data)) for c, data in outbox.items()}
         replies, failures = _exchange(grid, envelopes, stage_timeout, poll_interval, str(round_number))
@@ -303,14 +304,11 @@ def run_round(
                 failures[node] = refused
         for node, reason in sorted(failures.items()):
             _LOG.warning("secagg round %d: node %d dropped at %s (%s)", round_number, node, step, reason)
-            outcome.dropped.setdefault(node, step)
+            dropped.setdefault(node, step)
         outbox = server.advance()
-        outcome.stage_seconds[step] = round(time.monotonic() - start, 3)
-        if server.stage is Stage.DONE:
-            break
+        stage_seconds[step] = round(time.monotonic() - start, 3)
         step = server.stage.value
-    outcome.result = server.result()
-    return outcome
+    return FlowerRound(round_number, server.result(), nodes, dropped, stage_seconds)
 
 
 def _wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
