@@ -81,7 +81,8 @@ def run_round(
 
     ``tap``, if given, sees every message moved, in order, as (sender, recipient, bytes).
     A client that aborts (e.g. it sees too few neighbours) is treated as dropped from then on.
-    Clients still in the round when it ends are closed (every secret they hold is dropped).
+    Every client is closed when the round ends, however it ends (every secret it holds is dropped;
+    in memory, a dropped client is still an object that holds them).
 
     Raises:
         ParameterError: a dropout stage the protocol does not have.
@@ -105,6 +106,6 @@ def run_round(
                 if cid in clients:
                     router.client_step(cid, name, now, functools.partial(clients[cid].handle, data))
     finally:
-        for cid in sorted(set(clients) - set(router.ledger.dropped)):
+        for cid in sorted(clients):
             clients[cid].close()
     return Trace.of(router.ledger, server.result())

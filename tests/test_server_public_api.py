@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from secagg import InsufficientParties, IntegrityError, ParameterError, ThreatModel
+from secagg import InsufficientParties, IntegrityError, ParameterError, ProtocolAbort, ThreatModel
 from secagg.hazmat import shamir
 from secagg.hazmat.keys import AgreementKeyPair
 from secagg.protocols.secagg import Stage
@@ -45,7 +45,9 @@ def test_view_open_and_seal_follow_the_round() -> None:
     for data in replies.values():
         server.receive(data)
     deliveries = server.advance()
-    resealed = server.seal(3, server.open(deliveries[3])[1])
+    with pytest.raises(ProtocolAbort, match="one-time"):  # the delivery's tag key is spent
+        server.seal(3, server.open(deliveries[3])[1])
+    resealed = server.seal(3, server.open(deliveries[3])[1], reuse_key=True)
     assert resealed == deliveries[3]
     with pytest.raises(ParameterError):
         server.seal(3, m.SurvivorSignature(bytes(64)))

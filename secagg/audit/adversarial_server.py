@@ -14,7 +14,8 @@ sees every client message first:
   attacker does not hold itself back: it builds the next messages itself from public message types
   and the server's public :class:`~secagg.protocols.secagg.ServerView`, and clients must do the
   refusing. From then on it runs the round alone; it keeps what clients reveal but computes no
-  aggregate.
+  aggregate. If it goes alone from the key list on (the honest server never derived a channel), it
+  uses a channel key of its own, so it can open and seal everything clients send after that.
 
 Afterwards it tries to unmask individual inputs from what it kept, with the same public functions
 (:mod:`secagg.protocols.secagg.unmask`) the honest server unmasks the sum with.
@@ -25,21 +26,25 @@ This module attacks our own protocol on purpose: nothing here belongs in a produ
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
 from ..errors import InsufficientParties, IntegrityError, ProtocolAbort, SecAggError
+from ..hazmat.keys import AgreementKeyPair
 from ..hazmat.random import RandomSource, system_random
+from ..protocols.channel import LABEL_SERVER_CHANNEL, TO_CLIENT, TO_SERVER, channel_context, message_key
 from ..params import SecAggConfig
 from ..protocols.secagg import AggregateResult, SecAggServer, ServerView, Stage
 from ..protocols.secagg import messages as m
 from ..hazmat.prg import MaskStream
-from ..protocols.secagg.common import apply_masks
+from ..protocols.secagg.common import apply_masks, neighbours, protocol_id, session_id
 from ..protocols.secagg.unmask import (
     Verifier, mask_key_verifier, pairwise_corrections, reconstruct_secret, seed_verifier, self_mask,
 )
-from ..wire import Header
+from ..wire import SERVER_ID, Header
 
 __all__ = ["AdversarialServer", "Deviation"]
 
@@ -56,6 +61,17 @@ _WHAT = {
 # Stages at which the attacker accepts every authentic message, whatever the honest server makes of
 # it: a signature on another survivor set, a share the honest server thinks the client cannot hold.
 _KEEP_ALL = (Stage.CONSISTENCY, Stage.UNMASK)
+
+
+@dataclass
+class _OwnChannels:
+    """The attacker's own server key and the channels and session it fixed with its key list."""
+
+    key: AgreementKeyPair
+    session: bytes
+    keys: dict[int, m.KeyEntry]
+    channels: dict[int, bytes]
+    graph: dict[int, tuple[int, ...]]
 
 
 def _claimed_sender(data: bytes) -> int:
@@ -98,6 +114,8 @@ class AdversarialServer:
         self._withheld: set[int] = set()
         self._delivered: dict[Stage, set[int]] = defaultdict(set)
         self._own: Stage | None = None  # the stage, once the attacker runs the round without the honest server
+        self._alone: _OwnChannels | None = None
+        self._random = random
         self._own_dropped: dict[int, str] = {}
         self._shared: tuple[int, ...] = ()
 
@@ -110,11 +128,18 @@ class AdversarialServer:
 
     @property
     def graph(self) -> dict[int, tuple[int, ...]]:
-        return self.honest.graph
+        return dict(self.view.graph)
 
     @property
     def view(self) -> ServerView:
-        return self.honest.view
+        """What the server knows: the honest server's, or the attacker's own once it fixed the key list."""
+        own = self._alone
+        if own is None:
+            return self.honest.view
+        commitments = {c: b.seed_commitment for c, b in self.kept[Stage.SHARE].items() if isinstance(b, m.ShareBundle)}
+        return ServerView(setup=self.setup, session=own.session, stage=self.stage, server_key=own.key.public_bytes,
+                          keys=MappingProxyType(dict(own.keys)), graph=MappingProxyType(dict(own.graph)),
+                          commitments=MappingProxyType(commitments), shared=self._shared, survivors=self.survivors)
 
     @property
     def setup(self) -> bytes:
@@ -187,15 +212,35 @@ class AdversarialServer:
     # -- channels ---------------------------------------------------------------------------------
     def open(self, data: bytes) -> tuple[Header, m.Body]:
         """Decode a message on one of the server's channels (either direction)."""
-        return self.honest.open(data)
+        if self._alone is None:
+            return self.honest.open(data)
+        words = (self.config.encoding.dtype.itemsize, self.config.dim)
+        return m.decode(data, max_parties=self.config.num_clients, vector_words=words, tag_key=self._own_tag)
+
+    def _own_tag(self, header: Header) -> bytes:
+        assert self._alone is not None
+        outgoing = header.sender == SERVER_ID
+        client = header.recipient if outgoing else header.sender
+        channel = self._alone.channels.get(client)
+        if channel is None:
+            raise ProtocolAbort(f"no authenticated channel with client {client}")
+        return message_key(channel, TO_CLIENT if outgoing else TO_SERVER, header.kind)
 
     def read(self, data: bytes) -> m.Body:
         """The body of a message on one of the server's channels."""
-        return self.honest.open(data)[1]
+        return self.open(data)[1]
 
     def seal(self, client: int, body: m.Body) -> bytes:
-        """A server message of this round for ``client``, tagged with its channel key (the server can)."""
-        return self.honest.seal(client, body)
+        """A server message of this round for ``client``, tagged with its channel key (the server can;
+        an attacker reuses one-time keys freely)."""
+        own = self._alone
+        if own is None:
+            return self.honest.seal(client, body, reuse_key=True)
+        kind = m.Kind(body.KIND)
+        session = self.setup if kind is m.Kind.KEY_LIST else own.session
+        header = Header(kind, protocol_id(self.config), self.honest.round, session, SERVER_ID, client)
+        tag = message_key(own.channels[client], TO_CLIENT, kind) if kind in m.AUTHENTICATED_KINDS else None
+        return m.encode(header, body, tag)
 
     def rewrite(self, outbox: dict[int, bytes], clients: set[int], change: Callable[[m.Body], m.Body]) -> dict[int, bytes]:
         """Replace the bodies sent to ``clients`` by ``change(body)``, keeping valid tags."""
@@ -253,10 +298,17 @@ class AdversarialServer:
         for client, body in arrived.items():
             assert isinstance(body, m.Advertise)
             entries.append(m.KeyEntry(client, body.encryption_key, body.mask_key, body.signature))
-        key_list = m.KeyList(self.view.server_key, tuple(entries))
-        # Without the honest server's channels nothing after this can be opened: clients must refuse.
+        # The honest server derived no channel: the attacker fixes the key list with a key of its own.
+        own = AgreementKeyPair.generate(self._random)
+        key_list = m.KeyList(own.public_bytes, tuple(entries))
+        session = session_id(self.setup, key_list.body_bytes())
+        channels = {e.client: own.agree(e.encryption_key, LABEL_SERVER_CHANNEL, channel_context(session, e.client))
+                    for e in entries}
+        keys = {e.client: e for e in entries}
+        graph = neighbours(sorted(keys), self.config.degree, self.setup, self.config.num_clients)
+        self._alone = _OwnChannels(own, session, keys, channels, graph)
         self._own = Stage.SHARE
-        return {e.client: self.honest.seal(e.client, key_list) for e in entries}
+        return {e.client: self.seal(e.client, key_list) for e in entries}
 
     def _deliveries(self, arrived: dict[int, m.Body]) -> dict[int, bytes]:
         inbound: dict[int, list[tuple[int, bytes]]] = defaultdict(list)

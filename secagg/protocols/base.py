@@ -109,6 +109,17 @@ class ClientParty(_Party[StageT]):
     def _forget(self) -> None:
         raise NotImplementedError
 
+    def _secrets(self) -> tuple[object, ...]:
+        """Every secret-holding attribute (None or empty once dropped)."""
+        raise NotImplementedError
+
+    @property
+    def holds_secrets(self) -> bool:
+        """True while this client still references any secret of the round (input, keys, shares, seed,
+        channel); False after :meth:`close` or an abort. (Python cannot wipe memory; this is about
+        references.)"""
+        return any(s is not None and (not hasattr(s, "__len__") or len(s) > 0) for s in self._secrets())
+
     def _inspect(self, body: Any) -> None:
         """Checks that must leave the state untouched when they fail (default: none)."""
 
@@ -175,6 +186,7 @@ class ServerParty(_Party[StageT], Generic[StageT, ResultT]):
         self._channel_key = AgreementKeyPair.generate(random)
         self._channels: dict[int, bytes] = {}
         self._dropped: dict[str, tuple[int, ...]] = {}  # stage -> clients, in stage order
+        self._sealed: set[tuple[int, int]] = set()  # (client, kind) whose one-time tag key is spent
         self._result: ResultT | None = None
 
     def _decode(self, data: bytes) -> tuple[Header, Any]:
@@ -221,8 +233,19 @@ class ServerParty(_Party[StageT], Generic[StageT, ResultT]):
             raise ProtocolAbort(f"no authenticated channel with client {header.sender}")
         return message_key(channel, TO_SERVER, header.kind)
 
-    def _send(self, kind: int, session: bytes, client: int, body: Any) -> bytes:
+    def _send(self, kind: int, session: bytes, client: int, body: Any, *, reuse_key: bool = False) -> bytes:
+        """Encode a message to ``client``; an authenticated kind uses its one-time key once only."""
+        self._spend_key(client, kind, reuse_key)
         return self._seal(kind, session, SERVER_ID, client, body, self._channels.get(client, b""), TO_CLIENT)
+
+    def _spend_key(self, client: int, kind: int, reuse_key: bool = False) -> None:
+        """Record that the one-time tag key of (``client``, ``kind``) is used; refuse a second use."""
+        if kind not in self._authenticated:
+            return
+        if (client, kind) in self._sealed and not reuse_key:
+            raise ProtocolAbort(f"message kind {kind} was already sent to client {client}: its one-time "
+                                "tag key must not be used twice")
+        self._sealed.add((client, kind))
 
     def advance(self) -> dict[int, bytes]:
         """Close the current stage with the messages received so far.

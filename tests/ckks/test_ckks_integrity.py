@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from ckks_helpers import Session, make_session
@@ -162,7 +164,7 @@ def test_server_substituting_the_public_context_is_detected() -> None:
     for cid in (0, 1):
         header, body = s.open(contexts[cid])
         assert isinstance(body, m.ContextBroadcast)
-        forged = s.seal(header, m.ContextBroadcast(body.key_list, own_public, body.sealed))
+        forged = s.seal(header, dataclasses.replace(body, public_context=own_public))
         with pytest.raises(IntegrityError):
             s.clients[cid].handle(forged)
         assert s.clients[cid].stage is Stage.ABORTED
@@ -176,7 +178,7 @@ def test_tampered_sealed_secret_context_rejected() -> None:
     sealed = bytearray(body.sealed)
     sealed[40] ^= 1
     with pytest.raises(IntegrityError):
-        s.clients[1].handle(s.seal(header, m.ContextBroadcast(body.key_list, body.public_context, bytes(sealed))))
+        s.clients[1].handle(s.seal(header, dataclasses.replace(body, sealed=bytes(sealed))))
 
 
 def test_wrong_session_round_or_recipient_leaves_client_unchanged() -> None:

@@ -42,7 +42,8 @@ from ..base import ClientParty
 from ..channel import LABEL_SERVER_CHANNEL, channel_context
 from . import he
 from . import messages as m
-from .common import LABEL_SECRET_CONTEXT, PROTOCOL_ID, Stage, limits_for, seal_context, session_id, setup_id
+from .common import (LABEL_SECRET_CONTEXT, PROTOCOL_ID, Stage, check_grid_sum, limits_for, seal_context, session_id,
+                     setup_id)
 from .config import CkksConfig
 from .parallel import ChunkPool, default_pool
 
@@ -173,10 +174,15 @@ class CkksClient(ClientParty[Stage]):
             raise MalformedMessage("the decryption request holds a malformed ciphertext") from None
         return ctx
 
+    def _secrets(self) -> tuple[object, ...]:
+        return (self._values, self._secret, self._generated, self._request_ctx, self._keypair, self._channel)
+
     def _forget(self) -> None:
+        """Drop every secret: input, secret context, key pair, channel."""
         self._values = None
         self._secret = self._generated = self._request_ctx = None
         self._keypair = None
+        self._channel = b""
 
     # -- key setup --------------------------------------------------------------------------------
     def _check_key_list(self, key_list: m.KeyList) -> None:
@@ -215,6 +221,9 @@ class CkksClient(ClientParty[Stage]):
         """Every client: check the public context, take the secret one if addressed, then upload."""
         key_list = body.key_list
         self._check_key_list(key_list)
+        if self._keypair is None or body.recipient_key != self._keypair.public_bytes:
+            raise ProtocolAbort("the server holds another key for this client's id (taken over by another "
+                                "party, or a server that swapped it)")
         self._open_channel(key_list.server_key)
         cfg = self.config
         public_ctx = he.load_context(body.public_context, cfg.preset, cfg.log_scale, secret=False)
@@ -288,11 +297,8 @@ class CkksClient(ClientParty[Stage]):
         grid = np.rint(scaled)
         if float(np.max(np.abs(scaled - grid))) > cfg.noise_bound(n) * 2.0**g:
             raise IntegrityError("the decrypted sum is off the grid: not a sum of honest ciphertexts")
-        values, weight, padding = grid[: cfg.schema.size], grid[cfg.schema.size], grid[cfg.dim :]
-        limit = n * cfg.encoding.scaled_bound  # every encoded value lies in [-M, M] (FixedPoint)
-        if padding.any() or float(np.max(np.abs(values), initial=0.0)) > limit:
-            raise IntegrityError("the decrypted sum is out of range or has non-zero padding")
-        weight_sum, rest = divmod(int(weight), 1 << g)
-        if rest or not n <= weight_sum <= n * cfg.max_weight:
-            raise IntegrityError("the decrypted weight sum is not a sum of valid weights")
-        return grid[: cfg.dim].astype(np.int64)
+        if grid[cfg.dim :].any():
+            raise IntegrityError("the decrypted sum has non-zero padding")
+        out = grid[: cfg.dim].astype(np.int64)
+        check_grid_sum(cfg, out, n)
+        return out

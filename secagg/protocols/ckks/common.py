@@ -12,6 +12,9 @@ import enum
 import hashlib
 import struct
 
+import numpy as np
+
+from ...errors import IntegrityError
 from ...params import PROTOCOL_IDS
 from ...wire import WIRE_VERSION
 from .config import CkksConfig
@@ -25,6 +28,7 @@ __all__ = [
     "session_id",
     "seal_context",
     "limits_for",
+    "check_grid_sum",
 ]
 
 PROTOCOL_ID = PROTOCOL_IDS["ckks"]
@@ -65,6 +69,24 @@ def session_id(setup: bytes, key_list_body: bytes, public_context: bytes) -> byt
 def seal_context(session: bytes, round_number: int, sender: int, recipient: int) -> bytes:
     """Associated data and KDF context of the secret context sealed from ``sender`` to ``recipient``."""
     return session + struct.pack("<QII", round_number, sender, recipient)
+
+
+def check_grid_sum(config: CkksConfig, grid: np.ndarray, n: int) -> None:
+    """Refuse a released sum that ``n`` honest inputs cannot add up to (checked by the key holder
+    before it releases and by the server before it accepts: a corrupt holder cannot poison the model).
+
+    Every encoded value lies in [-M, M] (M = ``config.encoding.scaled_bound``) and every weight in
+    [1, W], carried as w * 2^g.
+
+    Raises:
+        IntegrityError: a value or the weight sum is out of range.
+    """
+    values, weight = grid[: config.schema.size], int(grid[config.schema.size])
+    if float(np.max(np.abs(values), initial=0.0)) > n * config.encoding.scaled_bound:
+        raise IntegrityError("the decrypted sum is out of range")
+    weight_sum, rest = divmod(weight, 1 << config.grid_bits)
+    if rest or not n <= weight_sum <= n * config.max_weight:
+        raise IntegrityError("the decrypted weight sum is not a sum of valid weights")
 
 
 def limits_for(config: CkksConfig) -> Limits:

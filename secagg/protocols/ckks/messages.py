@@ -139,22 +139,26 @@ class KeyPackage:
 
 @dataclass(frozen=True, slots=True)
 class ContextBroadcast:
-    """Server -> every client, once per session: the key list, the public context and, for a key
-    holder other than the generator, its sealed secret context (empty otherwise)."""
+    """Server -> every client that advertised, once per session: the key list, the public context,
+    for a key holder other than the generator its sealed secret context (empty otherwise), and the key
+    the server holds for the recipient's id (the recipient checks it is its own: an id taken over by
+    someone who advertised first is detected by its owner)."""
 
     key_list: KeyList
     public_context: bytes
     sealed: bytes
+    recipient_key: bytes
     KIND = Kind.CONTEXT
 
     def write(self, w: Writer) -> None:
         self.key_list.write(w)
-        w.blob(self.public_context).blob(self.sealed)
+        w.blob(self.public_context).blob(self.sealed).fixed(self.recipient_key, PUBLIC_KEY_BYTES)
 
     @classmethod
     def read(cls, r: Reader, limits: Limits) -> ContextBroadcast:
         key_list = KeyList.read(r, limits)
-        return cls(key_list, r.blob(limits.max_context), r.blob(limits.max_context + _SEAL_OVERHEAD))
+        public, sealed = r.blob(limits.max_context), r.blob(limits.max_context + _SEAL_OVERHEAD)
+        return cls(key_list, public, sealed, r.public_key())
 
 
 def _write_blobs(w: Writer, blobs: tuple[bytes, ...]) -> None:

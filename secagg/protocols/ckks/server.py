@@ -27,7 +27,7 @@ from ..base import ServerParty
 from ..channel import LABEL_SERVER_CHANNEL, TO_CLIENT, channel_context, finish, message_key
 from . import he
 from . import messages as m
-from .common import PROTOCOL_ID, Stage, limits_for, session_id, setup_id
+from .common import PROTOCOL_ID, Stage, check_grid_sum, limits_for, session_id, setup_id
 from .config import CkksConfig
 
 __all__ = ["CkksServer", "CkksResult"]
@@ -153,6 +153,7 @@ class CkksServer(ServerParty[Stage, CkksResult]):
     def _take_response(self, body: m.DecryptResponse) -> None:
         if body.contributors != self.contributors:
             raise ProtocolAbort("the key holder decrypted for another set of contributors")
+        check_grid_sum(self.config, body.grid_sum, len(body.contributors))  # no poisoned release
         self._response = body
 
     # -- stage transitions ------------------------------------------------------------------------
@@ -189,7 +190,8 @@ class CkksServer(ServerParty[Stage, CkksResult]):
         self._holders = [key_list.generator, *package.recipients]
         self._stage = Stage.UPLOAD
         return {
-            c: self._send(m.Kind.CONTEXT, self._setup, c, m.ContextBroadcast(key_list, package.public_context, sealed.get(c, b"")))
+            c: self._send(m.Kind.CONTEXT, self._setup, c,
+                          m.ContextBroadcast(key_list, package.public_context, sealed.get(c, b""), self._keys[c]))
             for c in sorted(self._keys)
         }
 
@@ -213,6 +215,7 @@ class CkksServer(ServerParty[Stage, CkksResult]):
             raise InsufficientParties("no live key holder answered the decryption request")
         holder = self._holders[0]
         header = Header(m.Kind.DECRYPT_REQUEST, PROTOCOL_ID, self.round, self._session, SERVER_ID, holder)
+        self._spend_key(holder, m.Kind.DECRYPT_REQUEST)
         tag_key = message_key(self._channels[holder], TO_CLIENT, m.Kind.DECRYPT_REQUEST)
         return {holder: finish(header, Writer().raw(self._request_body), m.AUTHENTICATED_KINDS, tag_key)}
 

@@ -99,8 +99,8 @@ class SecAggClient(ClientParty[Stage]):
             raise ParameterError("the registry does not hold this client's identity key")
         self._random = random
         self._identity, self._registry = identity, dict(registry) if registry else None
-        self._encryption = AgreementKeyPair.generate(random)
-        self._masking = AgreementKeyPair.generate(random)
+        self._encryption: AgreementKeyPair | None = AgreementKeyPair.generate(random)
+        self._masking: AgreementKeyPair | None = AgreementKeyPair.generate(random)
         self._values: np.ndarray | None = None
         self._weight = 1
         self._encoded: np.ndarray | None = None
@@ -135,18 +135,19 @@ class SecAggClient(ClientParty[Stage]):
             ParameterError: wrong shape or dtype, or words that no clipped input encodes to (see
                 :meth:`FixedPoint.check_encoded`): the no-overflow guarantee needs the clip.
         """
-        enc: FixedPoint = self.config.encoding
+        enc = self.config.encoding
+        words = np.array(words, copy=True, subok=False)  # a plain array: no mask or view hides a word
         if words.shape != (self.config.dim,) or words.dtype != enc.dtype:
             raise ParameterError(f"encoded input must be {self.config.dim} words of {enc.dtype}")
         self._weight = enc.check_encoded(words)
-        self._encoded, self._values = words.copy(), None
+        self._encoded, self._values = words, None
 
     # -- protocol ---------------------------------------------------------------------------------
     def advertise(self) -> bytes:
         """Stage 0: the client's fresh public keys (signed in the malicious variant)."""
         if self._stage is not Stage.ADVERTISE:
             raise ProtocolAbort("keys were already advertised")
-        enc, mask = self._encryption.public_bytes, self._masking.public_bytes
+        enc, mask = self._encryption_key().public_bytes, self._masking_key().public_bytes
         sig = b""
         if self._identity is not None:
             sig = self._identity.sign(LABEL_ADVERTISE_SIG, advertise_signed_bytes(self._setup, self.client_id, enc, mask))
@@ -160,9 +161,28 @@ class SecAggClient(ClientParty[Stage]):
         return self._setup if self._stage is Stage.SHARE else self._session
 
     def _forget(self) -> None:
+        """Drop every secret: input, seed, held and own shares, key pairs, channel."""
         self._values = self._encoded = None
         self._held = {}
         self._seed = b""
+        self._own_share = np.zeros((2, _SHARE_WORDS // 2), dtype=np.int64)
+        self._encryption = self._masking = None
+        self._channel = b""
+
+    def _secrets(self) -> tuple[object, ...]:
+        own = self._own_share if self._own_share.any() else None
+        return (self._values, self._encoded, self._held, self._seed, own, self._encryption, self._masking,
+                self._channel)
+
+    def _encryption_key(self) -> AgreementKeyPair:
+        if self._encryption is None:
+            raise ProtocolAbort("this client's keys were dropped (round closed or aborted)")
+        return self._encryption
+
+    def _masking_key(self) -> AgreementKeyPair:
+        if self._masking is None:
+            raise ProtocolAbort("this client's keys were dropped (round closed or aborted)")
+        return self._masking
 
     # -- stage handlers ---------------------------------------------------------------------------
     def _on_key_list(self, body: m.Body) -> bytes:
@@ -170,7 +190,7 @@ class SecAggClient(ClientParty[Stage]):
         keys = {e.client: e for e in body.entries}
         self._validate_key_list(keys, body.server_key)
         session = session_id(self._setup, body.body_bytes())
-        channel = self._encryption.agree(body.server_key, LABEL_SERVER_CHANNEL, channel_context(session, self.client_id))
+        channel = self._encryption_key().agree(body.server_key, LABEL_SERVER_CHANNEL, channel_context(session, self.client_id))
         mine = neighbours_of(self.client_id, sorted(keys), self.config.degree, self._setup, self.config.num_clients)
         if len(mine) + 1 < self.config.threshold:
             raise InsufficientParties(f"only {len(mine)} neighbours advertised keys; threshold is {self.config.threshold}")
@@ -178,12 +198,12 @@ class SecAggClient(ClientParty[Stage]):
         # Shares go to every neighbour and to the client itself (as in Bonawitz et al.): its own
         # seed share helps unmask it while it is alive; it never releases its own key share.
         holders = [v + 1 for v in mine] + [self.client_id + 1]
-        shares = shamir.split([seed, self._masking.private_bytes()], self.config.threshold, holders, self._random)
+        shares = shamir.split([seed, self._masking_key().private_bytes()], self.config.threshold, holders, self._random)
         self._own_share = shares[-1]
         ciphertexts = []
         for i, peer in enumerate(mine):
             ctx = share_context(session, self.round, self.client_id, peer)
-            key = self._encryption.agree(keys[peer].encryption_key, LABEL_SHARE_ENCRYPTION, ctx)
+            key = self._encryption_key().agree(keys[peer].encryption_key, LABEL_SHARE_ENCRYPTION, ctx)
             ciphertexts.append(seal(key, shares[i].astype("<u4").tobytes(), ctx, self._random))
         self._session, self._keys, self._neighbours, self._seed = session, keys, mine, seed
         self._channel = channel
@@ -194,8 +214,8 @@ class SecAggClient(ClientParty[Stage]):
     def _validate_key_list(self, keys: dict[int, m.KeyEntry], server_key: bytes) -> None:
         me = keys.get(self.client_id)
         if me is None or (me.encryption_key, me.mask_key) != (
-            self._encryption.public_bytes,
-            self._masking.public_bytes,
+            self._encryption_key().public_bytes,
+            self._masking_key().public_bytes,
         ):
             raise ProtocolAbort("the key list does not carry this client's own keys")
         if max(keys) >= self.config.num_clients:
@@ -225,7 +245,7 @@ class SecAggClient(ClientParty[Stage]):
         held = {self.client_id: self._own_share}
         for peer, ciphertext in zip(body.peers, body.ciphertexts):
             ctx = share_context(self._session, self.round, peer, self.client_id)
-            key = self._encryption.agree(self._keys[peer].encryption_key, LABEL_SHARE_ENCRYPTION, ctx)
+            key = self._encryption_key().agree(self._keys[peer].encryption_key, LABEL_SHARE_ENCRYPTION, ctx)
             plain = open_sealed(key, ciphertext, ctx)
             if len(plain) != 4 * _SHARE_WORDS:
                 raise IntegrityError("decrypted share is malformed")
@@ -241,7 +261,7 @@ class SecAggClient(ClientParty[Stage]):
 
     def _masked_vector(self, peers: tuple[int, ...]) -> np.ndarray:
         peer_keys = {peer: self._keys[peer].mask_key for peer in peers}
-        return mask_input(self.config, self._session, self.client_id, self._seed, self._masking, peer_keys,
+        return mask_input(self.config, self._session, self.client_id, self._seed, self._masking_key(), peer_keys,
                           values=self._values, weight=self._weight, encoded=self._encoded, random=self._random)
 
     def _on_survivors(self, body: m.Body) -> bytes:

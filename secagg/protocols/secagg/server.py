@@ -200,23 +200,30 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
             raise ProtocolAbort(f"no authenticated channel with client {header.recipient}")
         return message_key(channel, TO_CLIENT, header.kind)
 
-    def seal(self, client: int, body: m.Body) -> bytes:
+    def seal(self, client: int, body: m.Body, *, reuse_key: bool = False) -> bytes:
         """Encode a server-to-client message of this round for ``client``, tagged with its channel key.
 
         The key list is bound to the setup id, every later message to the session id. Any server can
         do this with its own channel keys; a sealed body is not checked against the protocol, so this
         says nothing about honesty (the audit harness uses it to deviate).
 
+        Each authenticated kind has one one-time Poly1305 key per client: a second message of a kind
+        already sent to ``client`` (by :meth:`advance` or here) is refused, since two tags under one
+        key let anyone on the path forge a third. ``reuse_key=True`` sends it anyway: for the audit
+        harness only, which plays a server that does not care.
+
         Raises:
             ParameterError: ``body`` is not a server-to-client message.
-            ProtocolAbort: the message needs a channel this server does not have with ``client``.
+            ProtocolAbort: the message needs a channel this server does not have with ``client``, or
+                would reuse a one-time key.
         """
         kind = m.Kind(body.KIND)
         if kind not in _DOWNLINK:
             raise ParameterError(f"{kind.name} is not a message the server sends")
         if kind in m.AUTHENTICATED_KINDS and client not in self._channels:
             raise ProtocolAbort(f"no authenticated channel with client {client}")
-        return self._send(kind, self._setup if kind is m.Kind.KEY_LIST else self._session, client, body)
+        session = self._setup if kind is m.Kind.KEY_LIST else self._session
+        return self._send(kind, session, client, body, reuse_key=reuse_key)
 
     def _eligible(self) -> tuple[int, ...]:
         return {
