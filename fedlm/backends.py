@@ -23,6 +23,9 @@ import numpy as np
 import torch
 
 import secagg
+from secagg.dp.accounting import epsilon_of_rounds
+from secagg.dp.encoding import DpEncoding
+from secagg.dp.plan import DpPlan, plan
 from secagg.results import local_dropouts, outcome_of
 
 from fedlm.config import RunConfig
@@ -196,6 +199,65 @@ class _SecureRound(RoundSession):
             seconds=float(res.seconds), error_bound=float(res.error_bound))
 
 
+@dataclass(frozen=True)
+class DpTarget:
+    """Distributed DP for a whole run: the (epsilon, delta) it may spend over ``rounds`` rounds, each
+    client's delta clipped to ``l2_clip`` in L2 (client-level DP)."""
+
+    epsilon: float
+    delta: float
+    rounds: int
+    l2_clip: float
+    mechanism: str = "ddgauss"
+
+
+class DpBudget:
+    """The plan of a run's noise and the epsilon spent so far, by the accountant.
+
+    Each completed round costs what its *actual* survivors' noise gives (only survivors' noise is
+    in a sum); a round is run only if, even with the fewest survivors the protocol accepts (its
+    threshold), the total stays within the target.
+    """
+
+    def __init__(self, target: DpTarget, plan_: DpPlan, dim: int, worst_survivors: int) -> None:
+        self.target, self.plan, self.dim, self.worst = target, plan_, dim, worst_survivors
+        self.survivors: list[int] = []
+
+    @property
+    def spent(self) -> float:
+        """Epsilon of the completed rounds (0 before any)."""
+        if not self.survivors:
+            return 0.0
+        return epsilon_of_rounds(self.plan.spec, self.dim, self.survivors, self.target.delta)
+
+    def allows_another_round(self) -> bool:
+        worst = epsilon_of_rounds(self.plan.spec, self.dim, [*self.survivors, self.worst], self.target.delta)
+        return worst <= self.target.epsilon
+
+    def record(self, survivors: int) -> float:
+        """A completed round with ``survivors`` inputs; returns the epsilon spent so far."""
+        self.survivors.append(survivors)
+        return self.spent
+
+    def report(self) -> dict[str, Any]:
+        planned = self.plan.to_json()
+        return {
+            "mechanism": self.plan.spec.mechanism,
+            "noise_multiplier": planned["noise_multiplier"],
+            "bits": self.plan.spec.bits,
+            "epsilon": self.spent,
+            "delta": self.target.delta,
+            "target_epsilon": self.target.epsilon,
+            "planned_rounds": self.target.rounds,
+            "planned_epsilon": planned["epsilon"],
+            "worst_case_survivors": self.worst,
+            "noise_std_per_client": self.plan.spec.noise_std,
+            "scale": self.plan.spec.scale,
+            "l2_clip": self.target.l2_clip,
+            "dim": self.dim,
+        }
+
+
 class SecureBackend(Backend):
     """Aggregation by a ``secagg`` protocol (``secagg``, ``secagg+``, ``ckks``), each client's party
     built where the client trains and every party driven through :func:`secagg.run_round`.
@@ -206,10 +268,13 @@ class SecureBackend(Backend):
         fractional_bits: Fixed-point precision of the encoding.
         max_weight: Largest integer weight any client can have.
         threat: Whom the masking protocols' thresholds defend against (refused for ``ckks``).
+        dp: Distributed DP target (``secagg`` and ``secagg+`` only); the noise is planned on the
+            first round for its client count and delta size (:attr:`budget`).
     """
 
     def __init__(self, protocol: str, clip_bound: float, fractional_bits: int,
-                 max_weight: int, threat: secagg.ThreatModel | None = None) -> None:
+                 max_weight: int, threat: secagg.ThreatModel | None = None,
+                 dp: DpTarget | None = None) -> None:
         if protocol not in secagg.PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}")
         if (protocol == "ckks") != (threat is None):
@@ -219,6 +284,10 @@ class SecureBackend(Backend):
         self._fractional_bits = fractional_bits
         self._max_weight = max_weight
         self._threat = threat
+        if dp is not None and protocol == "ckks":
+            raise ValueError("distributed DP runs on secagg and secagg+ only")
+        self._dp = dp
+        self.budget: DpBudget | None = None
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -234,15 +303,48 @@ class SecureBackend(Backend):
                                      max_weight=self._max_weight, fractional_bits=self._fractional_bits)
         assert self._threat is not None
         encoding = secagg.FixedPoint(self._clip_bound, self._fractional_bits, self._max_weight, num_clients)
-        return secagg.SecAggConfig.for_protocol(self.name, num_clients, schema, self._threat, encoding)
+        config = secagg.SecAggConfig.for_protocol(self.name, num_clients, schema, self._threat, encoding)
+        if self._dp is None:
+            return config
+        if self.budget is None:
+            self.plan_dp(num_clients, schema.size, config.threshold)
+        assert self.budget is not None
+        dp = DpEncoding(self.budget.plan.spec, schema.size, num_clients)
+        return secagg.SecAggConfig.for_protocol(self.name, num_clients, schema, self._threat, dp)
+
+    def plan_dp(self, num_clients: int, dim: int, worst_survivors: int) -> DpBudget:
+        """Plans the run's noise for ``num_clients`` deltas of ``dim`` values; the fewest survivors a
+        round can release with (the protocol's threshold) is the worst case the plan covers."""
+        assert self._dp is not None
+        target = self._dp
+        planned = plan(target.epsilon, target.delta, target.rounds, num_clients, worst_survivors, dim,
+                       target.l2_clip, target.mechanism)
+        self.budget = DpBudget(target, planned, dim, worst_survivors)
+        return self.budget
+
+    def threshold(self, num_clients: int, schema: secagg.Schema) -> int:
+        """The fewest inputs a round of ``num_clients`` releases a sum of."""
+        assert self._threat is not None
+        encoding = secagg.FixedPoint(self._clip_bound, self._fractional_bits, self._max_weight, num_clients)
+        return secagg.SecAggConfig.for_protocol(self.name, num_clients, schema, self._threat, encoding).threshold
 
     def open_round(self, sampled: list[int], context: bytes, round_number: int) -> RoundSession:
         return _SecureRound(self, sampled, context, round_number)
 
 
-def make_backend(cfg: RunConfig, max_weight: int) -> Backend:
-    """The backend the configuration names."""
+def make_backend(cfg: RunConfig, max_weight: int, template: StateDict | None = None) -> Backend:
+    """The backend the configuration names. Under DP, ``template`` (the uploaded state) fixes the
+    dimension the noise is planned for, before the first round."""
     if cfg.backend == "plain":
         return PlainBackend()
     threat = None if cfg.backend == "ckks" else secagg.ThreatModel.semi_honest(cfg.corrupt, max(cfg.dropout, 0.2))
-    return SecureBackend(cfg.backend, cfg.resolved_clip_bound, cfg.fractional_bits, max_weight, threat)
+    dp = None
+    if cfg.dp_epsilon is not None:
+        dp = DpTarget(cfg.dp_epsilon, cfg.dp_delta, cfg.resolved_dp_rounds, cfg.dp_l2_clip)
+    backend = SecureBackend(cfg.backend, cfg.resolved_clip_bound, cfg.fractional_bits,
+                            1 if dp is not None else max_weight, threat, dp)
+    if dp is not None and template is not None:
+        schema = secagg.Schema.of(template)
+        n = cfg.clients_per_round
+        backend.plan_dp(n, schema.size, backend.threshold(n, schema))
+    return backend

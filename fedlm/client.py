@@ -113,21 +113,19 @@ def local_train(model: torch.nn.Module, blocks: torch.Tensor, steps: int, batch_
     return total / steps
 
 
-def _add_dp_noise(delta: StateDict, cfg: RunConfig) -> StateDict:
-    """Clips the delta to L2 norm ``dp_l2_clip`` and adds this client's noise share.
+def clip_l2(delta: StateDict, bound: float) -> tuple[StateDict, float]:
+    """Scales the whole delta down to L2 norm ``bound`` if it is longer (client-level DP).
 
-    Each sampled client adds Gaussian noise of standard deviation
-    ``dp_noise * dp_l2_clip / sqrt(clients_per_round)``, so the sum over a full
-    round carries noise of ``dp_noise * dp_l2_clip`` (distributed Gaussian).
-    The noise comes from :func:`secagg.hazmat.noise.gaussian` (AES-CTR keyed from
-    the OS CSPRNG), never from the run's seed. This is the float Gaussian
-    mechanism without a privacy accountant, meant for experiments.
+    The DP encoding clips again in float64 (a no-op here); clipping on the client as well keeps the
+    in-memory engine's plain FedAvg reference equal to what the secure sum adds up.
+
+    Returns:
+        The clipped delta and 1.0 if it was clipped, else 0.0.
     """
-    norm = math.sqrt(sum(float(v.pow(2).sum()) for v in delta.values()))
-    scale = min(1.0, cfg.dp_l2_clip / norm) if norm > 0 else 1.0
-    std = cfg.dp_noise * cfg.dp_l2_clip / math.sqrt(cfg.clients_per_round)
-    return {k: v * scale + torch.from_numpy(gaussian(v.numel(), std)).reshape(v.shape).to(v.dtype)
-            for k, v in delta.items()}
+    norm = math.sqrt(sum(float(v.double().pow(2).sum()) for v in delta.values()))
+    if norm <= bound:
+        return delta, 0.0
+    return {k: (v.double() * (bound / norm)).to(v.dtype) for k, v in delta.items()}, 1.0
 
 
 def clip_delta(delta: StateDict, bound: float) -> tuple[StateDict, float]:
@@ -157,8 +155,9 @@ def client_update(model: torch.nn.Module, global_state: StateDict, data: ClientD
     local = uploaded_state(model, cfg)
     load_uploaded_state(model, global_state)
     delta = {k: local[k] - global_state[k] for k in global_state}
-    if cfg.dp_noise > 0:
-        delta = _add_dp_noise(delta, cfg)
+    if cfg.dp:  # client-level DP: the whole delta in L2, and every client weighs 1
+        delta, fraction = clip_l2(delta, cfg.dp_l2_clip)
+        return ClientUpdate(delta=delta, weight=1, train_loss=loss, clipped_fraction=fraction)
     delta, fraction = clip_delta(delta, cfg.resolved_clip_bound)
     return ClientUpdate(delta=delta, weight=data.num_examples, train_loss=loss,
                         clipped_fraction=fraction)

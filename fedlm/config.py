@@ -61,7 +61,7 @@ class RunConfig:
     data: tuple[str, ...] = _f((), "User .txt/.jsonl files to use instead of the stdlib corpus.")
     out: str = _f("runs/latest", "Output directory for report, plots, adapter and tokenizer.")
     report: str | None = _f(None, "Path of the JSON report (default OUT/report.json).")
-    freeze_a: bool | None = _f(None, "FFA-LoRA: freeze LoRA A (default: on iff DP noise is on).")
+    freeze_a: bool | None = _f(None, "FFA-LoRA: freeze LoRA A (default: on iff DP is on).")
     quiet: bool = _f(False, "No progress bars or summary.")
     warmup_steps: int = _f(300, "Central warm-up steps on public data before federation.")
     eval_batches: int = _f(4, "Held-out batches per domain for each evaluation.")
@@ -78,7 +78,11 @@ class RunConfig:
                               "never uploaded, kept across rounds.")
     clip_bound: float | None = _f(None, "Per-coordinate clip of each delta (default: steps*lr).")
     fractional_bits: int = _f(20, "Fixed-point fractional bits of the secure encoding.")
-    dp_noise: float = _f(0.0, "Gaussian noise multiplier per round (0 = no DP).")
+    dp_epsilon: float | None = _f(None, "Distributed DP: the epsilon the whole run may spend (each client adds "
+                                        "discrete Gaussian noise before masking; secagg/secagg+ only).")
+    dp_delta: float = _f(1e-5, "Distributed DP: the delta of --dp-epsilon.")
+    dp_rounds: int | None = _f(None, "Distributed DP: rounds the noise is planned for (default: --rounds); "
+                               "training stops before a round that would exceed --dp-epsilon.")
     dp_l2_clip: float = _f(1.0, "L2 norm each client clips its delta to when DP is on.")
     max_chars_per_domain: int = _f(150_000, "Cap on corpus characters per domain.")
     threads: int = _f(1, "torch threads (0 = torch's default); 1 stays fast on a shared CPU.")
@@ -174,8 +178,18 @@ class RunConfig:
             raise ValueError(f"lr={self.lr} must be > 0")
         if self.clip_bound is not None and not self.clip_bound > 0:
             raise ValueError(f"clip_bound={self.clip_bound} must be > 0")
-        if self.dp_noise < 0 or not self.dp_l2_clip > 0:
-            raise ValueError("dp_noise must be >= 0 and dp_l2_clip > 0")
+        if not self.dp_l2_clip > 0:
+            raise ValueError("dp_l2_clip must be > 0")
+        if self.dp_epsilon is not None:
+            if not (self.dp_epsilon > 0 and math.isfinite(self.dp_epsilon)):
+                raise ValueError(f"dp_epsilon={self.dp_epsilon} must be a positive number")
+            if not 0 < self.dp_delta < 1:
+                raise ValueError(f"dp_delta={self.dp_delta} must be in (0, 1)")
+            if self.backend not in ("secagg", "secagg+"):
+                raise ValueError(f"--dp-epsilon needs --backend secagg or secagg+ (distributed DP adds the noise "
+                                 f"under the masks), not {self.backend}")
+            if self.dp_rounds is not None and self.dp_rounds < 1:
+                raise ValueError(f"dp_rounds={self.dp_rounds} must be >= 1")
         if self.server_opt not in SERVER_OPTIMIZERS:
             raise ValueError(f"server_opt={self.server_opt!r}: choose one of {SERVER_OPTIMIZERS}")
         if self.server_lr is not None and not (self.server_lr > 0 and math.isfinite(self.server_lr)):
@@ -212,7 +226,7 @@ class RunConfig:
         """Whether LoRA A is frozen (FFA-LoRA); defaults to on exactly when DP is on."""
         if self.mode != "lora":
             return False
-        return self.freeze_a if self.freeze_a is not None else self.dp_noise > 0
+        return self.freeze_a if self.freeze_a is not None else self.dp
 
     @property
     def resolved_clip_bound(self) -> float:
@@ -224,14 +238,23 @@ class RunConfig:
         bound matters because the secure encoding spends bits on the range
         ``[-clip, clip]``; LoRA and prompt deltas are small, so this stays well
         below 1.0 for LoRA and around 0.25 for the soft prompt. Under DP the
-        bound instead covers the L2 clip plus four noise standard deviations.
+        delta is L2-clipped to ``dp_l2_clip`` instead, which bounds every coordinate too.
         """
         if self.clip_bound is not None:
             return self.clip_bound
-        if self.dp_noise > 0:
-            # Under DP the delta is L2-clipped and noised; cover the noise to 4 sigma.
-            return self.dp_l2_clip * (1.0 + 4.0 * self.dp_noise)
+        if self.dp:
+            return self.dp_l2_clip
         return self.local_steps * self.resolved_lr
+
+    @property
+    def dp(self) -> bool:
+        """Whether distributed DP is on."""
+        return self.dp_epsilon is not None
+
+    @property
+    def resolved_dp_rounds(self) -> int:
+        """Rounds the DP noise is planned for."""
+        return self.dp_rounds if self.dp_rounds is not None else self.rounds
 
     @property
     def report_path(self) -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedlm.backends import AggregationResult, RoundAborted, RoundSession, fedavg, make_backend
+from fedlm.backends import AggregationResult, RoundAborted, RoundSession, SecureBackend, fedavg, make_backend
 from fedlm.checkpoint import load_checkpoint, lora_targets
 from fedlm.client import ClientUpdate, batch_loss, client_update, local_train
 from fedlm.config import RunConfig
@@ -238,9 +238,11 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     out_dir = Path(cfg.out)
     prepared = setup(cfg, out_dir, progress)
-    backend = make_backend(cfg, max(c.num_examples for c in prepared.clients))
     model, warm_loss = build_model(cfg, prepared, out_dir, progress)
     global_state = uploaded_state(model, cfg)
+    backend = make_backend(cfg, max(c.num_examples for c in prepared.clients), global_state)
+    budget = backend.budget if isinstance(backend, SecureBackend) else None
+    dp_stop: str | None = None
     initial = evaluate(model, prepared.eval_blocks, cfg.batch_size)
     progress.message(f"held-out loss after warm-up: {mean_loss(initial):.4f}")
     initial_tasks = task_scores(model, prepared, cfg)
@@ -262,7 +264,16 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
             personal.restore(saved.personal, saved.personal_rounds)
         progress.message(f"resumed after round {saved.round} from {cfg.resume}")
     progress.start_rounds(cfg.rounds)
+    if budget is not None:
+        for record in records:  # a resumed run has spent what its completed rounds cost
+            if not record["aborted"]:
+                budget.record(len(record["survivors"]))
     for rnd in range(first, cfg.rounds + 1):
+        if budget is not None and not budget.allows_another_round():
+            dp_stop = (f"stopped before round {rnd}: it could take epsilon past the target "
+                       f"{budget.target.epsilon} (spent {budget.spent:.4g} in {len(budget.survivors)} rounds)")
+            progress.message(dp_stop)
+            break
         sampled, dropouts = schedule_round(cfg, backend.stages, rngs)
         session = backend.open_round(sampled, state_digest(global_state), rnd)
         updates = train_clients(model, global_state, prepared, sampled, cfg, rnd, progress, session, personal)
@@ -270,6 +281,8 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
                                             sampled, updates, dropouts, cfg.batch_size, server)
         if prepared.sft_heldout is not None:
             record["task_eval"] = task_scores(model, prepared, cfg)
+        if budget is not None:
+            record["epsilon"] = budget.record(len(record["survivors"])) if not record["aborted"] else budget.spent
         records.append(record)
         progress.end_round(round_line(record))
         if cfg.save_every and rnd % cfg.save_every == 0:
@@ -287,6 +300,9 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
                           "after": after[d]["continuation"]} for d in sorted(prompts)]
     if personalization is not None:
         report["personalization"] = personalization
+    if budget is not None:
+        report["dp"] = {**budget.report(), "stopped": dp_stop}
+        report["epsilon"] = budget.spent
     if prepared.sft_heldout is not None:
         report["task"] = cfg.task
         report["initial_task_eval"] = initial_tasks

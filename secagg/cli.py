@@ -15,7 +15,7 @@ import numpy as np
 from .audit import cli as audit_cli
 from . import defaults
 from .encoding import FixedPoint, Schema
-from .errors import SecAggError
+from .errors import ParameterError, SecAggError
 from .graphparams import CORRECTNESS_BITS, SECURITY_BITS, find_harary_parameters
 from .params import Adversary, SecAggConfig, ThreatModel
 
@@ -46,6 +46,11 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _simulate(args: argparse.Namespace) -> dict[str, Any]:
+    if (args.dp is None) != (args.epsilon is None):
+        raise ParameterError("--dp and --epsilon go together: --dp ddgauss|skellam --epsilon E")
+    if args.dp is not None and args.protocol == "ckks":
+        raise ParameterError("distributed DP runs on secagg and secagg+ only: CKKS would need real-valued noise, "
+                             "a weaker argument this library does not make (SECURITY.md)")
     if args.protocol == "ckks":
         from .simulation_ckks import simulate_ckks
 
@@ -53,14 +58,15 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
             args.clients, args.dim, args.dropout, args.seed, stage=args.stage, preset=args.preset
         )
         return report
-    from .simulation import simulate
+    from .simulation import DpRequest, simulate
 
     adversary = Adversary(args.adversary)
     threat = ThreatModel(adversary, args.corrupt, args.expected_dropout if args.expected_dropout is not None
                          else max(args.dropout, 0.05))
     encoding = FixedPoint(args.clip, args.fractional_bits, 1, max(args.clients, args.max_clients or 0))
+    dp = DpRequest(args.dp, args.epsilon, args.delta, args.rounds, args.dp_clip) if args.dp else None
     return simulate(args.protocol, args.clients, args.dim, args.dropout, args.seed, stage=args.stage,
-                    threat=threat, encoding=encoding, scale=args.scale)
+                    threat=threat, encoding=encoding, scale=args.scale, dp=dp)
 
 
 def _print(report: dict[str, Any], as_json: bool) -> None:
@@ -96,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-clients", type=int, default=None)
     s.add_argument("--scale", type=float, default=1.0, help="std-dev of the synthetic inputs")
     s.add_argument("--preset", default=defaults.CKKS_PRESET, help="CKKS preset: addition-128 or precision-128")
+    s.add_argument("--dp", choices=["ddgauss", "skellam"], default=None,
+                   help="distributed differential privacy: each client adds discrete noise before masking")
+    s.add_argument("--epsilon", type=float, default=None, help="DP target epsilon over --rounds rounds")
+    s.add_argument("--delta", type=float, default=defaults.DP_DELTA, help="DP delta")
+    s.add_argument("--rounds", type=int, default=1, help="rounds the DP noise is planned for")
+    s.add_argument("--dp-clip", type=float, default=defaults.DP_L2_CLIP, help="L2 clip of each update under DP")
     s.add_argument("--json", action="store_true")
     audit_cli.register(sub)
     return parser

@@ -7,7 +7,8 @@ There is deliberately no default threat model: a caller states who it defends ag
 
 from __future__ import annotations
 
-__all__ = ["CLIP_BOUND", "FRACTIONAL_BITS", "MAX_CLIENTS", "CKKS_PRESET", "CKKS_COMMITTEE_SIZE"]
+__all__ = ["CLIP_BOUND", "FRACTIONAL_BITS", "MAX_CLIENTS", "CKKS_PRESET", "CKKS_COMMITTEE_SIZE", "DP_L2_CLIP",
+           "DP_DELTA", "DP_MECHANISM"]
 
 CLIP_BOUND = 8.0
 """Per-coordinate clip c: inputs are clipped to [-c, c] before encoding (masking) or encryption (CKKS)."""
@@ -24,3 +25,12 @@ CKKS_PRESET = "addition-128"
 
 CKKS_COMMITTEE_SIZE = 3
 """Key holders of a CKKS round: the first clients by id."""
+
+DP_L2_CLIP = 1.0
+"""Distributed DP: the L2 norm each client's whole update is clipped to."""
+
+DP_DELTA = 1e-5
+"""Distributed DP: the delta epsilon is reported at, unless the caller says."""
+
+DP_MECHANISM = "ddgauss"
+"""Distributed DP: the distributed discrete Gaussian (the other choice is ``skellam``)."""

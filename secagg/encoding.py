@@ -347,8 +347,10 @@ class FixedPoint:
                                  "(encode with config.encoding.encode, which clips)")
         return weight
 
-    def decode(self, total: np.ndarray) -> tuple[np.ndarray, int]:
-        """Signed interpretation of a ring sum: (sum of weight * value, sum of weights)."""
+    def decode(self, total: np.ndarray, seed: bytes = b"") -> tuple[np.ndarray, int]:
+        """Signed interpretation of a ring sum: (sum of weight * value, sum of weights).
+
+        ``seed`` is unused (the DP encoding's rotation takes it; the signature is shared)."""
         words = total.astype(np.uint64) & np.uint64(self.ring_mask)
         signed = words.astype(np.int64)
         if self.modulus_bits < 64:

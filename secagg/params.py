@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass, field
 
 from .bounds import ThresholdBounds
+from .dp.encoding import DpEncoding
 from .encoding import FixedPoint, Schema
 from .errors import ParameterError
 from .graphparams import GRINDING_BITS, corrupt_count, corrupt_neighbour_bound, find_harary_parameters
@@ -103,7 +104,8 @@ class SecAggConfig:
     num_clients: int
     threshold: int
     schema: Schema
-    encoding: FixedPoint
+    encoding: FixedPoint | DpEncoding
+    """Fixed point (per-coordinate clip), or distributed DP (:class:`secagg.dp.DpEncoding`)."""
     degree: int | None = None
     threat: ThreatModel = field(kw_only=True)
     """Required: who the thresholds defend against (there is no default threat model)."""
@@ -117,6 +119,8 @@ class SecAggConfig:
             raise ParameterError(
                 f"encoding.max_clients={self.encoding.max_clients} < num_clients={n}: the sum could overflow"
             )
+        if isinstance(self.encoding, DpEncoding) and self.encoding.dim != self.schema.size:
+            raise ParameterError(f"the DP encoding is for {self.encoding.dim} values; the schema has {self.schema.size}")
         holders = self.holders
         if k is not None and (k < 2 or k % 2):
             raise ParameterError(f"the Harary degree k must be even and >= 2, got {k}")
@@ -178,8 +182,16 @@ class SecAggConfig:
 
     @property
     def dim(self) -> int:
-        """Words per masked input: the schema's values plus the weight coordinate."""
+        """Words per masked input: the schema's values (padded to a power of two under DP, for the
+        rotation) plus the weight coordinate."""
+        if isinstance(self.encoding, DpEncoding):
+            return self.encoding.words
         return self.schema.size + 1
+
+    @property
+    def dp(self) -> DpEncoding | None:
+        """The distributed-DP encoding, if this session adds noise."""
+        return self.encoding if isinstance(self.encoding, DpEncoding) else None
 
     @property
     def corrupt_bound(self) -> int:
@@ -246,4 +258,5 @@ class SecAggConfig:
             self.chunk_size,
         )
         threat = f"{self.threat.adversary.value}|{self.threat.corrupt_fraction!r}|{self.threat.dropout_fraction!r}"
-        return hashlib.sha256(b"secagg/v1/config\x00" + fields + threat.encode() + self.schema.digest()).digest()
+        dp = b"dp\x00" + self.encoding.spec.digest() if isinstance(self.encoding, DpEncoding) else b""
+        return hashlib.sha256(b"secagg/v1/config\x00" + fields + threat.encode() + self.schema.digest() + dp).digest()

@@ -4,13 +4,20 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
 from . import defaults
+from .dp.accounting import epsilon as dp_epsilon
+from .dp.encoding import DpEncoding
+from .dp.plan import DpPlan
+from .dp.plan import plan as dp_plan
+from .protocols.secagg.common import setup_id
 from .encoding import FixedPoint, Schema
 from .errors import ParameterError
 from .hazmat.keys import SigningKey
@@ -21,7 +28,7 @@ from .results import AggregationOutcome, local_dropouts, outcome_of
 from .router import RoundTrace, run_round, stages_for
 from .simulation_ckks import aggregate_ckks
 
-__all__ = ["simulate", "aggregate", "AggregationOutcome", "DROPOUT_STAGES", "dropout_schedule"]
+__all__ = ["simulate", "aggregate", "AggregationOutcome", "DROPOUT_STAGES", "DpRequest", "dropout_schedule"]
 
 
 def _parties(
@@ -85,24 +92,36 @@ def simulate(
     stage: str | None = None,
     encoding: FixedPoint | None = None,
     scale: float = 1.0,
+    dp: DpRequest | None = None,
 ) -> dict[str, Any]:
     """Run one full SecAgg / SecAgg+ round on synthetic Gaussian inputs and report exactness, error,
     bytes and time (``secagg simulate``; CKKS: :func:`secagg.simulation_ckks.simulate_ckks`).
 
     ``exact`` is true iff the unmasked aggregate equals, bit for bit, the plain modular sum of the
-    survivors' quantised inputs. The seed drives the synthetic data and the dropout schedule only;
-    all key material comes from the system CSPRNG.
+    survivors' encoded inputs. The seed drives the synthetic data and the dropout schedule only;
+    all key material (and DP noise) comes from the system CSPRNG. With ``dp`` the noise is planned
+    for ``dp.rounds`` rounds with the protocol's threshold as the worst-case survivor count, and the
+    report gains a ``dp`` object (``measured_noise_std`` of the released sum minus the noiseless
+    sum of the L2-clipped inputs, next to ``planned_noise_std``).
     """
-    encoding = encoding or FixedPoint(max_clients=clients)
     schema = Schema.of(np.zeros(dim, dtype=np.float32))
-    config = SecAggConfig.for_protocol(protocol, clients, schema, threat, encoding)
+    plan = None
+    if dp is not None:
+        base = SecAggConfig.for_protocol(protocol, clients, schema, threat, FixedPoint(max_clients=clients))
+        plan = dp_plan(dp.epsilon, dp.delta, dp.rounds, clients, base.threshold, dim, dp.l2_clip, dp.mechanism)
+        enc: FixedPoint | DpEncoding = DpEncoding(plan.spec, dim, clients)
+    else:
+        enc = encoding or FixedPoint(max_clients=clients)
+    config = SecAggConfig.for_protocol(protocol, clients, schema, threat, enc)
     rng = np.random.default_rng(seed)  # ok: synthetic inputs, not secrets
     inputs = rng.normal(0.0, scale, size=(clients, dim)).astype(np.float32)
     schedule = dropout_schedule(clients, dropout, stages_for(config), seed, stage)
     server, parties = _parties(config, 0, b"simulation")
+    setup = setup_id(config, 0, b"simulation")
     encoded = {}
     for i, party in parties.items():
-        encoded[i] = encoding.encode(inputs[i].astype(np.float64))
+        x = inputs[i].astype(np.float64)
+        encoded[i] = enc.encode(x, setup) if isinstance(enc, DpEncoding) else enc.encode(x)
         party.set_encoded_input(encoded[i])
     start = time.perf_counter()
     trace = run_round(server, parties, schedule)
@@ -112,8 +131,8 @@ def simulate(
     expected = np.zeros(config.dim, dtype=np.uint64)
     for i in survivors:
         expected += encoded[i]
-    expected &= np.uint64(encoding.ring_mask)
-    clipped = np.clip(inputs[survivors].astype(np.float64), -encoding.clip_bound, encoding.clip_bound)
+    expected &= np.uint64(enc.ring_mask)
+    clipped = _clipped(inputs[survivors].astype(np.float64), enc)
     client_times, server_times = _timing_summary(trace)
     upload = [trace.upload_bytes[i] for i in survivors]
     return {
@@ -128,11 +147,12 @@ def simulate(
         "degree": config.degree if config.degree is not None else clients - 1,
         **config.security_summary(),
         "adversary": threat.adversary.value,
-        "modulus_bits": encoding.modulus_bits,
-        "word_bytes": encoding.dtype.itemsize,
+        "modulus_bits": enc.modulus_bits,
+        "word_bytes": enc.dtype.itemsize,
         "exact": bool(np.array_equal(expected, result.ring_sum.astype(np.uint64))),
         "max_abs_error": float(np.abs(result.weighted_sum - clipped.sum(axis=0)).max()),
-        "error_bound": len(survivors) * 2.0**-encoding.fractional_bits,
+        "error_bound": (len(survivors) * 2.0**-enc.fractional_bits if plan is None
+                        else result.error_bound * result.weight_sum),
         "average_max_abs_error": float(np.abs(result.average_vector() - clipped.mean(axis=0)).max()),
         "average_error_bound": result.error_bound,
         "bytes_per_client_upload": statistics.fmean(upload),
@@ -140,6 +160,48 @@ def simulate(
         "client_seconds": client_times,
         "server_seconds": server_times,
         "total_seconds": total,
+        **({"dp": _dp_report(plan, dp, result.weighted_sum - clipped.sum(axis=0), len(survivors))}
+           if plan is not None and dp is not None else {}),
+    }
+
+
+@dataclass(frozen=True)
+class DpRequest:
+    """What ``secagg simulate --dp`` asks for: the mechanism and the privacy target of the run."""
+
+    mechanism: str = "ddgauss"
+    epsilon: float = 2.0
+    delta: float = 1e-5
+    rounds: int = 1
+    l2_clip: float = defaults.DP_L2_CLIP
+
+
+def _clipped(inputs: np.ndarray, enc: FixedPoint | DpEncoding) -> np.ndarray:
+    """The survivors' inputs as the encoding clips them (per coordinate, or the whole vector in L2)."""
+    if isinstance(enc, DpEncoding):
+        norms = np.linalg.norm(inputs, axis=1, keepdims=True)
+        return inputs * np.minimum(1.0, enc.clip_bound / np.maximum(norms, 1e-300))
+    return np.clip(inputs, -enc.clip_bound, enc.clip_bound)
+
+
+def _dp_report(plan: DpPlan, request: DpRequest, noise: np.ndarray, survivors: int) -> dict[str, Any]:
+    """The ``dp`` object: the noise measured in this round next to the plan, and the accountant's epsilon
+    for ``rounds`` rounds with this round's survivors (at least the planned worst case)."""
+    spec = plan.spec
+    return {
+        "mechanism": spec.mechanism,
+        "measured_noise_std": float(np.std(noise)),
+        "planned_noise_std": math.sqrt(survivors) * spec.noise_std / spec.scale,
+        "epsilon": dp_epsilon(spec, noise.shape[0], survivors, request.rounds, request.delta),
+        "planned_epsilon": plan.to_json()["epsilon"],
+        "delta": request.delta,
+        "rounds": request.rounds,
+        "bits": spec.bits,
+        "scale": spec.scale,
+        "noise_multiplier": plan.to_json()["noise_multiplier"],
+        "noise_std_per_client": spec.noise_std,
+        "min_survivors": plan.to_json()["min_survivors"],
+        "l2_clip": spec.l2_clip,
     }
 
 

@@ -261,6 +261,10 @@ class SecAggClient(ClientParty[Stage]):
 
     def _masked_vector(self, peers: tuple[int, ...]) -> np.ndarray:
         peer_keys = {peer: self._keys[peer].mask_key for peer in peers}
+        dp = self.config.dp
+        if dp is not None and self._encoded is None:
+            assert self._values is not None  # checked by the caller
+            self._encoded, self._values = dp.encode(self._values, self._setup, self._random), None
         return mask_input(self.config, self._session, self.client_id, self._seed, self._masking_key(), peer_keys,
                           values=self._values, weight=self._weight, encoded=self._encoded, random=self._random)
 

@@ -379,7 +379,7 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
         return {}
 
     def _finish(self) -> None:
-        weighted, weight_sum = self.config.encoding.decode(self._accumulator)
+        weighted, weight_sum = self.config.encoding.decode(self._accumulator, self._setup)
         ring = self._accumulator & self._accumulator.dtype.type(self.config.encoding.ring_mask)
         self._result = AggregateResult(self.config, ring, weighted, weight_sum, self._survivors, self.dropped)
         self._stage = Stage.DONE

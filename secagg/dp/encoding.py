@@ -1,0 +1,137 @@
+"""Distributed DP as a SecAgg encoding: what the parties do with a :class:`~secagg.dp.spec.DpSpec`.
+
+A client L2-clips its update, rotates it (randomised Hadamard, signs from the session's setup id,
+which the server also knows), scales, rounds conditionally and adds its share of discrete noise, all
+in integers; the ring Z_{2^bits} wraps the result. Masking then hides it as any other input, so the
+unmasked sum carries exactly the survivors' noise and nobody ever sees a noiseless sum. The server
+interprets the ring sum as signed, divides by the scale and undoes the rotation.
+
+Weights are fixed to 1: client-level DP bounds each client's contribution by the L2 clip, and a
+weight would multiply it. What it guarantees and what it does not: SECURITY.md, "Distributed
+differential privacy".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..encoding import word_dtype
+from ..errors import ParameterError
+from ..hazmat.random import RandomSource, system_random
+from .rotation import padded_dim
+from .spec import DpSpec
+
+__all__ = ["DpEncoding", "TAIL_BITS"]
+
+TAIL_BITS = 40
+"""``error_bound`` under DP holds except with probability 2^-TAIL_BITS per coordinate (noise is unbounded)."""
+
+
+@dataclass(frozen=True)
+class DpEncoding:
+    """The encoding of a SecAgg config with distributed DP (in place of :class:`FixedPoint`).
+
+    Args:
+        spec: the mechanism, clip, scale, per-client noise and ring width (see :mod:`secagg.dp.plan`).
+        dim: the caller's number of values (the schema size); vectors are padded to a power of two.
+        max_clients: the most inputs summed in one session.
+    """
+
+    spec: DpSpec
+    dim: int
+    max_clients: int
+
+    def __post_init__(self) -> None:
+        if self.dim < 1 or self.max_clients < 1:
+            raise ParameterError("a DP encoding needs dim >= 1 and max_clients >= 1")
+
+    # -- the FixedPoint interface the parties use -------------------------------------------------
+    @property
+    def modulus_bits(self) -> int:
+        return self.spec.bits
+
+    @property
+    def dtype(self) -> np.dtype:
+        return word_dtype(self.spec.bits)
+
+    @property
+    def ring_mask(self) -> int:
+        return (1 << self.spec.bits) - 1
+
+    @property
+    def clip_bound(self) -> float:
+        """The L2 clip of a whole update (not a per-coordinate clip)."""
+        return self.spec.l2_clip
+
+    @property
+    def fractional_bits(self) -> int:
+        return 0  # the scale is spec.scale, not a power of two
+
+    @property
+    def max_weight(self) -> int:
+        return 1
+
+    @property
+    def padded_dim(self) -> int:
+        return padded_dim(self.dim)
+
+    @property
+    def words(self) -> int:
+        """Ring words per input: the padded, rotated vector and the weight word."""
+        return self.padded_dim + 1
+
+    def check_weight(self, weight: int) -> int:
+        if isinstance(weight, bool) or not isinstance(weight, (int, np.integer)) or int(weight) != 1:
+            raise ParameterError(f"under distributed DP every weight is 1 (client-level DP), got {weight}")
+        return 1
+
+    def encode(self, values: np.ndarray, seed: bytes, random: RandomSource = system_random) -> np.ndarray:
+        """A client's noisy ring words (weight word 1 last), rotated with ``seed`` (the setup id)."""
+        flat = np.asarray(values, dtype=np.float64).reshape(-1)
+        if flat.shape != (self.dim,):
+            raise ParameterError(f"expected {self.dim} values, got {flat.shape}")
+        if not np.isfinite(flat).all():
+            raise ParameterError("the update holds NaN or infinite values")
+        signed = self.spec.encode(flat, seed, random)
+        out = np.empty(self.words, dtype=self.dtype)
+        np.bitwise_and(signed.astype(np.uint64), np.uint64(self.ring_mask), out=out[:-1], casting="unsafe")
+        out[-1] = 1
+        return out
+
+    def check_encoded(self, words: np.ndarray) -> int:
+        """Words claimed to be :meth:`encode`'s output: inside the ring, weight word 1.
+
+        The noise makes any ring value possible, so values are not bounded here; the ring width
+        was planned so the sum wraps with probability below 2^-40 per coordinate.
+        """
+        if self.modulus_bits < 8 * words.dtype.itemsize and (words > self.ring_mask).any():
+            raise ParameterError("encoded input holds values outside the ring")
+        return self.check_weight(int(words[-1]))
+
+    def signed(self, total: np.ndarray) -> np.ndarray:
+        words = total.astype(np.uint64) & np.uint64(self.ring_mask)
+        out = words.astype(np.int64)
+        if self.modulus_bits < 64:
+            out[words >= (1 << (self.modulus_bits - 1))] -= 1 << self.modulus_bits
+        return out
+
+    def decode(self, total: np.ndarray, seed: bytes = b"") -> tuple[np.ndarray, int]:
+        """(the noisy sum of the clipped updates, the number of inputs) from a ring sum."""
+        signed = self.signed(total)
+        return self.spec.decode(signed[:-1], seed, self.dim), int(signed[-1])
+
+    def average_error_bound(self, survivors: int, weight_sum: int) -> float:
+        """Bound on |average - exact average of the L2-clipped inputs| per coordinate that holds
+        except with probability 2^-40: the survivors' noise and rounding are sub-Gaussian with
+        variance n (sigma^2 + 1/4) in integer units (the rotation is orthonormal)."""
+        tail = math.sqrt(2.0 * math.log(2.0 * 2.0**TAIL_BITS))
+        std = math.sqrt(survivors * (self.spec.noise_std**2 + 0.25))
+        return tail * std / self.spec.scale / max(weight_sum, 1)
+
+    def summary(self) -> dict[str, Any]:
+        return {"mechanism": self.spec.mechanism, "bits": self.spec.bits, "scale": self.spec.scale,
+                "noise_std_per_client": self.spec.noise_std, "l2_clip": self.spec.l2_clip}
