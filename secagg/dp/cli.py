@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--rounds", type=int, required=True)
     p.add_argument("--clients", type=int, required=True, help="clients per round (sizes the ring)")
     p.add_argument("--min-survivors", type=int, required=True,
-                   help="fewest survivors a round may have (its noise is what protects); use the threshold")
+                   help="fewest honest clients whose noise is in a released sum (worst case: see SECURITY.md)")
     p.add_argument("--dim", type=int, required=True, help="length of each client's vector")
     p.add_argument("--clip", type=float, required=True, help="L2 clip norm of each client's vector")
     p.add_argument("--mechanism", choices=["ddgauss", "skellam"], default="ddgauss")
