@@ -1,4 +1,4 @@
-"""The ``secagg`` command line: ``secagg params`` and ``secagg simulate``.
+"""The ``secagg`` command line: ``secagg params``, ``secagg simulate``, ``secagg audit`` and ``secagg dp``.
 
 The flags and JSON field names are a contract with users' scripts: add, never rename.
 """
@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .audit import cli as audit_cli
+from .dp import cli as dp_cli
 from . import defaults
 from .encoding import FixedPoint, Schema
 from .errors import ParameterError, SecAggError
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dp-clip", type=float, default=defaults.DP_L2_CLIP, help="L2 clip of each update under DP")
     s.add_argument("--json", action="store_true")
     audit_cli.register(sub)
+    dp_cli.register(sub)
     return parser
 
 
@@ -118,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "audit":
             report = audit_cli.run(args)
+        elif args.command == "dp":
+            report = dp_cli.run(args)
         else:
             report = _params(args) if args.command == "params" else _simulate(args)
     except SecAggError as exc:
