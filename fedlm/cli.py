@@ -23,7 +23,7 @@ from rich.table import Table
 from fedlm.config import BACKENDS, DTYPE_NAMES, MODES, SERVER_OPTIMIZERS, TASKS, RunConfig, field_help
 
 _CONVERTERS: dict[str, type] = {"int": int, "float": float, "str": str,
-                                "float | None": float, "str | None": str}
+                                "float | None": float, "str | None": str, "int | None": int}
 _CHOICES: dict[str, tuple[str, ...]] = {"mode": MODES, "backend": BACKENDS, "dtype": DTYPE_NAMES, "task": TASKS,
                                         "server_opt": SERVER_OPTIMIZERS}
 

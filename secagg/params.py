@@ -119,8 +119,11 @@ class SecAggConfig:
             raise ParameterError(
                 f"encoding.max_clients={self.encoding.max_clients} < num_clients={n}: the sum could overflow"
             )
-        if isinstance(self.encoding, DpEncoding) and self.encoding.dim != self.schema.size:
-            raise ParameterError(f"the DP encoding is for {self.encoding.dim} values; the schema has {self.schema.size}")
+        if isinstance(self.encoding, DpEncoding):
+            if self.encoding.dim != self.schema.size:
+                raise ParameterError(f"the DP encoding is for {self.encoding.dim} values; the schema has {self.schema.size}")
+            if self.encoding.min_survivors > n:
+                raise ParameterError(f"DP min_survivors={self.encoding.min_survivors} exceeds num_clients={n}")
         holders = self.holders
         if k is not None and (k < 2 or k % 2):
             raise ParameterError(f"the Harary degree k must be even and >= 2, got {k}")
@@ -137,7 +140,7 @@ class SecAggConfig:
 
     @classmethod
     def secagg(
-        cls, num_clients: int, schema: Schema, threat: ThreatModel, encoding: FixedPoint | None = None
+        cls, num_clients: int, schema: Schema, threat: ThreatModel, encoding: FixedPoint | DpEncoding | None = None
     ) -> SecAggConfig:
         """SecAgg (Bonawitz et al.): complete graph, smallest threshold safe for ``threat``."""
         t = complete_graph_threshold(num_clients, threat)
@@ -145,7 +148,7 @@ class SecAggConfig:
 
     @classmethod
     def secagg_plus(
-        cls, num_clients: int, schema: Schema, threat: ThreatModel, encoding: FixedPoint | None = None
+        cls, num_clients: int, schema: Schema, threat: ThreatModel, encoding: FixedPoint | DpEncoding | None = None
     ) -> SecAggConfig:
         """SecAgg+ (Bell et al.): Harary graph with (k, t) from fcp's parameter search.
 
@@ -163,7 +166,8 @@ class SecAggConfig:
 
     @classmethod
     def for_protocol(
-        cls, protocol: str, num_clients: int, schema: Schema, threat: ThreatModel, encoding: FixedPoint | None = None
+        cls, protocol: str, num_clients: int, schema: Schema, threat: ThreatModel,
+        encoding: FixedPoint | DpEncoding | None = None,
     ) -> SecAggConfig:
         """:meth:`secagg` or :meth:`secagg_plus` by name.
 
@@ -258,5 +262,7 @@ class SecAggConfig:
             self.chunk_size,
         )
         threat = f"{self.threat.adversary.value}|{self.threat.corrupt_fraction!r}|{self.threat.dropout_fraction!r}"
-        dp = b"dp\x00" + self.encoding.spec.digest() if isinstance(self.encoding, DpEncoding) else b""
+        dp = b""
+        if isinstance(self.encoding, DpEncoding):
+            dp = b"dp\x00" + self.encoding.spec.digest() + struct.pack("<I", self.encoding.min_survivors)
         return hashlib.sha256(b"secagg/v1/config\x00" + fields + threat.encode() + self.schema.digest() + dp).digest()

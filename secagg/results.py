@@ -10,10 +10,14 @@ from typing import Any, Callable, Generic, Mapping, Protocol, TypeVar
 
 import numpy as np
 
-from .encoding import FixedPoint, Schema
+from .encoding import Schema
 from .errors import ProtocolAbort, SecAggError
 
 __all__ = ["WeightedSum", "Ledger", "Trace", "first_drops", "AggregationOutcome", "local_dropouts", "outcome_of"]
+
+
+class _ErrorBounded(Protocol):
+    def average_error_bound(self, survivors: int, weight_sum: int) -> float: ...
 
 
 class _HasLayout(Protocol):
@@ -21,7 +25,7 @@ class _HasLayout(Protocol):
     def schema(self) -> Schema: ...
 
     @property
-    def encoding(self) -> FixedPoint: ...
+    def encoding(self) -> _ErrorBounded: ...
 
 
 class WeightedSum:

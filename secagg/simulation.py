@@ -180,8 +180,10 @@ def _clipped(inputs: np.ndarray, enc: FixedPoint | DpEncoding) -> np.ndarray:
     """The survivors' inputs as the encoding clips them (per coordinate, or the whole vector in L2)."""
     if isinstance(enc, DpEncoding):
         norms = np.linalg.norm(inputs, axis=1, keepdims=True)
-        return inputs * np.minimum(1.0, enc.clip_bound / np.maximum(norms, 1e-300))
-    return np.clip(inputs, -enc.clip_bound, enc.clip_bound)
+        scaled: np.ndarray = inputs * np.minimum(1.0, enc.clip_bound / np.maximum(norms, 1e-300))
+        return scaled
+    clipped: np.ndarray = np.clip(inputs, -enc.clip_bound, enc.clip_bound)
+    return clipped
 
 
 def _dp_report(plan: DpPlan, request: DpRequest, noise: np.ndarray, survivors: int) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from typing import Callable, Mapping, Union
 
 import numpy as np
 
-from ..errors import SecAggError
+from ..encoding import FixedPoint
+from ..errors import ParameterError, SecAggError
 from ..hazmat.keys import SigningKey
 from ..hazmat.random import RandomSource
 from ..params import SecAggConfig
@@ -102,6 +103,8 @@ def cast(
         extra = {"random": randoms[i]} if randoms and i in randoms else {}
         clients[i] = SecAggClient(config, i, round_number=round_number, context=ctx,
                                   identity=identities[i] if identities else None, registry=registry, **extra)
+        if not isinstance(config.encoding, FixedPoint):
+            raise ParameterError("the attack harness casts clients with fixed-point inputs (no DP)")
         inputs[i] = config.encoding.encode(rng.normal(size=config.schema.size))
         clients[i].set_encoded_input(inputs[i])
     return Cast(config, clients, inputs, registry)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,12 +23,25 @@ from ..encoding import word_dtype
 from ..errors import ParameterError
 from ..hazmat.random import RandomSource, system_random
 from .rotation import padded_dim
-from .spec import DpSpec
 
-__all__ = ["DpEncoding", "TAIL_BITS"]
+if TYPE_CHECKING:  # the spec's samplers need the dp extra (scipy); the config only holds one
+    from .spec import DpSpec
+
+__all__ = ["DpEncoding", "TAIL_BITS", "survivor_floor"]
 
 TAIL_BITS = 40
 """``error_bound`` under DP holds except with probability 2^-TAIL_BITS per coordinate (noise is unbounded)."""
+
+
+def survivor_floor(num_clients: int, threshold: int, dropout_fraction: float, corrupt: int) -> tuple[int, int]:
+    """(the fewest survivors a DP round releases with, the fewest honest ones among them).
+
+    The floor is the survivors the threat model expects, n - floor(dropout * n), and never below the
+    protocol's threshold; clients enforce it (:class:`DpEncoding`). The accountant and the planner
+    use the honest count: corrupt clients may leave their noise out.
+    """
+    floor = max(threshold, num_clients - int(dropout_fraction * num_clients))
+    return floor, max(1, floor - corrupt)
 
 
 @dataclass(frozen=True)
@@ -39,15 +52,21 @@ class DpEncoding:
         spec: the mechanism, clip, scale, per-client noise and ring width (see :mod:`secagg.dp.plan`).
         dim: the caller's number of values (the schema size); vectors are padded to a power of two.
         max_clients: the most inputs summed in one session.
+        min_survivors: the fewest inputs a sum may be released with: honest clients refuse to unmask
+            a smaller survivor set, so every released sum carries the noise of at least
+            ``min_survivors - corrupt`` honest clients (the count the accountant must use).
     """
 
     spec: DpSpec
     dim: int
     max_clients: int
+    min_survivors: int = 1
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.max_clients < 1:
             raise ParameterError("a DP encoding needs dim >= 1 and max_clients >= 1")
+        if not 1 <= self.min_survivors <= self.max_clients:
+            raise ParameterError(f"min_survivors={self.min_survivors} must be in [1, {self.max_clients}]")
 
     # -- the FixedPoint interface the parties use -------------------------------------------------
     @property

@@ -36,10 +36,11 @@ def test_defaults_are_valid_and_frozen() -> None:
 
 def test_ffa_lora_is_default_exactly_under_dp() -> None:
     assert RunConfig(mode="lora").resolved_freeze_a is False
-    assert RunConfig(mode="lora", dp_noise=0.5).resolved_freeze_a is True
-    assert RunConfig(mode="lora", dp_noise=0.5, freeze_a=False).resolved_freeze_a is False
+    dp = {"dp_epsilon": 8.0, "backend": "secagg"}
+    assert RunConfig(mode="lora", **dp).resolved_freeze_a is True
+    assert RunConfig(mode="lora", freeze_a=False, **dp).resolved_freeze_a is False
     assert RunConfig(mode="lora", freeze_a=True).resolved_freeze_a is True
-    assert RunConfig(mode="prompt", dp_noise=0.5).resolved_freeze_a is False
+    assert RunConfig(mode="prompt", **dp).resolved_freeze_a is False
 
 
 def test_clip_bound_defaults_to_steps_times_lr() -> None:
@@ -48,7 +49,17 @@ def test_clip_bound_defaults_to_steps_times_lr() -> None:
         assert cfg.resolved_lr == lr
         assert cfg.resolved_clip_bound == pytest.approx(4 * lr)
     assert RunConfig(clip_bound=0.5).resolved_clip_bound == 0.5
-    assert RunConfig(dp_noise=1.0, dp_l2_clip=0.1).resolved_clip_bound == pytest.approx(0.5)
+    assert RunConfig(dp_epsilon=1.0, backend="secagg", dp_l2_clip=0.1).resolved_clip_bound == pytest.approx(0.1)
+
+
+def test_dp_needs_a_masking_backend_and_sane_targets() -> None:
+    for backend in ("plain", "ckks"):
+        with pytest.raises(ValueError, match="secagg or secagg\\+"):
+            RunConfig(dp_epsilon=2.0, backend=backend)
+    for bad in ({"dp_epsilon": 0.0}, {"dp_epsilon": 2.0, "dp_delta": 1.0}, {"dp_epsilon": 2.0, "dp_rounds": 0}):
+        with pytest.raises(ValueError):
+            RunConfig(backend="secagg", **bad)
+    assert RunConfig(dp_epsilon=2.0, backend="secagg+", rounds=7).resolved_dp_rounds == 7
 
 
 def test_to_dict_has_resolved_values() -> None:

@@ -1,19 +1,44 @@
+"""fedlm under distributed DP: the accountant's epsilon after every round, the budget respected."""
+
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import pytest
 import torch
 
-from fedlm.client import _add_dp_noise
-from fedlm.config import RunConfig
+from fedlm.client import clip_l2
+from fedlm.loop import run
+
+from .helpers import tiny_config
 
 
-def test_dp_noise_clips_the_l2_norm_and_adds_calibrated_noise() -> None:
-    cfg = RunConfig(dp_noise=0.5, dp_l2_clip=1.0, clients_per_round=4)
-    delta = {"b": torch.full((200, 100), 10.0)}
-    noisy = _add_dp_noise(delta, cfg)["b"]
-    expected_std = 0.5 * 1.0 / math.sqrt(4)
-    clipped_value = 1.0 / math.sqrt(200 * 100)  # the clipped delta is uniform with L2 norm 1
-    assert abs(noisy.mean().item() - clipped_value) < 0.01
-    assert abs(noisy.std().item() - expected_std) < 0.01
-    assert noisy.dtype == torch.float32 and noisy.shape == (200, 100)
+def test_clip_l2_scales_the_whole_delta_to_the_bound() -> None:
+    delta = {"a": torch.full((30, 10), 2.0), "b": torch.full((5,), -3.0)}
+    clipped, fraction = clip_l2(delta, 1.5)
+    norm = math.sqrt(sum(float(v.double().pow(2).sum()) for v in clipped.values()))
+    assert norm == pytest.approx(1.5) and fraction == 1.0
+    assert torch.allclose(clipped["a"] / clipped["a"][0, 0], torch.ones(30, 10))  # direction kept
+    small = {"a": torch.full((4,), 0.1)}
+    assert clip_l2(small, 1.5) == (small, 0.0)
+
+
+def test_a_dp_run_reports_epsilon_every_round_within_the_target(tmp_path: Path) -> None:
+    report = run(tiny_config(tmp_path, backend="secagg+", dp_epsilon=8.0, rounds=3, dropout=0.0))
+    dp = report["dp"]
+    assert dp["mechanism"] == "ddgauss" and dp["delta"] == 1e-5 and dp["stopped"] is None
+    assert dp["bits"] <= 32 and dp["noise_multiplier"] > 0
+    spent = [r["epsilon"] for r in report["rounds"]]
+    assert len(spent) == 3 and all(a < b for a, b in zip(spent, spent[1:]))  # composition grows
+    assert 0 < spent[-1] == dp["epsilon"] == report["epsilon"] <= 8.0
+    assert all(r["max_abs_diff_vs_plain"] <= r["error_bound"] for r in report["rounds"])
+    assert report["config"]["freeze_a"] is True  # LoRA (the default mode) under DP: FFA-LoRA
+
+
+def test_a_dp_run_stops_before_the_round_that_would_exceed_the_target(tmp_path: Path) -> None:
+    report = run(tiny_config(tmp_path, backend="secagg", dp_epsilon=8.0, dp_rounds=2, rounds=5,
+                             dropout=0.0))
+    dp = report["dp"]
+    assert len(report["rounds"]) == 2 and "stopped before round 3" in dp["stopped"]
+    assert dp["epsilon"] <= 8.0 and dp["planned_rounds"] == 2

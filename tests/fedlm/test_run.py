@@ -90,7 +90,7 @@ def test_round_with_too_few_survivors_is_aborted_and_skipped(tmp_path: Path) -> 
 
 
 def test_lora_under_dp_defaults_to_ffa_and_uploads_only_b(tmp_path: Path) -> None:
-    report = run(tiny_config(tmp_path, mode="lora", backend="plain", dp_noise=0.1,
+    report = run(tiny_config(tmp_path, mode="lora", backend="secagg", dp_epsilon=50.0,
                              dp_l2_clip=0.05, rounds=1))
     assert report["config"]["freeze_a"] is True
     saved = load_file(str(Path(report["artifacts"]["model"]) / "adapter_model.safetensors"))

@@ -295,6 +295,10 @@ class SecAggClient(ClientParty[Stage]):
             raise ProtocolAbort("the server lists this client, which sent its input, as not surviving")
         if len(alive) < self.config.threshold:
             raise InsufficientParties(f"{len(alive)} survivors; threshold is {self.config.threshold}")
+        dp = self.config.dp
+        if dp is not None and len(alive) < dp.min_survivors:
+            raise InsufficientParties(f"{len(alive)} survivors; a DP sum is released with at least "
+                                      f"{dp.min_survivors} (their noise is the guarantee)")
         if self.config.threat.is_malicious:
             self._check_consistency(body)
         owners, kinds, shares = [], [], []

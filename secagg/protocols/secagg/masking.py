@@ -12,6 +12,8 @@ from typing import Mapping
 
 import numpy as np
 
+from ...encoding import FixedPoint
+from ...errors import ParameterError
 from ...hazmat.keys import AgreementKeyPair, derive_key
 from ...hazmat.prg import MaskStream
 from ...hazmat.random import RandomSource, system_random
@@ -58,6 +60,9 @@ def mask_input(
         ``config.dim`` ring words, reduced modulo the ring.
     """
     enc = config.encoding
+    fixed = enc if isinstance(enc, FixedPoint) else None
+    if encoded is None and fixed is None:
+        raise ParameterError("a distributed-DP input is encoded whole first (DpEncoding.encode), then masked")
     streams = [(self_mask(seed, session), +1)]
     for peer, peer_key in peer_keys.items():
         streams.append((pairwise_mask(session, client, masking, peer, peer_key), +1 if client < peer else -1))
@@ -69,10 +74,10 @@ def mask_input(
         if encoded is not None:
             view[:] = encoded[start:stop]
             return
-        assert values is not None
+        assert values is not None and fixed is not None
         body = min(stop, d) - start
         if body > 0:
-            enc.quantize_into(values[start : start + body], weight, noise, view[:body])
+            fixed.quantize_into(values[start : start + body], weight, noise, view[:body])
         if stop > d:
             view[-1] = weight
 

@@ -327,7 +327,8 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
         return out
 
     def _close_masked(self) -> dict[int, bytes]:
-        self._require(len(self._inbox), "sent masked inputs", self.config.quorum)
+        dp = self.config.dp
+        self._require(len(self._inbox), "sent masked inputs", max(self.config.quorum, dp.min_survivors if dp else 0))
         self._survivors = tuple(sorted(self._inbox))
         self._check_recoverable()
         self._dropped["mask"] = tuple(sorted(self._shared_set - set(self._survivors)))
