@@ -6,13 +6,14 @@ data; its noise share is still added). In integer units the L2 sensitivity is
 an integer vector, the L1 sensitivity is ``D1 = min(D2^2, sqrt(d) D2)`` with ``d = padded_dim(dim)``.
 Only the survivors' noise is in the unmasked sum, so a round is accounted with its survivors ``n``.
 
-* ddgauss (Kairouz-Liu-Steinke ICML'21, Theorem 1 / Prop. 14): with ``S = n sigma^2`` and
+* ddgauss (Kairouz-Liu-Steinke ICML'21, Theorem 1 / Prop. 14; needs sigma >= 1/2): ``S = n sigma^2``,
   ``tau = 10 sum_{k=1}^{n-1} exp(-2 pi^2 sigma^2 k/(k+1))``, order-alpha RDP is at most
   ``min(alpha D2^2/(2S) + tau d, alpha/2 (D2^2/S + 2 tau D1/sqrt(S) + tau^2 d),
   alpha/2 (D2/sqrt(S) + tau sqrt(d))^2)``.
-* skellam (Agarwal-Kairouz-Liu NeurIPS'21, RDP of the multi-dimensional Skellam mechanism): with total variance ``mu = n sigma^2``,
-  order-alpha RDP is at most ``alpha D2^2/(2 mu) + min(((2 alpha - 1) D2^2 + 6 D1)/(4 mu^2),
-  3 D1/(2 mu))`` (integer orders only, as in the reference implementation).
+* skellam (Agarwal-Kairouz-Liu NeurIPS'21, RDP of the multi-dimensional Skellam mechanism): with
+  total variance ``mu = n sigma^2``, order-alpha RDP is at most
+  ``alpha D2^2/(2 mu) + min(((2 alpha - 1) D2^2 + 6 D1)/(4 mu^2), 3 D1/(2 mu))``
+  (integer orders only, as in the reference implementation).
 
 RDP adds over rounds; (epsilon, delta) comes from dp_accounting's RDP conversion
 (``rdp_privacy_accountant.compute_epsilon``, Prop. 12 of Canonne-Kamath-Steinke 2020).
@@ -45,7 +46,7 @@ def rdp(spec: DpSpec, dim: int, survivors: int, orders: Sequence[float]) -> np.n
     """Order-wise RDP of ONE round whose sum holds ``survivors`` clients' noise.
 
     Guarantees: an upper bound on the Renyi divergence at each order (``inf`` where the bound does
-    not apply: orders below or at 1, or non-integer orders for skellam).
+    not apply: orders at most 1, non-integer orders for skellam, ddgauss with sigma < 1/2).
     Does not: cover floating-point sampler deviations or a server that lies about survivors.
 
     Raises:
@@ -65,7 +66,7 @@ def rdp(spec: DpSpec, dim: int, survivors: int, orders: Sequence[float]) -> np.n
         term2 = alpha / 2 * (d2**2 / total_var + 2 * tau * d1 / sd + tau**2 * d)
         term3 = alpha / 2 * (d2 / sd + tau * math.sqrt(d)) ** 2
         out = np.minimum(np.minimum(term1, term2), term3)
-        valid = alpha > 1
+        valid = (alpha > 1) & (spec.noise_std >= 0.5)  # KLS's lemma on sums needs sigma >= 1/2
     else:
         mu = total_var
         out = alpha * d2**2 / (2 * mu) + np.minimum(((2 * alpha - 1) * d2**2 + 6 * d1) / (4 * mu**2),

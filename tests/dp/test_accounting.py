@@ -52,6 +52,7 @@ def test_rdp_shape_and_orders() -> None:
     assert np.isinf(out[0]) and np.isinf(out[1]) and np.all(np.isfinite(out[2:])) and out[3] > out[2]
     ddg = rdp(DpSpec("ddgauss", 1.0, 100.0, 50.0, 20), 1000, 10, [1.5, 2.0])
     assert np.all(np.isfinite(ddg))
+    assert np.all(np.isinf(rdp(DpSpec("ddgauss", 1.0, 100.0, 0.49, 20), 1000, 10, [2.0, 8.0])))
     assert len(ORDERS) > 100
     with pytest.raises(ParameterError):
         rdp(spec, 1000, 0, [2.0])
