@@ -186,8 +186,7 @@ class SecAggConfig:
 
     @property
     def dim(self) -> int:
-        """Words per masked input: the schema's values (padded to a power of two under DP, for the
-        rotation) plus the weight coordinate."""
+        """Words per masked input: the schema's values plus the weight coordinate."""
         if isinstance(self.encoding, DpEncoding):
             return self.encoding.words
         return self.schema.size + 1

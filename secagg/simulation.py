@@ -14,7 +14,7 @@ import numpy as np
 
 from . import defaults
 from .dp.accounting import epsilon as dp_epsilon
-from .dp.encoding import DpEncoding
+from .dp.encoding import DpEncoding, survivor_floor
 from .dp.plan import DpPlan
 from .dp.plan import plan as dp_plan
 from .protocols.secagg.common import setup_id
@@ -108,8 +108,9 @@ def simulate(
     plan = None
     if dp is not None:
         base = SecAggConfig.for_protocol(protocol, clients, schema, threat, FixedPoint(max_clients=clients))
-        plan = dp_plan(dp.epsilon, dp.delta, dp.rounds, clients, base.threshold, dim, dp.l2_clip, dp.mechanism)
-        enc: FixedPoint | DpEncoding = DpEncoding(plan.spec, dim, clients)
+        floor, honest = survivor_floor(clients, base.threshold, threat.dropout_fraction, base.corrupt_bound)
+        plan = dp_plan(dp.epsilon, dp.delta, dp.rounds, clients, honest, dim, dp.l2_clip, dp.mechanism)
+        enc: FixedPoint | DpEncoding = DpEncoding(plan.spec, dim, clients, floor)
     else:
         enc = encoding or FixedPoint(max_clients=clients)
     config = SecAggConfig.for_protocol(protocol, clients, schema, threat, enc)
@@ -160,7 +161,8 @@ def simulate(
         "client_seconds": client_times,
         "server_seconds": server_times,
         "total_seconds": total,
-        **({"dp": _dp_report(plan, dp, result.weighted_sum - clipped.sum(axis=0), len(survivors))}
+        **({"dp": _dp_report(plan, dp, result.weighted_sum - clipped.sum(axis=0), len(survivors),
+                             config.corrupt_bound)}
            if plan is not None and dp is not None else {}),
     }
 
@@ -186,15 +188,18 @@ def _clipped(inputs: np.ndarray, enc: FixedPoint | DpEncoding) -> np.ndarray:
     return clipped
 
 
-def _dp_report(plan: DpPlan, request: DpRequest, noise: np.ndarray, survivors: int) -> dict[str, Any]:
+def _dp_report(plan: DpPlan, request: DpRequest, noise: np.ndarray, survivors: int, corrupt: int) -> dict[str, Any]:
     """The ``dp`` object: the noise measured in this round next to the plan, and the accountant's epsilon
-    for ``rounds`` rounds with this round's survivors (at least the planned worst case)."""
+    for ``rounds`` rounds with this round's honest survivors (survivors less the corrupt bound: corrupt
+    clients may leave their noise out), at least the planned worst case."""
     spec = plan.spec
+    honest = max(1, survivors - corrupt)
     return {
         "mechanism": spec.mechanism,
         "measured_noise_std": float(np.std(noise)),
         "planned_noise_std": math.sqrt(survivors) * spec.noise_std / spec.scale,
-        "epsilon": dp_epsilon(spec, noise.shape[0], survivors, request.rounds, request.delta),
+        "epsilon": dp_epsilon(spec, noise.shape[0], honest, request.rounds, request.delta),
+        "honest_survivors": honest,
         "planned_epsilon": plan.to_json()["epsilon"],
         "delta": request.delta,
         "rounds": request.rounds,
@@ -202,7 +207,7 @@ def _dp_report(plan: DpPlan, request: DpRequest, noise: np.ndarray, survivors: i
         "scale": spec.scale,
         "noise_multiplier": plan.to_json()["noise_multiplier"],
         "noise_std_per_client": spec.noise_std,
-        "min_survivors": plan.to_json()["min_survivors"],
+        "min_honest_survivors": plan.to_json()["min_survivors"],
         "l2_clip": spec.l2_clip,
     }
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .accounting import epsilon, epsilon_of_rounds, rdp
     from .plan import DpPlan, plan
-    from .rotation import padded_dim, rotate, unrotate
+    from .rotation import coherence, rotate, rotated_dim, unrotate
     from .rounding import conditional_round, rounded_norm_bound
     from .samplers import discrete_gaussian, skellam
     from .spec import DpSpec
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 _HOME = {
     "epsilon": "accounting", "epsilon_of_rounds": "accounting", "rdp": "accounting",
     "DpPlan": "plan", "plan": "plan",
-    "padded_dim": "rotation", "rotate": "rotation", "unrotate": "rotation",
+    "rotated_dim": "rotation", "coherence": "rotation", "rotate": "rotation", "unrotate": "rotation",
     "conditional_round": "rounding", "rounded_norm_bound": "rounding",
     "discrete_gaussian": "samplers", "skellam": "samplers",
     "DpSpec": "spec",

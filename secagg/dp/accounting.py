@@ -3,7 +3,7 @@
 Neighbouring relation: one client's input vector is replaced by zero (add/remove one client's
 data; its noise share is still added). In integer units the L2 sensitivity is
 ``D2 = spec.norm_bound(dim)`` (clip, scale, conditional rounding) and, since the rounded vector is
-an integer vector, the L1 sensitivity is ``D1 = min(D2^2, sqrt(d) D2)`` with ``d = padded_dim(dim)``.
+an integer vector, the L1 sensitivity is ``D1 = min(D2^2, sqrt(d) D2)`` with ``d = rotated_dim(dim)``.
 Only the survivors' noise is in the unmasked sum, so a round is accounted with its survivors ``n``.
 
 * ddgauss (Kairouz-Liu-Steinke ICML'21, Theorem 1 / Prop. 14; needs sigma >= 1/2): ``S = n sigma^2``,
@@ -28,7 +28,7 @@ import numpy as np
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from ..errors import ParameterError
-from .rotation import padded_dim
+from .rotation import rotated_dim
 from .spec import DpSpec
 
 __all__ = ["ORDERS", "rdp", "epsilon", "epsilon_of_rounds"]
@@ -55,7 +55,7 @@ def rdp(spec: DpSpec, dim: int, survivors: int, orders: Sequence[float]) -> np.n
     if isinstance(survivors, bool) or not isinstance(survivors, (int, np.integer)) or survivors < 1:
         raise ParameterError("survivors must be a positive integer")
     alpha = np.asarray(orders, dtype=np.float64)
-    d = padded_dim(dim)
+    d = rotated_dim(dim)
     d2 = spec.norm_bound(dim)
     d1 = min(d2 * d2, math.sqrt(d) * d2)
     total_var = survivors * spec.noise_std**2

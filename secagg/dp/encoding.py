@@ -22,7 +22,7 @@ import numpy as np
 from ..encoding import word_dtype
 from ..errors import ParameterError
 from ..hazmat.random import RandomSource, system_random
-from .rotation import padded_dim
+from .rotation import rotated_dim
 
 if TYPE_CHECKING:  # the spec's samplers need the dp extra (scipy); the config only holds one
     from .spec import DpSpec
@@ -50,7 +50,7 @@ class DpEncoding:
 
     Args:
         spec: the mechanism, clip, scale, per-client noise and ring width (see :mod:`secagg.dp.plan`).
-        dim: the caller's number of values (the schema size); vectors are padded to a power of two.
+        dim: the caller's number of values (the schema size); rotated without padding.
         max_clients: the most inputs summed in one session.
         min_survivors: the fewest inputs a sum may be released with: honest clients refuse to unmask
             a smaller survivor set, so every released sum carries the noise of at least
@@ -95,13 +95,13 @@ class DpEncoding:
         return 1
 
     @property
-    def padded_dim(self) -> int:
-        return padded_dim(self.dim)
+    def rotated_dim(self) -> int:
+        return rotated_dim(self.dim)
 
     @property
     def words(self) -> int:
-        """Ring words per input: the padded, rotated vector and the weight word."""
-        return self.padded_dim + 1
+        """Ring words per input: the rotated vector and the weight word."""
+        return self.rotated_dim + 1
 
     def check_weight(self, weight: int) -> int:
         if isinstance(weight, bool) or not isinstance(weight, (int, np.integer)) or int(weight) != 1:

@@ -18,7 +18,7 @@ from dp_accounting.rdp import rdp_privacy_accountant
 
 from ..errors import ParameterError
 from .accounting import epsilon as spec_epsilon
-from .rotation import padded_dim
+from .rotation import rotated_dim
 from .spec import _MAX_STD, MECHANISMS, DpSpec
 
 __all__ = ["DpPlan", "plan", "WRAP_TARGET", "MSE_OVERHEAD", "DEFAULT_MAX_BITS", "MAX_BITS"]
@@ -68,7 +68,7 @@ class DpPlan:
             "clients": self.clients,
             "min_survivors": self.min_survivors,
             "dim": self.dim,
-            "padded_dim": padded_dim(self.dim),
+            "rotated_dim": rotated_dim(self.dim),
             "clip": self.spec.l2_clip,
             "bits": self.spec.bits,
             "scale": self.spec.scale,
@@ -161,7 +161,7 @@ def _plan_bits(p: _Problem, bits: int) -> DpSpec | None:
         found[scale] = sigma
         return True
 
-    high_scale = 2.0**bits * math.sqrt(padded_dim(p.dim)) / p.clip
+    high_scale = 2.0**bits * math.sqrt(rotated_dim(p.dim)) / p.clip
     while ok(high_scale):
         high_scale *= 2.0
     scale = _bisect(ok, high_scale, low_scale)

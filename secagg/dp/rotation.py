@@ -1,4 +1,7 @@
-"""A seeded random rotation: random signs then the normalised Walsh-Hadamard transform.
+"""A seeded random rotation of R^d (no padding): random signs, then an orthonormal transform with
+small entries: the normalised Walsh-Hadamard transform when d is a power of two, else the
+orthonormal DCT-II (entries at most sqrt(2/d): a coordinate's variance proxy is at most twice the
+Hadamard one, half a bit of ring, instead of up to twice the length on the wire).
 
 Rotating before rounding and noising spreads a vector's energy evenly over the coordinates, so the
 sum of clipped vectors has small coordinates (a narrower ring suffices) and rounding errors are
@@ -18,16 +21,37 @@ from ..errors import ParameterError
 from ..hazmat.keys import derive_key
 from ..hazmat.prg import MaskStream
 
-__all__ = ["padded_dim", "rotate", "unrotate"]
+__all__ = ["rotated_dim", "coherence", "rotate", "unrotate"]
 
 _LABEL = b"dp-rotation"
 
 
-def padded_dim(d: int) -> int:
-    """The smallest power of two that is at least ``d`` (``d >= 1``)."""
+def rotated_dim(d: int) -> int:
+    """Coordinates of a rotated vector of ``d`` values: ``d`` (the rotation needs no padding)."""
     if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
         raise ParameterError("the dimension must be a positive integer")
-    return 1 << (int(d) - 1).bit_length()
+    return int(d)
+
+
+def _power_of_two(d: int) -> bool:
+    return d & (d - 1) == 0
+
+
+def coherence(d: int) -> float:
+    """The largest squared entry of the transform of dimension ``d``: 1/d (Hadamard, d a power of
+    two) or 2/d (DCT-II). A rotated coordinate of x is then sub-Gaussian with variance proxy at
+    most ``coherence(d) * |x|^2`` over the random signs (Hoeffding)."""
+    n = rotated_dim(d)
+    return 1.0 / n if _power_of_two(n) else 2.0 / n
+
+
+def _transform(v: np.ndarray, inverse: bool) -> np.ndarray:
+    if _power_of_two(v.size):
+        return _hadamard(v)  # its own inverse
+    from scipy.fft import dct, idct  # the dp extra; only non-power-of-two dimensions need it
+
+    out: np.ndarray = (idct if inverse else dct)(v, type=2, norm="ortho")
+    return out
 
 
 def _signs(seed: bytes, n: int) -> np.ndarray:
@@ -61,28 +85,25 @@ def _as_vector(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def rotate(x: np.ndarray, seed: bytes) -> np.ndarray:
-    """``H D x`` for ``x`` zero-padded to ``padded_dim(len(x))``; ``D`` holds seeded random signs.
+    """``F D x``: ``D`` holds seeded random signs, ``F`` is orthonormal (Hadamard or DCT-II).
 
-    Guarantees: float64 of length ``padded_dim(len(x))``, L2 norm equal to ``x``'s up to rounding
-    (``H`` is orthogonal), deterministic in ``seed``; :func:`unrotate` inverts it.
+    Guarantees: float64 of length ``len(x)``, L2 norm equal to ``x``'s up to rounding (``F`` is
+    orthogonal), deterministic in ``seed``; :func:`unrotate` inverts it.
     Does not: hide ``x`` (it is a public linear map).
     """
     v = _as_vector(x, "x")
-    n = padded_dim(v.size)
-    padded = np.zeros(n)
-    padded[: v.size] = v
-    return _hadamard(padded * _signs(seed, n))
+    return _transform(v * _signs(seed, v.size), inverse=False)
 
 
 def unrotate(y: np.ndarray, seed: bytes, dim: int) -> np.ndarray:
-    """``(D H y)[:dim]``: the inverse of :func:`rotate` (``H`` and ``D`` are involutions).
+    """``D F^T y``: the inverse of :func:`rotate` (``D`` is an involution, ``F`` orthogonal).
 
     Raises:
-        ParameterError: ``len(y)`` is not ``padded_dim(dim)``.
+        ParameterError: ``len(y)`` is not ``rotated_dim(dim)``.
     """
     v = _as_vector(y, "y")
-    n = padded_dim(dim)
+    n = rotated_dim(dim)
     if v.size != n:
         raise ParameterError(f"expected {n} rotated coordinates for dimension {dim}, got {v.size}")
-    out: np.ndarray = (_hadamard(v) * _signs(seed, n))[: int(dim)]
+    out: np.ndarray = _transform(v, inverse=True) * _signs(seed, n)
     return out

@@ -17,7 +17,7 @@ from scipy.optimize import brentq
 
 from ..errors import ParameterError
 from ..hazmat.random import RandomSource, system_random
-from .rotation import padded_dim, rotate, unrotate
+from .rotation import coherence, rotate, rotated_dim, unrotate
 from .rounding import conditional_round, rounded_norm_bound
 from .samplers import MAX_SIGMA, MAX_VARIANCE, discrete_gaussian, skellam
 
@@ -78,7 +78,7 @@ class DpSpec:
 
     def norm_bound(self, dim: int) -> float:
         """The L2 sensitivity in integer units: KLS's bound after scaling and conditional rounding."""
-        return rounded_norm_bound(self.l2_clip * self.scale, padded_dim(dim), self.beta)
+        return rounded_norm_bound(self.l2_clip * self.scale, rotated_dim(dim), self.beta)
 
     def noise(self, count: int, random: RandomSource = system_random) -> np.ndarray:
         """``count`` samples of one client's noise (int64)."""
@@ -89,7 +89,7 @@ class DpSpec:
     def encode(self, values: np.ndarray, seed: bytes, random: RandomSource = system_random) -> np.ndarray:
         """The client pipeline: clip, rotate(seed), scale, round conditionally, add noise.
 
-        Guarantees: int64 of length ``padded_dim(len(values))`` whose noiseless part has L2 norm at
+        Guarantees: int64 of length ``rotated_dim(len(values))`` whose noiseless part has L2 norm at
         most :meth:`norm_bound`; fresh noise from ``random`` on every call.
         Does not: reduce modulo 2^bits (the caller does) or check the ring is wide enough for the
         sum (see :meth:`wrap_probability`).
@@ -124,7 +124,7 @@ class DpSpec:
         [-2^(b-1), 2^(b-1))), for honest inputs independent of the rotation seed.
 
         The sum is ``S + E + N`` per coordinate: ``S`` the rotated sum of clipped scaled inputs, a
-        Rademacher sum with variance proxy ``(clients c s)^2 / padded_dim`` (Hoeffding, worst case
+        Rademacher sum with variance proxy ``(clients c s)^2 coherence(dim)`` (Hoeffding, worst case
         all inputs aligned); ``E`` the rounding errors, ``|E| < clients`` deterministically; ``N``
         the noise, ``clients * noise_std^2``-sub-Gaussian for ddgauss (CKS'20) and with the exact
         Skellam moment generating function ``exp(mu (cosh t - 1))`` for skellam. The bound is the
@@ -135,7 +135,7 @@ class DpSpec:
         threshold = 2.0 ** (self.bits - 1) - clients
         if threshold <= 0:
             return 1.0
-        signal = (clients * self.l2_clip * self.scale) ** 2 / padded_dim(dim)
+        signal = (clients * self.l2_clip * self.scale) ** 2 * coherence(dim)
         noise_var = clients * self.noise_std**2
         if self.mechanism == "ddgauss":
             log_tail = -threshold**2 / (2.0 * (signal + noise_var))

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from secagg.dp.rotation import padded_dim
+from secagg.dp.rotation import rotated_dim
 from secagg.dp.spec import DpSpec
 from secagg.errors import ParameterError, SecAggError
 
@@ -44,7 +44,7 @@ def test_encode_decode_pipeline(mechanism: str) -> None:
     values = rng.normal(size=300) * 5  # norm ~87: clipped to 1
     random = counter_random(f"encode-{mechanism}")
     enc = spec.encode(values, SEED, random)
-    assert enc.dtype == np.int64 and enc.shape == (padded_dim(300),)
+    assert enc.dtype == np.int64 and enc.shape == (rotated_dim(300),)
     clipped = values / np.linalg.norm(values)
     dec = spec.decode(enc, SEED, 300)
     assert dec.shape == (300,)
