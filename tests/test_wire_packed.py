@@ -1,4 +1,4 @@
-"""Bit-packed ring vectors: round trips at every width and canonical rejection."""
+"""Bit-packed ring vectors: round trips at every width, canonical rejection, and what a round sends."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secagg import MalformedMessage, ParameterError
+from secagg import FixedPoint, MalformedMessage, ParameterError, ThreatModel
 from secagg.encoding import word_dtype
-from secagg.wire import Reader, Writer
+from secagg.simulation import simulate
+from secagg.wire import HEADER_BYTES, TAG_BYTES, Reader, Writer
 
 PREFIX = 9  # width u8 + count u64
 
@@ -54,9 +55,10 @@ def test_every_width_round_trips_across_many_chunks(bits: int) -> None:
     body = bytes(3) + Writer().packed(words, bits).body()  # at an unaligned offset, as inside a message
     out = np.full(count, 7, dtype=word_dtype(bits))
     reader = Reader(memoryview(body)[3:])
-    assert reader.packed(count, bits, word_dtype(bits), out=out) is out
+    back = reader.packed(count, bits, word_dtype(bits), out=out)
     reader.done()
-    assert np.array_equal(out, words)
+    assert back is out or bits in (8, 16, 32, 64)  # whole machine words come back zero-copy
+    assert np.array_equal(back, words)
 
 
 @pytest.mark.parametrize("bits", [b for b in range(1, 64) if b % 8])
@@ -109,3 +111,22 @@ def test_writer_refuses_words_outside_the_ring_and_bad_widths() -> None:
         Writer().packed(np.zeros(3, dtype=np.int32), 20)
     with pytest.raises(ParameterError):
         Reader(memoryview(bytes(20))).packed(3, 20, np.uint16)  # 20-bit words do not fit 16 bits
+
+
+@pytest.mark.parametrize("protocol", ["secagg", "secagg+"])
+@pytest.mark.parametrize("fractional_bits", [4, 16])
+def test_simulated_round_sends_ring_bits_per_parameter(protocol: str, fractional_bits: int) -> None:
+    clients = 8
+    encoding = FixedPoint(clip_bound=2.0, fractional_bits=fractional_bits, max_clients=clients)
+    bits = encoding.modulus_bits
+    threat = ThreatModel.semi_honest(0.1, 0.1)
+    reports = {dim: simulate(protocol, clients, dim, 0.0, 1, threat=threat, encoding=encoding) for dim in (3001, 20000)}
+    rest = []
+    for dim, report in reports.items():
+        assert report["ring_bits"] == bits and report["word_bytes"] == encoding.dtype.itemsize
+        vector = math.ceil(dim * bits / 8)
+        rest.append(report["bytes_per_client_upload"] - vector)  # headers, tags and the small messages
+        assert report["bytes_per_parameter"] == pytest.approx(vector / dim, abs=3000 / dim)
+    # the rest does not grow with the dimension (a byte or two of it varies from run to run)
+    assert HEADER_BYTES + PREFIX + TAG_BYTES <= min(rest) and max(rest) < 3000 and max(rest) - min(rest) <= 8
+    assert reports[20000]["bytes_per_parameter"] < bits / 8 + 0.15
