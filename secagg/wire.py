@@ -223,9 +223,11 @@ class Reader:
     def packed(self, count: int, bits: int, dtype: np.dtype[Any] | type, out: np.ndarray | None = None) -> np.ndarray:
         """Read a bit-packed vector that must have exactly this width and count (see :meth:`Writer.packed`).
 
-        Every decoded word is below 2^bits by construction. With ``out`` (a contiguous array of
-        ``count`` words of ``dtype``) the words are unpacked into it, e.g. a buffer reused for every
-        client, and ``out`` is returned; otherwise a new array is.
+        Every decoded word is below 2^bits by construction. When ``bits`` is the width of ``dtype``
+        (8, 16, 32, 64) the bytes are the words: a read-only view of them is returned (zero-copy).
+        Otherwise, with ``out`` (a contiguous array of ``count`` words of ``dtype``) the words are
+        unpacked into it, e.g. a buffer reused for every client, and ``out`` is returned; without,
+        into a new array.
 
         Raises:
             MalformedMessage: wrong width or count, too few bytes, or non-zero padding bits.
@@ -242,6 +244,8 @@ class Reader:
         if width != bits or n != count:
             raise MalformedMessage(f"expected {count} words of {bits} bits, got {n} of {width}")
         data = self._take((count * bits + 7) // 8)  # before allocating: the bytes must be there
+        if bits == 8 * dtype.itemsize:
+            return np.frombuffer(data, dtype=dtype.newbyteorder("<"))
         if out is None:
             out = np.empty(count, dtype)
         _unpack(data, bits, out)
@@ -275,6 +279,8 @@ class _Layout:
     spill: np.ndarray
     spill_into: np.ndarray
     spill_shift: np.ndarray
+    next_lane: np.ndarray
+    next_shift: np.ndarray  # lane bits - offset: numpy shifts a lane by its full width to 0
     mask: np.unsignedinteger[Any]
 
 
@@ -290,7 +296,8 @@ def _layout(bits: int) -> _Layout:
     more = tuple((np.flatnonzero(starting > j), first[starting > j] + j) for j in range(1, int(starting.max())))
     return _Layout(
         bits, lane, group, first, more, lane_of, offset.astype(lane), spill,
-        lane_of[spill] + 1, (group - offset[spill]).astype(lane), lane.type((1 << bits) - 1),
+        lane_of[spill] + 1, (group - offset[spill]).astype(lane), np.minimum(lane_of + 1, bits - 1),
+        (group - offset).astype(lane), lane.type((1 << bits) - 1),
     )
 
 
@@ -367,11 +374,15 @@ def _unpack(data: memoryview, bits: int, out: np.ndarray) -> None:
 
 
 def _unpack_groups(lanes: np.ndarray, layout: _Layout, out: np.ndarray) -> None:
-    """(groups, bits) lanes -> (groups, group) words, each masked to ``bits`` bits."""
+    """(groups, bits) lanes -> (groups, group) words, each masked to ``bits`` bits.
+
+    Every word takes its low bits from its lane and high bits from the next one; for a word that
+    does not cross into it, those land at bit ``bits`` or above (or are shifted out) and the mask
+    drops them, so no word needs a gather of its own.
+    """
     np.take(lanes, layout.lane_of, axis=1, out=out)
     out >>= layout.offset
-    if layout.spill.size:
-        out[:, layout.spill] |= lanes[:, layout.spill_into] << layout.spill_shift
+    out |= np.take(lanes, layout.next_lane, axis=1) << layout.next_shift
     out &= layout.mask
 
 
