@@ -35,6 +35,7 @@ bench: $(STAMP)
 	mkdir -p benchmarks/results
 	$(BIN)/python -m benchmarks.masking --plot benchmarks/results/masking.png
 	$(BIN)/python -m benchmarks.ckks_vs_nvflare
+	$(BIN)/python -m benchmarks.packing
 
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy

@@ -149,7 +149,8 @@ def simulate(
         **config.security_summary(),
         "adversary": threat.adversary.value,
         "modulus_bits": enc.modulus_bits,
-        "word_bytes": enc.dtype.itemsize,
+        "word_bytes": enc.dtype.itemsize,  # in memory; the wire carries ring_bits per word
+        "ring_bits": enc.modulus_bits,
         "exact": bool(np.array_equal(expected, result.ring_sum.astype(np.uint64))),
         "max_abs_error": float(np.abs(result.weighted_sum - clipped.sum(axis=0)).max()),
         "error_bound": (len(survivors) * 2.0**-enc.fractional_bits if plan is None

@@ -117,6 +117,7 @@ def _report(config: CkksConfig, trace: CkksTrace, exact_sum: np.ndarray, weight_
         "grinding_bits": 0,
         "modulus_bits": config.encoding.modulus_bits,  # the fixed-point range decryption rounds into
         "word_bytes": None,  # ciphertexts, not ring words: see bytes_per_value
+        "ring_bits": None,
         "exact": error <= sum_bound and average_error <= result.error_bound,
         "max_abs_error": error,
         "error_bound": sum_bound,

@@ -4,7 +4,9 @@ Every message is ``header || body``. The header is fixed-size::
 
     magic "SAGG" | version u16 | kind u8 | protocol u8 | round u64 | session 32B | sender u32 | recipient u32
 
-All integers are little-endian. Decoders reject truncation, trailing bytes, unknown versions or kinds,
+All integers are little-endian. Ring vectors travel bit-packed (:meth:`Writer.packed`): word i of a
+b-bit vector occupies bits [i*b, (i+1)*b) of a little-endian bit stream (bit j of the stream is bit
+j % 8 of byte j // 8), the last byte's unused high bits are zero, and nothing else is sent. Decoders reject truncation, trailing bytes, unknown versions or kinds,
 and length claims beyond the bytes present or beyond a caller-given maximum, each with
 :class:`~secagg.errors.MalformedMessage`. Encoding is canonical: one message has exactly one
 encoding, so ``encode(decode(b)) == b`` for every accepted ``b``.
@@ -12,6 +14,7 @@ encoding, so ``encode(decode(b)) == b`` for every accepted ``b``.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +39,8 @@ _HEADER = struct.Struct("<4sHBBQ32sII")
 HEADER_BYTES = _HEADER.size
 TAG_BYTES = 16
 _ARRAY_CODES: dict[int, np.dtype[Any]] = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+_PACK_CHUNK = 1 << 14
+"""Words packed or unpacked per step: bounds the temporaries (<= 128 KiB each) and keeps them in cache."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +121,20 @@ class Writer:
             raise ParameterError("only unsigned word arrays travel on the wire")
         self.u8(dtype.itemsize).u64(values.shape[0])
         self._parts.append(np.ascontiguousarray(values, dtype=dtype).data.cast("B"))
+        return self
+
+    def packed(self, words: np.ndarray, bits: int) -> Writer:
+        """Width u8 (``bits``, 1..64), count u64, then the words bit-packed: ceil(count * bits / 8) bytes.
+
+        Raises:
+            ParameterError: ``words`` is not a 1-D unsigned array, ``bits`` is outside 1..64, or a
+                word does not fit in ``bits`` bits.
+        """
+        words = np.asarray(words)
+        if words.ndim != 1 or words.dtype.kind != "u" or words.dtype.itemsize > 8:
+            raise ParameterError("only 1-D unsigned word arrays are packed")
+        self.u8(_check_bits(bits)).u64(words.shape[0])
+        self._parts.append(_pack(words, bits).data.cast("B"))
         return self
 
     def raw(self, data: bytes) -> Writer:
@@ -201,9 +220,170 @@ class Reader:
             raise MalformedMessage(f"expected {count} words of {itemsize} bytes, got {n} of {size}")
         return np.frombuffer(self._take(itemsize * count), dtype=_ARRAY_CODES[itemsize])
 
+    def packed(self, count: int, bits: int, dtype: np.dtype[Any] | type, out: np.ndarray | None = None) -> np.ndarray:
+        """Read a bit-packed vector that must have exactly this width and count (see :meth:`Writer.packed`).
+
+        Every decoded word is below 2^bits by construction. When ``bits`` is the width of ``dtype``
+        (8, 16, 32, 64) the bytes are the words: a read-only view of them is returned (zero-copy).
+        Otherwise, with ``out`` (a contiguous array of ``count`` words of ``dtype``) the words are
+        unpacked into it, e.g. a buffer reused for every client, and ``out`` is returned; without,
+        into a new array.
+
+        Raises:
+            MalformedMessage: wrong width or count, too few bytes, or non-zero padding bits.
+            ParameterError: ``dtype`` is not an unsigned type holding ``bits`` bits, or ``out`` does
+                not match.
+        """
+        dtype = np.dtype(dtype)
+        if dtype.kind != "u" or 8 * dtype.itemsize < _check_bits(bits):
+            raise ParameterError(f"{bits}-bit words do not fit {dtype}")
+        if out is not None and (out.dtype != dtype or out.shape != (count,) or not out.flags.c_contiguous
+                                or not out.flags.writeable):
+            raise ParameterError(f"out must be a writable contiguous array of {count} {dtype} words")
+        width, n = self.u8(), self.u64()
+        if width != bits or n != count:
+            raise MalformedMessage(f"expected {count} words of {bits} bits, got {n} of {width}")
+        data = self._take((count * bits + 7) // 8)  # before allocating: the bytes must be there
+        if bits == 8 * dtype.itemsize:
+            return np.frombuffer(data, dtype=dtype.newbyteorder("<"))
+        if out is None:
+            out = np.empty(count, dtype)
+        _unpack(data, bits, out)
+        return out
+
     def done(self) -> None:
         if self._pos != len(self._data):
             raise MalformedMessage(f"{len(self._data) - self._pos} trailing bytes")
+
+
+def _check_bits(bits: int) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 64:
+        raise ParameterError(f"packed words are 1 to 64 bits wide, not {bits!r}")
+    return int(bits)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each word of a group goes. A group is ``lane_bits`` words, which fill exactly ``bits``
+    lanes (the smallest little-endian machine word holding ``bits`` bits); word k starts at bit
+    ``offset[k]`` of lane ``lane_of[k]`` and, if it crosses the lane's end (``spill``), its high
+    bits start lane ``lane_of[k] + 1``."""
+
+    bits: int
+    lane: np.dtype[Any]
+    group: int
+    first: np.ndarray  # first word starting in each lane (every lane has one, since bits <= lane bits)
+    more: tuple[tuple[np.ndarray, np.ndarray], ...]  # (lanes, their next word), for the 2nd, 3rd... word
+    lane_of: np.ndarray
+    offset: np.ndarray
+    spill: np.ndarray
+    spill_into: np.ndarray
+    spill_shift: np.ndarray
+    next_lane: np.ndarray
+    next_shift: np.ndarray  # lane bits - offset: numpy shifts a lane by its full width to 0
+    mask: np.unsignedinteger[Any]
+
+
+@functools.lru_cache(maxsize=None)
+def _layout(bits: int) -> _Layout:
+    lane = _ARRAY_CODES[next(size for size in (1, 2, 4, 8) if bits <= 8 * size)]
+    group = 8 * lane.itemsize
+    starts = np.arange(group) * bits
+    lane_of, offset = starts // group, starts % group
+    spill = np.flatnonzero(offset + bits > group)
+    first = np.searchsorted(lane_of, np.arange(bits))
+    starting = np.bincount(lane_of, minlength=bits)
+    more = tuple((np.flatnonzero(starting > j), first[starting > j] + j) for j in range(1, int(starting.max())))
+    return _Layout(
+        bits, lane, group, first, more, lane_of, offset.astype(lane), spill,
+        lane_of[spill] + 1, (group - offset[spill]).astype(lane), np.minimum(lane_of + 1, bits - 1),
+        (group - offset).astype(lane), lane.type((1 << bits) - 1),
+    )
+
+
+def _pack(words: np.ndarray, bits: int) -> np.ndarray:
+    """The packed bytes of ``words`` as a uint8 array (the words themselves when ``bits`` is a lane)."""
+    layout = _layout(bits)
+    wide = words.dtype.itemsize > layout.lane.itemsize  # check before casting down, not per block
+    if wide and (words > layout.mask).any():
+        raise ParameterError(f"a word does not fit in {bits} bits")
+    if bits == layout.group:  # whole machine words: already packed
+        return np.ascontiguousarray(words, dtype=layout.lane).view(np.uint8)
+    count = words.shape[0]
+    out = np.empty((count * bits + 7) // 8, dtype=np.uint8)
+    full = count - count % layout.group
+    lanes = out[: full * bits // 8].view(layout.lane).reshape(-1, bits)
+    for start in range(0, full, _PACK_CHUNK):
+        block = np.ascontiguousarray(words[start : min(start + _PACK_CHUNK, full)], dtype=layout.lane)
+        if not wide and (block > layout.mask).any():
+            raise ParameterError(f"a word does not fit in {bits} bits")
+        rows = start // layout.group
+        _pack_groups(block.reshape(-1, layout.group), layout, lanes[rows : rows + block.shape[0] // layout.group])
+    if full < count:  # the last, partial group: pad it with zero words, keep the bytes that hold data
+        block = np.zeros(layout.group, dtype=layout.lane)
+        block[: count - full] = words[full:]
+        if (block > layout.mask).any():
+            raise ParameterError(f"a word does not fit in {bits} bits")
+        tail = np.empty((1, bits), dtype=layout.lane)
+        _pack_groups(block.reshape(1, -1), layout, tail)
+        out[full * bits // 8 :] = tail.view(np.uint8).reshape(-1)[: out.shape[0] - full * bits // 8]
+    return out
+
+
+def _pack_groups(words: np.ndarray, layout: _Layout, out: np.ndarray) -> None:
+    """(groups, group) words -> (groups, bits) lanes. The shifted words of a lane hold disjoint bits."""
+    shifted = np.left_shift(words, layout.offset)
+    np.take(shifted, layout.first, axis=1, out=out)
+    for lanes, word in layout.more:  # (np.bitwise_or.reduceat does this, but 2-3x slower)
+        out[:, lanes] |= shifted[:, word]
+    if layout.spill.size:
+        out[:, layout.spill_into] |= words[:, layout.spill] >> layout.spill_shift
+
+
+def _unpack(data: memoryview, bits: int, out: np.ndarray) -> None:
+    """Unpack ``out.shape[0]`` words from exactly their packed bytes into ``out``.
+
+    Raises:
+        MalformedMessage: the last byte has a non-zero padding bit.
+    """
+    layout = _layout(bits)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if bits == layout.group:
+        out[:] = raw.view(layout.lane)
+        return
+    count = out.shape[0]
+    full = count - count % layout.group
+    lanes = raw[: full * bits // 8].view(layout.lane).reshape(-1, bits)
+    direct = out.dtype == layout.lane
+    scratch = None if direct else np.empty(min(full, _PACK_CHUNK), dtype=layout.lane)
+    for start in range(0, full, _PACK_CHUNK):
+        stop = min(start + _PACK_CHUNK, full)
+        target = out[start:stop] if scratch is None else scratch[: stop - start]
+        rows = start // layout.group
+        _unpack_groups(lanes[rows : stop // layout.group], layout, target.reshape(-1, layout.group))
+        if scratch is not None:
+            out[start:stop] = target
+    if full < count:  # the last, partial group, zero-padded: the words past the count are padding
+        padded = np.zeros(bits * layout.lane.itemsize, dtype=np.uint8)
+        padded[: raw.shape[0] - full * bits // 8] = raw[full * bits // 8 :]
+        tail = np.empty((1, layout.group), dtype=layout.lane)
+        _unpack_groups(padded.view(layout.lane).reshape(1, bits), layout, tail)
+        if tail[0, count - full :].any():
+            raise MalformedMessage("packed vector has non-zero padding bits")
+        out[full:] = tail[0, : count - full]
+
+
+def _unpack_groups(lanes: np.ndarray, layout: _Layout, out: np.ndarray) -> None:
+    """(groups, bits) lanes -> (groups, group) words, each masked to ``bits`` bits.
+
+    Every word takes its low bits from its lane and high bits from the next one; for a word that
+    does not cross into it, those land at bit ``bits`` or above (or are shifted out) and the mask
+    drops them, so no word needs a gather of its own.
+    """
+    np.take(lanes, layout.lane_of, axis=1, out=out)
+    out >>= layout.offset
+    out |= np.take(lanes, layout.next_lane, axis=1) << layout.next_shift
+    out &= layout.mask
 
 
 def strip_tag(message: bytes | memoryview, one_time_key: bytes) -> memoryview:

@@ -60,11 +60,18 @@ def test_wire_layout_matches_hand_packed_bytes() -> None:
     v = load("wire")["masked_input"]
     header = Header(v["kind"], v["protocol"], v["round"], bytes.fromhex(v["session"]), v["sender"], v["recipient"])
     writer = Writer()
-    m.MaskedInput(np.asarray(v["words"], dtype=np.uint32)).write(writer)
+    m.MaskedInput(np.asarray(v["words"], dtype=np.uint32), v["bits"]).write(writer)
     assert writer.finish(header).hex() == v["bytes"]
     header_again, reader = Header.decode(bytes.fromhex(v["bytes"]))
     assert header_again == header
-    assert reader.array(4, 3).tolist() == v["words"]
+    assert reader.packed(3, v["bits"], np.uint32).tolist() == v["words"]
+    reader.done()
+    for case in load("wire")["packed"]:
+        words = np.asarray(case["words"], dtype=np.uint64)
+        assert Writer().packed(words, case["bits"]).body().hex() == case["bytes"]
+        reader = Reader(memoryview(bytes.fromhex(case["bytes"])))
+        assert reader.packed(len(words), case["bits"], np.uint64).tolist() == case["words"]
+        reader.done()
     ids = load("wire")["id_list"]
     assert Writer().ids(ids["ids"]).body().hex() == ids["bytes"]
     assert Reader(memoryview(bytes.fromhex(ids["bytes"]))).ids(10) == tuple(ids["ids"])

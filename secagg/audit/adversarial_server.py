@@ -214,8 +214,9 @@ class AdversarialServer:
         """Decode a message on one of the server's channels (either direction)."""
         if self._alone is None:
             return self.honest.open(data)
-        words = (self.config.encoding.dtype.itemsize, self.config.dim)
-        return m.decode(data, max_parties=self.config.num_clients, vector_words=words, tag_key=self._own_tag)
+        enc = self.config.encoding
+        vector = m.VectorFormat(enc.modulus_bits, self.config.dim, enc.dtype)
+        return m.decode(data, max_parties=self.config.num_clients, vector=vector, tag_key=self._own_tag)
 
     def _own_tag(self, header: Header) -> bytes:
         assert self._alone is not None

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Callable, Mapping
 
+from ..encoding import word_dtype
 from ..errors import MalformedMessage
 from ..params import SecAggConfig
 from ..protocols.secagg import messages as m
@@ -189,10 +190,11 @@ def decode_untagged(data: bytes, max_parties: int = m.MAX_PARTIES) -> tuple[Head
             raise MalformedMessage("message shorter than its tag")
         data = data[:-TAG_BYTES]
     header, reader = Header.decode(data)
-    words = None
-    if header.kind == m.Kind.MASKED_INPUT:
+    vector = None
+    if header.kind == m.Kind.MASKED_INPUT:  # a transcript reader takes the width and count as sent
         peek = Reader(memoryview(data)[HEADER_BYTES:])
-        words = (peek.u8(), peek.u64())
-        if words[0] not in (1, 2, 4, 8):
-            raise MalformedMessage(f"masked input with {words[0]}-byte words")
-    return header, m.read_body(header, reader, max_parties, words)
+        bits, count = peek.u8(), peek.u64()
+        if not 1 <= bits <= 64:
+            raise MalformedMessage(f"masked input with {bits}-bit words")
+        vector = m.VectorFormat(bits, count, word_dtype(bits))
+    return header, m.read_body(header, reader, max_parties, vector)

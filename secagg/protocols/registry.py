@@ -79,7 +79,7 @@ def _ckks_stages(config: CkksConfig | None) -> tuple[DropoutStage, ...]:
     )
 
 
-_MASKING_FIELDS = ("threshold", "degree", "quorum", "modulus_bits", "word_bytes")
+_MASKING_FIELDS = ("threshold", "degree", "quorum", "modulus_bits", "word_bytes", "ring_bits")
 
 PROTOCOLS: dict[str, Protocol] = {
     name: Protocol(name, SecAggConfig, SecAggClient, SecAggServer, AggregateResult, _masking_stages, _MASKING_FIELDS)

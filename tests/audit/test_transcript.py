@@ -107,7 +107,7 @@ def test_an_unmasked_input_fails_the_uniformity_test(tmp_path: Path) -> None:
     i = next(k for k, r in enumerate(records) if decode_untagged(r.data)[0].kind == m.Kind.MASKED_INPUT)
     header, _ = decode_untagged(records[i].data)
     plain = config.encoding.encode(np.random.default_rng(0).normal(size=config.schema.size))
-    records[i] = type(records[i])(RECEIVED, records[i].peer, m.encode(header, m.MaskedInput(plain), tag_key=bytes(32)))
+    records[i] = type(records[i])(RECEIVED, records[i].peer, m.encode(header, m.MaskedInput(plain, config.encoding.modulus_bits), tag_key=bytes(32)))
     report = check_transcript(read_transcript(rewrite(tmp_path / "plain.satx", transcript, records)))
     assert f"NOT uniform: client {header.sender}" in failed(report)["uniform-masked-inputs"]
 

@@ -8,7 +8,8 @@ Provenance: nothing here calls secagg's own PRG, KDF, Shamir or wire code.
   info = b"secagg/v1/" + label + b"\\x00" + context and an empty salt.
 - shamir.json: polynomials with fixed coefficients over GF(2^31 - 1), evaluated with Python
   integers; secrets cut into little-endian 16-bit chunks.
-- wire.json: headers and bodies packed by hand with ``struct`` from the layout in secagg/wire.py.
+- wire.json: headers and bodies packed by hand with ``struct`` from the layout in secagg/wire.py;
+  bit-packed vectors built as one Python integer sum(word_i << (i * bits)) written little-endian.
 Run: ``python tests/vectors/generate.py`` (writes the JSON files next to this script).
 """
 
@@ -54,6 +55,11 @@ def shamir_reference(secret: bytes, coefficients: list[list[int]], xs: list[int]
     return shares
 
 
+def packed_reference(words: list[int], bits: int) -> bytes:
+    stream = sum(w << (i * bits) for i, w in enumerate(words))
+    return stream.to_bytes(-(-len(words) * bits // 8), "little")
+
+
 def main() -> None:
     prg = {
         "provenance": "AES-256-ECB over big-endian counter blocks (NIST SP 800-38A CTR definition); see generate.py",
@@ -78,12 +84,18 @@ def main() -> None:
         "shares": shamir_reference(secret, coefficients, xs),
     }
     header = struct.pack("<4sHBBQ32sII", b"SAGG", 1, 5, 2, 7, bytes(range(32)), 3, 0xFFFFFFFF)
-    body = struct.pack("<BQ", 4, 3) + struct.pack("<3I", 1, 2, 0xFFFFFFFF)
+    body = struct.pack("<BQ", 20, 3) + packed_reference([1, 2, 0xFFFFF], 20)
+    packed_cases = []
+    for bits in (1, 3, 12, 20, 37, 63, 64):
+        words = [(0x9E3779B97F4A7C15 * (i + 1)) % (1 << bits) for i in range(11)]
+        packed_cases.append({"bits": bits, "words": words,
+                             "bytes": (struct.pack("<BQ", bits, len(words)) + packed_reference(words, bits)).hex()})
     ids = struct.pack("<I", 3) + struct.pack("<3I", 1, 4, 9)
     wire = {
         "provenance": "packed by hand with struct from the documented layout; see generate.py",
         "masked_input": {"kind": 5, "protocol": 2, "round": 7, "session": bytes(range(32)).hex(), "sender": 3,
-                         "recipient": 0xFFFFFFFF, "words": [1, 2, 0xFFFFFFFF], "bytes": (header + body).hex()},
+                         "recipient": 0xFFFFFFFF, "bits": 20, "words": [1, 2, 0xFFFFF], "bytes": (header + body).hex()},
+        "packed": packed_cases,
         "id_list": {"ids": [1, 4, 9], "bytes": ids.hex()},
     }
     for name, data in [("prg", prg), ("kdf", kdf), ("shamir", shamir), ("wire", wire)]:

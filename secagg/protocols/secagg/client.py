@@ -257,7 +257,7 @@ class SecAggClient(ClientParty[Stage]):
         self._held = held
         self._values = self._encoded = None
         self._stage = Stage.CONSISTENCY if self.config.threat.is_malicious else Stage.UNMASK
-        return self._send(m.Kind.MASKED_INPUT, self._session, m.MaskedInput(vector))
+        return self._send(m.Kind.MASKED_INPUT, self._session, m.MaskedInput(vector, self.config.encoding.modulus_bits))
 
     def _masked_vector(self, peers: tuple[int, ...]) -> np.ndarray:
         peer_keys = {peer: self._keys[peer].mask_key for peer in peers}

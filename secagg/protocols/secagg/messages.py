@@ -26,6 +26,7 @@ __all__ = [
     "ShareBundle",
     "ShareDelivery",
     "MaskedInput",
+    "VectorFormat",
     "SurvivorList",
     "SurvivorSignature",
     "UnmaskRequest",
@@ -173,22 +174,33 @@ class ShareDelivery(_Addressed):
 
 
 @dataclass(frozen=True, slots=True)
+class VectorFormat:
+    """What a masked input must be: ``count`` words of the ring Z_{2^bits}, decoded as ``dtype``."""
+
+    bits: int
+    count: int
+    dtype: np.dtype[Any]
+
+
+@dataclass(frozen=True, slots=True)
 class MaskedInput:
-    """Client -> server: the masked ring vector."""
+    """Client -> server: the masked vector, ``bits`` bits per word on the wire (the ring's width)."""
 
     vector: np.ndarray
+    bits: int
     KIND = Kind.MASKED_INPUT
 
     def write(self, w: Writer) -> None:
-        w.array(self.vector)
+        w.packed(self.vector, self.bits)
 
     @classmethod
     def read(cls, r: Reader, max_parties: int) -> MaskedInput:
-        raise NotImplementedError("use MaskedInput.read_vector with the expected size")
+        raise NotImplementedError("use MaskedInput.read_vector with the expected format")
 
     @classmethod
-    def read_vector(cls, r: Reader, itemsize: int, count: int) -> MaskedInput:
-        return cls(r.array(itemsize, count))
+    def read_vector(cls, r: Reader, fmt: VectorFormat, out: np.ndarray | None = None) -> MaskedInput:
+        """Every word is in the ring by construction; ``out`` (``fmt.count`` words) receives them."""
+        return cls(r.packed(fmt.count, fmt.bits, fmt.dtype, out), fmt.bits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,25 +304,30 @@ def decode(
     data: bytes,
     *,
     max_parties: int,
-    vector_words: tuple[int, int] | None = None,
+    vector: VectorFormat | None = None,
     tag_key: TagKey | None = None,
+    vector_out: np.ndarray | None = None,
 ) -> tuple[Header, Body]:
     """Parse a whole message, checking its tag first if its kind is authenticated.
 
     Args:
         max_parties: upper bound on any list length (the session's client count).
-        vector_words: (word size, count) a masked input must have; None refuses masked inputs.
+        vector: the format a masked input must have; None refuses masked inputs.
         tag_key: maps the (unauthenticated) header to the one-time MAC key (see
             :data:`secagg.protocols.channel.TagKey`).
+        vector_out: a buffer of ``vector.count`` words to unpack a masked input into (reused
+            across messages); None allocates one per message.
     Raises:
         MalformedMessage: the bytes are not a canonical encoding of a known message.
         IntegrityError: the tag does not verify.
     """
     header, reader = open_message(data, AUTHENTICATED_KINDS, tag_key)
-    return header, read_body(header, reader, max_parties, vector_words)
+    return header, read_body(header, reader, max_parties, vector, vector_out)
 
 
-def read_body(header: Header, reader: Reader, max_parties: int, vector_words: tuple[int, int] | None) -> Body:
+def read_body(
+    header: Header, reader: Reader, max_parties: int, vector: VectorFormat | None, vector_out: np.ndarray | None = None,
+) -> Body:
     """Parse the body that follows ``header`` (tag already checked or removed) to its last byte.
 
     Raises:
@@ -318,9 +335,9 @@ def read_body(header: Header, reader: Reader, max_parties: int, vector_words: tu
     """
     body: Body
     if header.kind == Kind.MASKED_INPUT:
-        if vector_words is None:
+        if vector is None:
             raise MalformedMessage("unexpected masked input")
-        body = MaskedInput.read_vector(reader, *vector_words)
+        body = MaskedInput.read_vector(reader, vector, vector_out)
     elif header.kind in _BY_KIND:
         body = _BY_KIND[header.kind].read(reader, max_parties)
     else:

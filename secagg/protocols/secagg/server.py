@@ -127,6 +127,7 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
         self._shared: tuple[int, ...] = ()
         self._survivors: tuple[int, ...] = ()
         self._accumulator = np.zeros(config.dim, dtype=config.encoding.dtype)
+        self._unpacked = np.empty(config.dim, dtype=config.encoding.dtype)  # each masked input, in turn
         self._signatures: dict[int, bytes] = {}
         self._closers = {
             Stage.ADVERTISE: self._close_advertise,
@@ -138,8 +139,11 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
 
     # -- intake -----------------------------------------------------------------------------------
     def _decode(self, data: bytes) -> tuple[Header, m.Body]:
-        words = (self.config.encoding.dtype.itemsize, self.config.dim)
-        return m.decode(data, max_parties=self.config.num_clients, vector_words=words, tag_key=self._tag_key)
+        return m.decode(data, max_parties=self.config.num_clients, vector=self._vector_format(),
+                        tag_key=self._tag_key, vector_out=self._unpacked)
+
+    def _vector_format(self) -> m.VectorFormat:
+        return m.VectorFormat(self.config.encoding.modulus_bits, self.config.dim, self.config.encoding.dtype)
 
     def _take(self, sender: int, body: m.Body) -> None:
         if self._stage is Stage.MASK:
@@ -189,8 +193,8 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
             MalformedMessage, IntegrityError: the bytes are not an authentic, canonical message.
             ProtocolAbort: the message is tagged on a channel this server does not have.
         """
-        words = (self.config.encoding.dtype.itemsize, self.config.dim)
-        return m.decode(data, max_parties=self.config.num_clients, vector_words=words, tag_key=self._open_key)
+        return m.decode(data, max_parties=self.config.num_clients, vector=self._vector_format(),
+                        tag_key=self._open_key)
 
     def _open_key(self, header: Header) -> bytes:
         if header.sender != SERVER_ID:
@@ -252,9 +256,7 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
             raise ProtocolAbort(f"client {sender} must send exactly one share ciphertext per neighbour")
 
     def _accept_masked(self, sender: int, vector: np.ndarray) -> None:
-        enc = self.config.encoding
-        if enc.modulus_bits < 8 * vector.dtype.itemsize and (vector > enc.ring_mask).any():
-            raise MalformedMessage("masked input holds values outside the ring")
+        # In the ring by construction: the wire carries modulus_bits bits per word (wire.Reader.packed).
         np.add(self._accumulator, vector, out=self._accumulator)
 
     def _check_signature(self, sender: int, body: m.Body) -> None:
