@@ -24,7 +24,7 @@ import torch
 
 import secagg
 from secagg.dp.accounting import epsilon_of_rounds
-from secagg.dp.encoding import DpEncoding
+from secagg.dp.encoding import DpEncoding, survivor_floor
 from secagg.dp.plan import DpPlan, plan
 from secagg.results import local_dropouts, outcome_of
 
@@ -214,14 +214,16 @@ class DpTarget:
 class DpBudget:
     """The plan of a run's noise and the epsilon spent so far, by the accountant.
 
-    Each completed round costs what its *actual* survivors' noise gives (only survivors' noise is
-    in a sum); a round is run only if, even with the fewest survivors the protocol accepts (its
-    threshold), the total stays within the target.
+    Each completed round costs what its *actual* honest survivors' noise gives (only survivors'
+    noise is in a sum, and corrupt clients may leave theirs out); a round is run only if, even with
+    the fewest survivors the clients accept (``floor``, enforced by them), the total stays within the
+    target.
     """
 
-    def __init__(self, target: DpTarget, plan_: DpPlan, dim: int, worst_survivors: int) -> None:
-        self.target, self.plan, self.dim, self.worst = target, plan_, dim, worst_survivors
-        self.survivors: list[int] = []
+    def __init__(self, target: DpTarget, plan_: DpPlan, dim: int, floor: int, corrupt: int) -> None:
+        self.target, self.plan, self.dim, self.floor, self.corrupt = target, plan_, dim, floor, corrupt
+        self.worst = max(1, floor - corrupt)
+        self.survivors: list[int] = []  # honest survivors of each completed round
 
     @property
     def spent(self) -> float:
@@ -236,7 +238,7 @@ class DpBudget:
 
     def record(self, survivors: int) -> float:
         """A completed round with ``survivors`` inputs; returns the epsilon spent so far."""
-        self.survivors.append(survivors)
+        self.survivors.append(max(1, survivors - self.corrupt))
         return self.spent
 
     def report(self) -> dict[str, Any]:
@@ -250,7 +252,8 @@ class DpBudget:
             "target_epsilon": self.target.epsilon,
             "planned_rounds": self.target.rounds,
             "planned_epsilon": planned["epsilon"],
-            "worst_case_survivors": self.worst,
+            "min_survivors": self.floor,
+            "min_honest_survivors": self.worst,
             "noise_std_per_client": self.plan.spec.noise_std,
             "scale": self.plan.spec.scale,
             "l2_clip": self.target.l2_clip,
@@ -307,26 +310,22 @@ class SecureBackend(Backend):
         if self._dp is None:
             return config
         if self.budget is None:
-            self.plan_dp(num_clients, schema.size, config.threshold)
+            self.plan_dp(config)
         assert self.budget is not None
-        dp = DpEncoding(self.budget.plan.spec, schema.size, num_clients)
+        dp = DpEncoding(self.budget.plan.spec, schema.size, num_clients, self.budget.floor)
         return secagg.SecAggConfig.for_protocol(self.name, num_clients, schema, self._threat, dp)
 
-    def plan_dp(self, num_clients: int, dim: int, worst_survivors: int) -> DpBudget:
-        """Plans the run's noise for ``num_clients`` deltas of ``dim`` values; the fewest survivors a
-        round can release with (the protocol's threshold) is the worst case the plan covers."""
-        assert self._dp is not None
+    def plan_dp(self, config: secagg.SecAggConfig) -> DpBudget:
+        """Plans the run's noise for rounds of ``config`` (its client count, size and threat): the
+        fewest honest survivors a round can release with is the worst case the plan covers."""
+        assert self._dp is not None and self._threat is not None
         target = self._dp
-        planned = plan(target.epsilon, target.delta, target.rounds, num_clients, worst_survivors, dim,
-                       target.l2_clip, target.mechanism)
-        self.budget = DpBudget(target, planned, dim, worst_survivors)
+        floor, honest = survivor_floor(config.num_clients, config.threshold, self._threat.dropout_fraction,
+                                       config.corrupt_bound)
+        planned = plan(target.epsilon, target.delta, target.rounds, config.num_clients, honest,
+                       config.schema.size, target.l2_clip, target.mechanism)
+        self.budget = DpBudget(target, planned, config.schema.size, floor, config.corrupt_bound)
         return self.budget
-
-    def threshold(self, num_clients: int, schema: secagg.Schema) -> int:
-        """The fewest inputs a round of ``num_clients`` releases a sum of."""
-        assert self._threat is not None
-        encoding = secagg.FixedPoint(self._clip_bound, self._fractional_bits, self._max_weight, num_clients)
-        return secagg.SecAggConfig.for_protocol(self.name, num_clients, schema, self._threat, encoding).threshold
 
     def open_round(self, sampled: list[int], context: bytes, round_number: int) -> RoundSession:
         return _SecureRound(self, sampled, context, round_number)
@@ -344,7 +343,5 @@ def make_backend(cfg: RunConfig, max_weight: int, template: StateDict | None = N
     backend = SecureBackend(cfg.backend, cfg.resolved_clip_bound, cfg.fractional_bits,
                             1 if dp is not None else max_weight, threat, dp)
     if dp is not None and template is not None:
-        schema = secagg.Schema.of(template)
-        n = cfg.clients_per_round
-        backend.plan_dp(n, schema.size, backend.threshold(n, schema))
+        backend.config_for(cfg.clients_per_round, secagg.Schema.of(template))  # plans the noise
     return backend
