@@ -12,6 +12,7 @@ secure result must match within its ``error_bound`` (a check only the in-memory 
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 import torch
+from scipy.stats import binom
 
 import secagg
 from secagg.dp.accounting import epsilon_of_rounds
@@ -209,6 +211,9 @@ class DpTarget:
     rounds: int
     l2_clip: float
     mechanism: str = "ddgauss"
+    dropout: float = 0.0
+    """Each sampled client's dropout probability: the survivor floor is set so that a round falls
+    below it with probability at most 1% (the 99th percentile of the binomial dropout count)."""
 
 
 class DpBudget:
@@ -253,6 +258,10 @@ class DpBudget:
             "planned_rounds": self.target.rounds,
             "planned_epsilon": planned["epsilon"],
             "min_survivors": self.floor,
+            # Noise norm over the norm of a sum of clipped deltas, at the floor: far above 1, the
+            # noise swamps the update (more clients per round, or fewer trained parameters, help).
+            "noise_to_signal": (math.sqrt(self.worst * self.dim) * self.plan.spec.noise_std
+                                / (self.plan.spec.scale * self.worst * self.target.l2_clip)),
             "min_honest_survivors": self.worst,
             "noise_std_per_client": self.plan.spec.noise_std,
             "scale": self.plan.spec.scale,
@@ -320,8 +329,9 @@ class SecureBackend(Backend):
         fewest honest survivors a round can release with is the worst case the plan covers."""
         assert self._dp is not None and self._threat is not None
         target = self._dp
-        floor, honest = survivor_floor(config.num_clients, config.threshold, self._threat.dropout_fraction,
-                                       config.corrupt_bound)
+        n = config.num_clients
+        tolerated = float(binom.ppf(0.99, n, target.dropout)) / n if target.dropout > 0 else 0.0
+        floor, honest = survivor_floor(n, config.threshold, tolerated, config.corrupt_bound)
         planned = plan(target.epsilon, target.delta, target.rounds, config.num_clients, honest,
                        config.schema.size, target.l2_clip, target.mechanism)
         self.budget = DpBudget(target, planned, config.schema.size, floor, config.corrupt_bound)
@@ -339,7 +349,7 @@ def make_backend(cfg: RunConfig, max_weight: int, template: StateDict | None = N
     threat = None if cfg.backend == "ckks" else secagg.ThreatModel.semi_honest(cfg.corrupt, max(cfg.dropout, 0.2))
     dp = None
     if cfg.dp_epsilon is not None:
-        dp = DpTarget(cfg.dp_epsilon, cfg.dp_delta, cfg.resolved_dp_rounds, cfg.dp_l2_clip)
+        dp = DpTarget(cfg.dp_epsilon, cfg.dp_delta, cfg.resolved_dp_rounds, cfg.dp_l2_clip, dropout=cfg.dropout)
     backend = SecureBackend(cfg.backend, cfg.resolved_clip_bound, cfg.fractional_bits,
                             1 if dp is not None else max_weight, threat, dp)
     if dp is not None and template is not None:
