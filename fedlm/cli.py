@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedlm.config import BACKENDS, DTYPE_NAMES, MODES, SERVER_OPTIMIZERS, TASKS, RunConfig, field_help
+from secagg.cli import OneLineParser
 
 _CONVERTERS: dict[str, type] = {"int": int, "float": float, "str": str,
                                 "float | None": float, "str | None": str, "int | None": int}
@@ -80,7 +81,7 @@ def _add_field(parser: argparse.ArgumentParser, name: str, type_name: str,
 def build_parser(defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     """The ``fedlm`` argument parser with its ``run`` subcommand; ``defaults`` (e.g. from
     ``--config``) replace the fields' own defaults, and flags given on the command line win."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="fedlm", description="Federated training of a small LM over secure aggregation.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train, aggregate, evaluate; write report and plots",
@@ -156,8 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser = build_parser(read_config_file(args.config))
             args = parser.parse_args(argv)
         cfg = config_from_args(args)
-    except (ValueError, TypeError) as exc:
-        parser.error(str(exc))
+    except (ValueError, TypeError) as exc:  # one line, exit 2 (argparse itself prints usage for bad syntax)
+        print(f"fedlm: error: {exc}", file=sys.stderr)
+        return 2
     from fedlm.loop import run  # torch loads only once flags are valid
     from secagg import SecAggError
     from fedlm.errors import InputError

@@ -74,8 +74,11 @@ def batch_loss(model: torch.nn.Module, batch: torch.Tensor, labels: torch.Tensor
                mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy of a batch: over every token of LM blocks, or over the
     positions ``labels`` keeps (SFT: the response tokens)."""
-    loss: torch.Tensor = model(input_ids=batch, labels=batch if labels is None else labels,
-                               attention_mask=mask).loss
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    labels = batch if labels is None else labels.to(device)
+    mask = None if mask is None else mask.to(device)
+    loss: torch.Tensor = model(input_ids=batch, labels=labels, attention_mask=mask).loss
     return loss
 
 

@@ -90,6 +90,8 @@ class RunConfig:
                            "loaded offline; default: the tiny Llama built and warmed up here.")
     lora_targets: tuple[str, ...] = _f((), "LoRA target module names (default: found per architecture).")
     dtype: str = _f("float32", "float32 | bfloat16: the dtype a --model checkpoint is loaded in.")
+    device: str = _f("auto", "auto | cpu | cuda: where the model trains (auto: cuda when available). Deltas "
+                             "go to the CPU for secure aggregation.")
     save_every: int = _f(0, "Write OUT/checkpoints/round-R every this many rounds (0 = never).")
     resume: str | None = _f(None, "Continue from a checkpoint directory written with --save-every.")
     server_opt: str = _f("fedavg", "fedavg | fedavgm | fedadam | fedyogi: how the server applies the "
@@ -178,6 +180,8 @@ class RunConfig:
             raise ValueError(f"lr={self.lr} must be > 0")
         if self.clip_bound is not None and not self.clip_bound > 0:
             raise ValueError(f"clip_bound={self.clip_bound} must be > 0")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device={self.device!r}: choose auto, cpu or cuda")
         if not self.dp_l2_clip > 0:
             raise ValueError("dp_l2_clip must be > 0")
         if self.dp_epsilon is not None:
@@ -245,6 +249,22 @@ class RunConfig:
         if self.dp:
             return self.dp_l2_clip
         return self.local_steps * self.resolved_lr
+
+    @property
+    def resolved_device(self) -> str:
+        """``cpu`` or ``cuda``; ``auto`` picks cuda when torch sees a GPU.
+
+        Raises:
+            ValueError: ``cuda`` was asked for and torch sees no GPU.
+        """
+        import torch
+
+        available = torch.cuda.is_available()
+        if self.device == "cuda" and not available:
+            raise ValueError("--device cuda: torch sees no CUDA device on this machine (use --device cpu or auto)")
+        if self.device == "auto":
+            return "cuda" if available else "cpu"
+        return self.device
 
     @property
     def dp(self) -> bool:

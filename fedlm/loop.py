@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedlm.errors import InputError
 from fedlm.backends import AggregationResult, RoundAborted, RoundSession, SecureBackend, fedavg, make_backend
 from fedlm.checkpoint import load_checkpoint, lora_targets
 from fedlm.client import ClientUpdate, batch_loss, client_update, local_train
@@ -170,13 +171,15 @@ def build_model(cfg: RunConfig, prepared: Prepared, out_dir: Path,
     warm_loss: float | None = None
     if cfg.model is not None:  # a trained checkpoint: no central warm-up
         base = load_checkpoint(cfg.model, cfg.dtype, cfg.seq_len + cfg.prompt_tokens)
+        torch.nn.Module.to(base, cfg.resolved_device)
     else:
         base = build_base_model(cfg, len(tok), int(tok.pad_token_id), int(tok.eos_token_id))
+        torch.nn.Module.to(base, cfg.resolved_device)
         warm_loss = warm_up(base, cfg, prepared.public_blocks, progress)
     targets = lora_targets(base, cfg.lora_targets) if cfg.mode == "lora" else []
     if not cfg.full_parameters:
         save_base(base, out_dir)
-    return wrap_for_mode(base, cfg, int(tok.eos_token_id), targets), warm_loss
+    return wrap_for_mode(base, cfg, int(tok.eos_token_id), targets).to(cfg.resolved_device), warm_loss
 
 
 def finish_round(model: torch.nn.Module, session: RoundSession, prepared: Prepared,
@@ -217,8 +220,11 @@ def setup(cfg: RunConfig, out_dir: Path, progress: RunProgress) -> Prepared:
     progress.message("building corpus and training the tokenizer")
     # sft: the instruction data come from --data; the LM corpus (tokenizer, warm-up, held-out
     # loss) is the standard library's.
-    corpus = load_corpus(cfg.data if cfg.task == "lm" else (), cfg.clients, cfg.dirichlet_alpha, cfg.seed,
-                         cfg.max_chars_per_domain)
+    try:
+        corpus = load_corpus(cfg.data if cfg.task == "lm" else (), cfg.clients, cfg.dirichlet_alpha, cfg.seed,
+                             cfg.max_chars_per_domain)
+    except ValueError as exc:  # no documents, a domain too small, a split that leaves a client empty
+        raise InputError(f"--data: {exc}") from None
     prepared = prepare_data(cfg, corpus)
     save_tokenizer(prepared.tokenizer, out_dir / "tokenizer")
     return prepared
@@ -236,6 +242,10 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
     """
     progress = progress or RunProgress()
     start = time.perf_counter()
+    try:
+        progress.message(f"device: {cfg.resolved_device}")
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     out_dir = Path(cfg.out)
     prepared = setup(cfg, out_dir, progress)
     model, warm_loss = build_model(cfg, prepared, out_dir, progress)

@@ -124,7 +124,7 @@ def uploaded_state(model: torch.nn.Module, cfg: RunConfig) -> StateDict:
             state = {k: (v[: cfg.num_virtual_tokens] if k == "prompt_embeddings" else v) for k, v in state.items()}
     else:
         state = dict(model.named_parameters())
-    return {k: v.detach().to(torch.float32).clone() for k, v in state.items()}
+    return {k: v.detach().to(device="cpu", dtype=torch.float32).clone() for k, v in state.items()}
 
 
 def load_uploaded_state(model: torch.nn.Module, state: StateDict) -> None:

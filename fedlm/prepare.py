@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerBase
 
 from fedlm.checkpoint import load_checkpoint_tokenizer
 from fedlm.client import ClientData, make_blocks
+from fedlm.preprocess import preprocess
 from fedlm.config import RunConfig
 from fedlm.corpus import Corpus
 from fedlm.errors import InputError
@@ -30,6 +31,8 @@ class Prepared:
     clients: list[ClientData]
     sft_heldout: dict[str, list[Example]] | None = None
     """SFT only: held-out examples per task."""
+    preprocessing: list[dict[str, Any]] | None = None
+    """LM only: what each client's local preprocessing did (fedlm.preprocess), counts only."""
 
 
 def prepare_data(cfg: RunConfig, corpus: Corpus) -> Prepared:
@@ -46,14 +49,18 @@ def prepare_data(cfg: RunConfig, corpus: Corpus) -> Prepared:
     if cfg.task == "sft":
         clients, heldout = _sft_clients(cfg, tokenizer)
         return Prepared(tokenizer, public, eval_blocks, clients, heldout)
-    clients = []
+    clients, stats = [], []
     for cid, docs in enumerate(corpus.clients):
         counts: dict[str, int] = {}
         for domain, _ in docs:
             counts[domain] = counts.get(domain, 0) + 1
-        stream = encode_documents(tokenizer, [text for _, text in docs])
-        clients.append(ClientData(cid, make_blocks(stream, cfg.seq_len), counts))
-    return Prepared(tokenizer, public, eval_blocks, clients)
+        try:  # on the client: clean, de-duplicate, tokenise with the shared tokenizer, pack
+            blocks, done = preprocess(tokenizer, [text for _, text in docs], cfg.seq_len)
+        except ValueError as exc:
+            raise InputError(f"client {cid}: {exc}; use fewer --clients or more data") from None
+        clients.append(ClientData(cid, blocks, counts))
+        stats.append(done.to_json())
+    return Prepared(tokenizer, public, eval_blocks, clients, preprocessing=stats)
 
 
 def _sft_clients(cfg: RunConfig, tokenizer: Any) -> tuple[list[ClientData], dict[str, list[Example]]]:

@@ -113,6 +113,8 @@ def finish_report(cfg: RunConfig, engine: str, initial: dict[str, float],
             "documents_per_client_by_domain": [c.domains for c in prepared.clients],
             "eval_blocks_per_domain": {d: int(b.shape[0])
                                        for d, b in prepared.eval_blocks.items()},
+            # LM: each client's local preprocessing (clean, de-duplicate, tokenise, pack), counts only.
+            "preprocessing_per_client": prepared.preprocessing,
         },
         "artifacts": {"model": str(artifact), "tokenizer": str(out_dir / "tokenizer"),
                       "report": str(cfg.report_path),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 import numpy as np
 
@@ -20,7 +20,17 @@ from .errors import ParameterError, SecAggError
 from .graphparams import CORRECTNESS_BITS, SECURITY_BITS, find_harary_parameters
 from .params import Adversary, SecAggConfig, ThreatModel
 
-__all__ = ["main"]
+__all__ = ["main", "OneLineParser"]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose every error is one line on stderr and exit status 2 (no usage block).
+
+    Subcommand parsers are made of the same class, so they behave the same."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
@@ -79,7 +89,7 @@ def _print(report: dict[str, Any], as_json: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="secagg", description="Secure aggregation for federated learning.")
+    parser = OneLineParser(prog="secagg", description="Secure aggregation for federated learning.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("params", help="choose the threshold t (and the SecAgg+ degree k) and show the guarantees")
     p.add_argument("--protocol", choices=["secagg", "secagg+"], default="secagg+")

@@ -33,9 +33,9 @@ def test_every_flag_maps_onto_the_config() -> None:
 
 
 def test_invalid_flags_exit_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        main(["run", "--clients", "2", "--clients-per-round", "3"])
-    assert "clients_per_round=3 > clients=2" in capsys.readouterr().err
+    assert main(["run", "--clients", "2", "--clients-per-round", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "clients_per_round=3 > clients=2" in err[0]
 
 
 def test_run_writes_report_and_prints_its_path(
@@ -96,7 +96,30 @@ def test_bad_config_files_exit_2_with_the_reason(tmp_path: Path, capsys: pytest.
     path = tmp_path / "bad.toml"
     path.write_text(content)
     with pytest.raises(SystemExit) as info:
-        main(["run", "--config", str(path)])
+        raise SystemExit(main(["run", "--config", str(path)]))
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("usage") is False
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("case", ["cuda-missing", "device-unknown", "empty-text", "dp-plain"])
+def test_more_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
+    import torch
+
+    flags = ["run", *_flags({**TINY, "rounds": 1}), "--backend", "plain", "--out", str(tmp_path / "o")]
+    if case == "cuda-missing":
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+        flags += ["--device", "cuda"]
+    elif case == "device-unknown":
+        flags += ["--device", "tpu"]
+    elif case == "empty-text":
+        (tmp_path / "blank.txt").write_text("\n\n   \n\n")
+        flags += ["--data", str(tmp_path / "blank.txt")]
+    else:
+        flags += ["--dp-epsilon", "2"]
+    with pytest.raises(SystemExit) as info:
+        raise SystemExit(main(flags))
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0] and "error" in err[0]

@@ -97,7 +97,7 @@ def test_a_run_with_fedadam_and_fedprox_completes_and_learns(tmp_path: Path) -> 
 def test_bad_server_flags_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
     for flags in (["--server-opt", "sgd"], ["--server-lr", "0"], ["--server-beta2", "1.0"], ["--prox-mu", "-1"]):
         with pytest.raises(SystemExit) as info:
-            main(["run", *flags])
+            raise SystemExit(main(["run", *flags]))
         assert info.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err and "Traceback" not in "\n".join(err)
