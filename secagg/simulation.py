@@ -28,7 +28,8 @@ from .results import AggregationOutcome, local_dropouts, outcome_of
 from .router import RoundTrace, run_round, stages_for
 from .simulation_ckks import aggregate_ckks
 
-__all__ = ["simulate", "aggregate", "AggregationOutcome", "DROPOUT_STAGES", "DpRequest", "dropout_schedule"]
+__all__ = ["simulate", "aggregate", "AggregationOutcome", "DROPOUT_STAGES", "DpRequest", "dropout_schedule",
+           "plan_dp_encoding"]
 
 
 def _parties(
@@ -105,12 +106,10 @@ def simulate(
     sum of the L2-clipped inputs, next to ``planned_noise_std``).
     """
     schema = Schema.of(np.zeros(dim, dtype=np.float32))
-    plan = None
+    plan: DpPlan | None = None
+    enc: FixedPoint | DpEncoding
     if dp is not None:
-        base = SecAggConfig.for_protocol(protocol, clients, schema, threat, FixedPoint(max_clients=clients))
-        floor, honest = survivor_floor(clients, base.threshold, threat.dropout_fraction, base.corrupt_bound)
-        plan = dp_plan(dp.epsilon, dp.delta, dp.rounds, clients, honest, dim, dp.l2_clip, dp.mechanism)
-        enc: FixedPoint | DpEncoding = DpEncoding(plan.spec, dim, clients, floor)
+        plan, enc = plan_dp_encoding(protocol, clients, dim, threat, dp)
     else:
         enc = encoding or FixedPoint(max_clients=clients)
     config = SecAggConfig.for_protocol(protocol, clients, schema, threat, enc)
@@ -166,6 +165,25 @@ def simulate(
                              config.corrupt_bound)}
            if plan is not None and dp is not None else {}),
     }
+
+
+def plan_dp_encoding(
+    protocol: str, clients: int, dim: int, threat: ThreatModel, dp: DpRequest
+) -> tuple[DpPlan, DpEncoding]:
+    """The DP plan and encoding :func:`simulate` runs with (``secagg audit dp`` uses the same).
+
+    The noise is planned for ``dp.rounds`` rounds with the enforced survivor floor (the threat
+    model's expected survivors, never below the protocol's threshold) less the corrupt bound: the
+    fewest honest noise shares a released sum can carry.
+
+    Raises:
+        ParameterError: no ring width or noise meets the target (see :func:`secagg.dp.plan.plan`).
+    """
+    schema = Schema.of(np.zeros(dim, dtype=np.float32))
+    base = SecAggConfig.for_protocol(protocol, clients, schema, threat, FixedPoint(max_clients=clients))
+    floor, honest = survivor_floor(clients, base.threshold, threat.dropout_fraction, base.corrupt_bound)
+    plan = dp_plan(dp.epsilon, dp.delta, dp.rounds, clients, honest, dim, dp.l2_clip, dp.mechanism)
+    return plan, DpEncoding(plan.spec, dim, clients, floor)
 
 
 @dataclass(frozen=True)

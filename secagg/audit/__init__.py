@@ -5,7 +5,9 @@
 - :mod:`secagg.audit.transcript`: record every message a party sends and receives, in our wire
   format, and check a server's transcript (uniform masked inputs, no double share release, valid
   signatures, nothing revealed beyond the survivor set and the aggregate).
-- ``secagg audit attacks|transcript|record`` on the command line (:mod:`secagg.audit.cli`).
+- :mod:`secagg.audit.dp_audit`: a one-run empirical lower bound on the epsilon of a distributed-DP
+  configuration (canaries in one client's input, bound from :mod:`secagg.audit.one_run`).
+- ``secagg audit attacks|transcript|record|search|dp`` on the command line (:mod:`secagg.audit.cli`).
 """
 
 from __future__ import annotations

@@ -4,8 +4,11 @@
 - ``secagg audit transcript FILE [--registry FILE] --json``
 - ``secagg audit record FILE [--protocol secagg+ --clients 20 --dim 1000 --adversary ...] --json``
 - ``secagg audit search --protocol secagg|secagg+ --clients N --corrupt C --adversary malicious --json``
+- ``secagg audit dp --epsilon E [--rounds R --clients N --dim D --canaries M --no-noise] --json``: the
+  one-run privacy audit of a distributed-DP configuration (:mod:`secagg.audit.dp_audit`)
 
-Exit status 0 when every attack matched its expectation / the transcript passed, 1 otherwise.
+Exit status 0 when every attack matched its expectation / the transcript passed / the DP audit's
+lower bound stayed at or below the accounted epsilon, 1 otherwise; 2 on bad input (one line).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import defaults
 from ..encoding import FixedPoint, Schema
 from ..errors import ParameterError
 from ..hazmat.keys import SigningKey
@@ -64,6 +68,7 @@ def register(subparsers: Any) -> None:
                        help=f"override the {name.replace('-', ' ')} (to probe parameters the config refuses)")
     s.add_argument("--samples", type=int, default=2000, help="random strategies beyond n = 7")
     s.add_argument("--json", action="store_true")
+    _register_dp(sub)
     r = sub.add_parser("record", help="run one in-memory round and record the server's transcript")
     r.add_argument("file", type=Path)
     r.add_argument("--protocol", choices=["secagg", "secagg+"], default="secagg+")
@@ -75,6 +80,25 @@ def register(subparsers: Any) -> None:
     r.add_argument("--json", action="store_true")
 
 
+def _register_dp(sub: Any) -> None:
+    d = sub.add_parser("dp", help="one-run empirical lower bound on the epsilon of a distributed-DP configuration")
+    d.add_argument("--epsilon", type=float, required=True, help="the DP target the noise is planned for")
+    d.add_argument("--delta", type=float, default=defaults.DP_DELTA)
+    d.add_argument("--rounds", type=int, default=4, help="rounds planned and run (the canaries are spread over them)")
+    d.add_argument("--clients", type=int, default=10)
+    d.add_argument("--dim", type=int, default=1024)
+    d.add_argument("--clip", type=float, default=defaults.DP_L2_CLIP, help="L2 clip of each update")
+    d.add_argument("--canaries", type=int, default=256, help="canaries in the target client's inputs")
+    d.add_argument("--mechanism", choices=["ddgauss", "skellam"], default="ddgauss")
+    d.add_argument("--no-noise", action="store_true",
+                   help="same pipeline with the noise switched off: shows the audit detects a missing noise")
+    d.add_argument("--seed", type=int, default=0, help="seeds the canaries, coins and synthetic data (not the noise)")
+    d.add_argument("--confidence", type=float, default=0.95)
+    d.add_argument("--guesses", type=int, default=None,
+                   help="guess on this many canaries (default: try M, M/2 .. M/16 with the confidence split)")
+    d.add_argument("--json", action="store_true")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Execute a parsed ``audit`` command and return its report (see :func:`succeeded`)."""
     if args.audit_command == "attacks":
@@ -84,6 +108,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return _check_transcript_file(args.file, args.registry, args.alpha)
     if args.audit_command == "search":
         return run_search(args)
+    if args.audit_command == "dp":
+        from .dp_audit import audit  # needs the dp extra (scipy, dp-accounting): import on use
+
+        return audit(args.epsilon, delta=args.delta, rounds=args.rounds, clients=args.clients, dim=args.dim,
+                     clip=args.clip, canaries=args.canaries, mechanism=args.mechanism, noise=not args.no_noise,
+                     seed=args.seed, confidence=args.confidence, guesses=args.guesses)
     return record_round(args.file, args.protocol, args.clients, args.dim, args.adversary, args.dropout, args.seed)
 
 
