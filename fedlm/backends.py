@@ -12,12 +12,14 @@ secure result must match within its ``error_bound`` (a check only the in-memory 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -225,10 +227,28 @@ class DpBudget:
     target.
     """
 
-    def __init__(self, target: DpTarget, plan_: DpPlan, dim: int, floor: int, corrupt: int) -> None:
-        self.target, self.plan, self.dim, self.floor, self.corrupt = target, plan_, dim, floor, corrupt
-        self.worst = max(1, floor - corrupt)
-        self.survivors: list[int] = []  # honest survivors of each completed round
+    def __init__(self, target: DpTarget, plan_: DpPlan, dim: int, floor: int,
+                 honest: Callable[[int], int]) -> None:
+        self.target, self.plan, self.dim, self.floor, self.honest = target, plan_, dim, floor, honest
+        self.worst = honest(floor)
+        self.survivors: list[int] = []  # honest noise count of each released sum
+        self.ledger: Path | None = None
+
+    def load(self, path: Path) -> None:
+        """Charge every release a ledger records (a resumed run: also those after its checkpoint).
+
+        Raises:
+            ValueError: the ledger is unreadable or was written with another noise plan.
+        """
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: unreadable DP ledger ({type(exc).__name__})") from None
+        digest = self.plan.spec.digest().hex()
+        if any(e.get("spec") != digest for e in entries):
+            raise ValueError(f"{path}: rounds were released with another DP plan; resume with the same "
+                             "--dp-epsilon, --dp-delta, --dp-rounds and --dp-l2-clip")
+        self.survivors = [int(e["honest"]) for e in entries]
 
     @property
     def spent(self) -> float:
@@ -241,9 +261,17 @@ class DpBudget:
         worst = epsilon_of_rounds(self.plan.spec, self.dim, [*self.survivors, self.worst], self.target.delta)
         return worst <= self.target.epsilon
 
-    def record(self, survivors: int) -> float:
-        """A completed round with ``survivors`` inputs; returns the epsilon spent so far."""
-        self.survivors.append(max(1, survivors - self.corrupt))
+    def record(self, survivors: int, round_number: int = 0) -> float:
+        """A released sum of ``survivors`` inputs; returns the epsilon spent so far. With a ledger
+        file set, the release is written there first (atomically), so a crash cannot lose a charge."""
+        self.survivors.append(self.honest(survivors))
+        if self.ledger is not None:
+            digest = self.plan.spec.digest().hex()
+            entries = [{"spec": digest, "honest": h} for h in self.survivors]
+            entries[-1]["round"] = round_number
+            tmp = self.ledger.with_suffix(".tmp")
+            tmp.write_text(json.dumps(entries))
+            tmp.replace(self.ledger)
         return self.spent
 
     def report(self) -> dict[str, Any]:
@@ -331,10 +359,10 @@ class SecureBackend(Backend):
         target = self._dp
         n = config.num_clients
         tolerated = float(binom.ppf(0.99, n, target.dropout)) / n if target.dropout > 0 else 0.0
-        floor, honest = survivor_floor(n, config.threshold, tolerated, config.corrupt_bound)
-        planned = plan(target.epsilon, target.delta, target.rounds, config.num_clients, honest,
-                       config.schema.size, target.l2_clip, target.mechanism)
-        self.budget = DpBudget(target, planned, config.schema.size, floor, config.corrupt_bound)
+        floor, _ = survivor_floor(n, config.threshold, tolerated, config.corrupt_bound)
+        planned = plan(target.epsilon, target.delta, target.rounds, config.num_clients,
+                       config.honest_noise_count(floor), config.schema.size, target.l2_clip, target.mechanism)
+        self.budget = DpBudget(target, planned, config.schema.size, floor, config.honest_noise_count)
         return self.budget
 
     def open_round(self, sampled: list[int], context: bytes, round_number: int) -> RoundSession:

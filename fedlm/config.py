@@ -194,6 +194,9 @@ class RunConfig:
                                  f"under the masks), not {self.backend}")
             if self.dp_rounds is not None and self.dp_rounds < 1:
                 raise ValueError(f"dp_rounds={self.dp_rounds} must be >= 1")
+            if self.personal_tokens:
+                raise ValueError("--personal-tokens with --dp-epsilon: per-client prompts are trained on private "
+                                 "data the DP accounting does not cover; drop one of them")
         if self.server_opt not in SERVER_OPTIMIZERS:
             raise ValueError(f"server_opt={self.server_opt!r}: choose one of {SERVER_OPTIMIZERS}")
         if self.server_lr is not None and not (self.server_lr > 0 and math.isfinite(self.server_lr)):
@@ -291,6 +294,7 @@ class RunConfig:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["data"] = list(self.data)
         data["lora_targets"] = list(self.lora_targets)
+        data.update(dp_rounds=self.resolved_dp_rounds if self.dp else None)  # a resume must keep the DP plan
         data.update(lr=self.resolved_lr, freeze_a=self.resolved_freeze_a,
                     clip_bound=self.resolved_clip_bound, report=str(self.report_path),
                     server_lr=self.resolved_server_lr)

@@ -230,6 +230,10 @@ def setup(cfg: RunConfig, out_dir: Path, progress: RunProgress) -> Prepared:
     return prepared
 
 
+DP_LEDGER = "dp_ledger.json"
+"""Under DP: every released sum's honest noise count, written before the round's record."""
+
+
 def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
     """Runs the whole federated training and writes report, plots and model.
 
@@ -275,9 +279,18 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
         progress.message(f"resumed after round {saved.round} from {cfg.resume}")
     progress.start_rounds(cfg.rounds)
     if budget is not None:
-        for record in records:  # a resumed run has spent what its completed rounds cost
-            if not record["aborted"]:
-                budget.record(len(record["survivors"]))
+        ledger = out_dir / DP_LEDGER
+        previous = Path(cfg.resume).parent.parent / DP_LEDGER if cfg.resume is not None else ledger
+        if cfg.resume is not None and previous.exists():  # every release of the run so far, even after its checkpoint
+            try:
+                budget.load(previous)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
+        else:
+            for record in records:  # no ledger: the rounds the checkpoint records
+                if not record["aborted"]:
+                    budget.record(len(record["survivors"]))
+        budget.ledger = ledger
     for rnd in range(first, cfg.rounds + 1):
         if budget is not None and not budget.allows_another_round():
             dp_stop = (f"stopped before round {rnd}: it could take epsilon past the target "
@@ -292,7 +305,9 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
         if prepared.sft_heldout is not None:
             record["task_eval"] = task_scores(model, prepared, cfg)
         if budget is not None:
-            record["epsilon"] = budget.record(len(record["survivors"])) if not record["aborted"] else budget.spent
+            record["epsilon"] = budget.record(len(record["survivors"]), rnd) if not record["aborted"] else budget.spent
+            for private in ("max_abs_diff_vs_plain", "train_loss", "clipped_fraction"):
+                record[private] = None  # functions of the noiseless deltas: not covered by epsilon
         records.append(record)
         progress.end_round(round_line(record))
         if cfg.save_every and rnd % cfg.save_every == 0:

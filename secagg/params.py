@@ -227,6 +227,18 @@ class SecAggConfig:
         return corrupt_neighbour_bound(self.num_clients, self.holders - 1, self.threat.corrupt_fraction,
                                        self.threat.is_malicious)
 
+    def honest_noise_count(self, survivors: int) -> int:
+        """The honest noise shares the DP accountant may count in a sum of ``survivors`` inputs.
+
+        Corrupt clients may leave their noise out, so c is subtracted; against a deviating server
+        (malicious variant) it may learn sums of as few as l = ``min_honest_inputs`` honest inputs
+        whatever the survivor set says, so the count is at most l (SECURITY.md, "Which n").
+        """
+        count = survivors - self.corrupt_bound
+        if self.threat.is_malicious:
+            count = min(count, self.bounds().min_honest_inputs())
+        return max(1, count)
+
     def bounds(self) -> ThresholdBounds:
         """The parameters as the security argument (:mod:`secagg.bounds`) sees them."""
         return ThresholdBounds(self.num_clients, self.holders, self.threshold, self.corrupt_bound,

@@ -101,7 +101,7 @@ def simulate(
     ``exact`` is true iff the unmasked aggregate equals, bit for bit, the plain modular sum of the
     survivors' encoded inputs. The seed drives the synthetic data and the dropout schedule only;
     all key material (and DP noise) comes from the system CSPRNG. With ``dp`` the noise is planned
-    for ``dp.rounds`` rounds with the protocol's threshold as the worst-case survivor count, and the
+    for ``dp.rounds`` rounds with the fewest honest noise shares a sum can carry (:func:`plan_dp_encoding`), and the
     report gains a ``dp`` object (``measured_noise_std`` of the released sum minus the noiseless
     sum of the L2-clipped inputs, next to ``planned_noise_std``).
     """
@@ -161,8 +161,7 @@ def simulate(
         "client_seconds": client_times,
         "server_seconds": server_times,
         "total_seconds": total,
-        **({"dp": _dp_report(plan, dp, result.weighted_sum - clipped.sum(axis=0), len(survivors),
-                             config.corrupt_bound)}
+        **({"dp": _dp_report(plan, dp, result.weighted_sum - clipped.sum(axis=0), len(survivors), config)}
            if plan is not None and dp is not None else {}),
     }
 
@@ -172,16 +171,18 @@ def plan_dp_encoding(
 ) -> tuple[DpPlan, DpEncoding]:
     """The DP plan and encoding :func:`simulate` runs with (``secagg audit dp`` uses the same).
 
-    The noise is planned for ``dp.rounds`` rounds with the enforced survivor floor (the threat
-    model's expected survivors, never below the protocol's threshold) less the corrupt bound: the
-    fewest honest noise shares a released sum can carry.
+    The noise is planned for ``dp.rounds`` rounds with the fewest honest noise shares a released sum
+    can carry: the enforced survivor floor (the threat model's expected survivors, never below the
+    protocol's threshold) less the corrupt bound, and against a malicious server at most l
+    (:meth:`SecAggConfig.honest_noise_count`).
 
     Raises:
         ParameterError: no ring width or noise meets the target (see :func:`secagg.dp.plan.plan`).
     """
     schema = Schema.of(np.zeros(dim, dtype=np.float32))
     base = SecAggConfig.for_protocol(protocol, clients, schema, threat, FixedPoint(max_clients=clients))
-    floor, honest = survivor_floor(clients, base.threshold, threat.dropout_fraction, base.corrupt_bound)
+    floor, _ = survivor_floor(clients, base.threshold, threat.dropout_fraction, base.corrupt_bound)
+    honest = base.honest_noise_count(floor)
     plan = dp_plan(dp.epsilon, dp.delta, dp.rounds, clients, honest, dim, dp.l2_clip, dp.mechanism)
     return plan, DpEncoding(plan.spec, dim, clients, floor)
 
@@ -207,12 +208,14 @@ def _clipped(inputs: np.ndarray, enc: FixedPoint | DpEncoding) -> np.ndarray:
     return clipped
 
 
-def _dp_report(plan: DpPlan, request: DpRequest, noise: np.ndarray, survivors: int, corrupt: int) -> dict[str, Any]:
+def _dp_report(plan: DpPlan, request: DpRequest, noise: np.ndarray, survivors: int,
+               config: SecAggConfig) -> dict[str, Any]:
     """The ``dp`` object: the noise measured in this round next to the plan, and the accountant's epsilon
-    for ``rounds`` rounds with this round's honest survivors (survivors less the corrupt bound: corrupt
-    clients may leave their noise out), at least the planned worst case."""
+    for ``rounds`` rounds with this round's honest noise count (:meth:`SecAggConfig.honest_noise_count`:
+    survivors less the corrupt bound, at most l against a malicious server), at least the planned
+    worst case."""
     spec = plan.spec
-    honest = max(1, survivors - corrupt)
+    honest = config.honest_noise_count(survivors)
     return {
         "mechanism": spec.mechanism,
         "measured_noise_std": float(np.std(noise)),

@@ -87,3 +87,31 @@ def test_the_dp_spec_is_bound_into_the_session() -> None:
     assert setup_id(a, 0, b"m") != setup_id(b, 0, b"m")
     with pytest.raises(ParameterError, match="min_survivors"):
         DpEncoding(a.encoding.spec, 300, 8, 9)  # type: ignore[union-attr]
+
+
+def test_an_alive_list_padded_with_unknown_ids_gets_no_share() -> None:
+    """Red-team finding: the floor counted len(alive), so a server padding alive with ids outside the
+    key list (or with clients this client never shared with) had a sum of t inputs unmasked."""
+    from secagg.audit.adversary import replace_body
+
+    config = _config(floor=7)
+    server = AdversarialServer(config, round_number=1, context=b"m", script={
+        "mask": lambda s, outbox: s.rewrite(outbox, set(outbox), lambda body: replace_body(
+            body, alive=tuple(sorted(set(body.alive) | {1000, 1001, 1002}))))})  # type: ignore[attr-defined]
+    server.forget_masked({0, 1, 2})
+    clients = {i: secagg.new_client(config, i, round_number=1, context=b"m") for i in range(8)}
+    for c in clients.values():
+        c.set_input(np.full(300, 0.01))
+    log = play(server, clients)
+    assert log.result is None and server.responses == []
+    assert any("outside the key list" in r for r in log.refusals.values())
+
+
+def test_the_accountant_counts_at_most_l_honest_inputs_against_a_malicious_server() -> None:
+    schema = secagg.Schema.of(np.zeros(10))
+    for protocol in ("secagg", "secagg+"):
+        config = SecAggConfig.for_protocol(protocol, 20, schema, ThreatModel.malicious(0.1, 0.1))
+        l = config.bounds().min_honest_inputs()
+        assert config.honest_noise_count(20) == min(20 - config.corrupt_bound, l) == l
+        semi = SecAggConfig.for_protocol(protocol, 20, schema, ThreatModel.semi_honest(0.1, 0.1))
+        assert semi.honest_noise_count(18) == 18 - semi.corrupt_bound

@@ -167,7 +167,7 @@ def _run(config: SecAggConfig, canaries: _Canaries, rng: np.random.Generator, ro
         known = result.weighted_sum - _clipped_sum(inputs[others].astype(np.float64), clip)
         scores.append(canaries.scores(r, known))
         residuals.append(known - inputs[TARGET].astype(np.float64))
-        honest.append(max(1, len(result.survivors) - config.corrupt_bound))
+        honest.append(config.honest_noise_count(len(result.survivors)))
     return np.concatenate(scores)[: canaries.count], honest, np.concatenate(residuals)
 
 

@@ -1,7 +1,7 @@
 """Distributed DP as a SecAgg encoding: what the parties do with a :class:`~secagg.dp.spec.DpSpec`.
 
-A client L2-clips its update, rotates it (randomised Hadamard, signs from the session's setup id,
-which the server also knows), scales, rounds conditionally and adds its share of discrete noise, all
+A client L2-clips its update, rotates it (random signs from the session's setup id, which the server
+also knows, then Walsh-Hadamard or DCT-II: :mod:`secagg.dp.rotation`), scales, rounds conditionally and adds its share of discrete noise, all
 in integers; the ring Z_{2^bits} wraps the result. Masking then hides it as any other input, so the
 unmasked sum carries exactly the survivors' noise and nobody ever sees a noiseless sum. The server
 interprets the ring sum as signed, divides by the scale and undoes the rotation.

@@ -67,3 +67,10 @@ def test_to_dict_has_resolved_values() -> None:
     assert data["lr"] == DEFAULT_LR["prompt"]
     assert data["report"].endswith("report.json")
     assert data["data"] == []
+
+
+def test_dp_refuses_personal_prompts_and_pins_its_plan_in_the_config() -> None:
+    with pytest.raises(ValueError, match="personal-tokens"):
+        RunConfig(dp_epsilon=2.0, backend="secagg", mode="prompt", personal_tokens=2)
+    assert RunConfig(dp_epsilon=2.0, backend="secagg", rounds=6).to_dict()["dp_rounds"] == 6
+    assert RunConfig(rounds=6).to_dict()["dp_rounds"] is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -32,7 +33,11 @@ def test_a_dp_run_reports_epsilon_every_round_within_the_target(tmp_path: Path) 
     spent = [r["epsilon"] for r in report["rounds"]]
     assert len(spent) == 3 and all(a < b for a, b in zip(spent, spent[1:]))  # composition grows
     assert 0 < spent[-1] == dp["epsilon"] == report["epsilon"] <= 8.0
-    assert all(r["max_abs_diff_vs_plain"] <= r["error_bound"] for r in report["rounds"])
+    for record in report["rounds"]:  # functions of the noiseless deltas are withheld under DP
+        assert record["max_abs_diff_vs_plain"] is record["train_loss"] is record["clipped_fraction"] is None
+    assert report["secure_equals_plain"] is None and report["max_abs_diff_vs_plain"] is None
+    ledger = json.loads((Path(report["artifacts"]["report"]).parent / "dp_ledger.json").read_text())
+    assert [e["honest"] for e in ledger] == [len(r["survivors"]) for r in report["rounds"]]  # no corrupt at n=3
     assert report["config"]["freeze_a"] is True  # LoRA (the default mode) under DP: FFA-LoRA
 
 
@@ -42,3 +47,20 @@ def test_a_dp_run_stops_before_the_round_that_would_exceed_the_target(tmp_path: 
     dp = report["dp"]
     assert len(report["rounds"]) == 2 and "stopped before round 3" in dp["stopped"]
     assert dp["epsilon"] <= 8.0 and dp["planned_rounds"] == 2
+
+
+def test_a_resumed_dp_run_keeps_its_plan_and_charges_every_release(tmp_path: Path) -> None:
+    """Red-team finding: resuming with more --rounds re-planned the noise and charged the earlier
+    rounds at the new, larger noise; releases after the last checkpoint were never charged."""
+    from fedlm.errors import InputError
+
+    base = dict(backend="secagg", dp_epsilon=8.0, dropout=0.0)
+    first = run(tiny_config(tmp_path, rounds=2, save_every=1, **base))
+    checkpoint = Path(first["artifacts"]["report"]).parent / "checkpoints" / "round-1"
+    with pytest.raises(InputError, match="dp_rounds"):  # --rounds 3 would re-plan for 3 rounds
+        run(tiny_config(tmp_path, rounds=3, resume=str(checkpoint), **base))
+    resumed = run(tiny_config(tmp_path, rounds=3, dp_rounds=2, resume=str(checkpoint), **base))
+    # Round 2 was released by the first run after its checkpoint, and again by the resumed one:
+    # both count, so the third release does not fit a 2-round plan's budget.
+    assert resumed["dp"]["stopped"] is not None and len(resumed["rounds"]) == 1
+    assert resumed["dp"]["epsilon"] >= first["dp"]["epsilon"]

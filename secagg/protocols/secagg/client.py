@@ -293,12 +293,20 @@ class SecAggClient(ClientParty[Stage]):
             raise ProtocolAbort("the server lists a client as both surviving and dropped")
         if self.client_id not in alive:
             raise ProtocolAbort("the server lists this client, which sent its input, as not surviving")
+        if not (alive | dropped) <= set(self._keys):
+            raise ProtocolAbort("the unmask request names a client outside the key list")
         if len(alive) < self.config.threshold:
             raise InsufficientParties(f"{len(alive)} survivors; threshold is {self.config.threshold}")
         dp = self.config.dp
-        if dp is not None and len(alive) < dp.min_survivors:
-            raise InsufficientParties(f"{len(alive)} survivors; a DP sum is released with at least "
-                                      f"{dp.min_survivors} (their noise is the guarantee)")
+        if dp is not None:
+            # Complete graph: every survivor shared with this client, so only those count (a server
+            # cannot pad the set with clients whose inputs are not in the sum). SecAgg+: a client sees
+            # only its neighbours; against a deviating server the floor then needs the malicious
+            # variant's signed survivor set, and the accountant uses min(F - c, l) (SECURITY.md).
+            counted = len(alive & set(self._held)) if self.config.degree is None else len(alive)
+            if counted < dp.min_survivors:
+                raise InsufficientParties(f"{counted} survivors; a DP sum is released with at least "
+                                          f"{dp.min_survivors} (their noise is the guarantee)")
         if self.config.threat.is_malicious:
             self._check_consistency(body)
         owners, kinds, shares = [], [], []
