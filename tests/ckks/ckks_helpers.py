@@ -9,6 +9,7 @@ import numpy as np
 
 import hashlib
 
+from secagg.audit.adversary import ReplayableRandom
 from secagg.encoding import Schema
 from secagg.hazmat.keys import AgreementKeyPair
 from secagg.protocols.channel import LABEL_SERVER_CHANNEL, TO_CLIENT, TO_SERVER, channel_context, message_key
@@ -20,18 +21,8 @@ from secagg.wire import SERVER_ID, Header
 SERVER_PRIVATE = hashlib.sha256(b"test server channel key").digest()
 
 
-class KnownRandom:
-    """SHA-256(seed || counter): a client whose keys the test knows (a hostile client's own view)."""
-
-    def __init__(self, seed: bytes) -> None:
-        self._seed, self._counter, self._buffer = seed, 0, b""
-
-    def __call__(self, count: int) -> bytes:
-        while len(self._buffer) < count:
-            self._counter += 1
-            self._buffer += hashlib.sha256(self._seed + self._counter.to_bytes(8, "little")).digest()
-        out, self._buffer = self._buffer[:count], self._buffer[count:]
-        return out
+# A client whose keys the test knows (a hostile client's own view): the audit's replayable stream.
+KnownRandom = ReplayableRandom
 
 
 def _client_seed(i: int) -> bytes:
