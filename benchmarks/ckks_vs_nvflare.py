@@ -25,7 +25,7 @@ import numpy as np
 import tenseal as ts
 
 from secagg.encoding import Schema
-from secagg.protocols.ckks import CkksClient, CkksConfig, CkksServer
+from secagg.protocols.ckks import PRESETS, CkksClient, CkksConfig, CkksServer
 from secagg.protocols.ckks.parallel import ChunkPool
 
 TENSOR = 32768
@@ -49,7 +49,7 @@ class Row:
         return self.upload_bytes / self.dim
 
 
-def _updates(clients: int, dim: int, seed: int) -> list[np.ndarray]:
+def synthetic_updates(clients: int, dim: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.normal(0.0, 0.05, dim).astype(np.float32) for _ in range(clients)]
 
@@ -62,11 +62,11 @@ def _ours_setup(config: CkksConfig, server: CkksServer, parties: dict[int, CkksC
     return server.advance()
 
 
-def run_ours(updates: list[np.ndarray], weights: list[int], pool: ChunkPool) -> Row:
-    """The whole protocol round, timed stage by stage."""
+def run_ours(updates: list[np.ndarray], weights: list[int], pool: ChunkPool, preset: str = "addition-128") -> Row:
+    """The whole protocol round with one of our presets, timed stage by stage."""
     n, dim = len(updates), updates[0].shape[0]
     start = time.perf_counter()
-    config = CkksConfig(n, Schema.of(updates[0]), max_weight=max(weights))
+    config = CkksConfig(n, Schema.of(updates[0]), PRESETS[preset], max_weight=max(weights))
     server = CkksServer(config)
     parties = {i: CkksClient(config, i, pool=pool) for i in range(n)}
     contexts = _ours_setup(config, server, parties)
@@ -90,7 +90,7 @@ def run_ours(updates: list[np.ndarray], weights: list[int], pool: ChunkPool) -> 
     total = time.perf_counter() - start
     exact = sum(w * u.astype(np.float64) for w, u in zip(weights, updates)) / sum(weights)
     error = float(np.abs(server.result().average_vector() - exact).max())
-    return Row("ours (addition-128)", float(np.mean(sizes)), dim, encrypt / n, aggregate, decrypt, total, error)
+    return Row(f"ours ({preset})", float(np.mean(sizes)), dim, encrypt / n, aggregate, decrypt, total, error)
 
 
 def _nv_context() -> tuple[ts.Context, bytes]:
@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    updates = _updates(args.clients, args.dim, args.seed)
+    updates = synthetic_updates(args.clients, args.dim, args.seed)
     weights = [1 + i % 3 for i in range(args.clients)]
     with ChunkPool() as pool:
         t0 = time.perf_counter()
