@@ -187,7 +187,7 @@ def machine() -> dict[str, Any]:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
     except OSError:
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("secagg", "numpy", "cryptography", "flwr", "tenseal"):
         try:
             versions[package] = metadata.version(package)

@@ -54,11 +54,17 @@ def synthetic_updates(clients: int, dim: int, seed: int) -> list[np.ndarray]:
     return [rng.normal(0.0, 0.05, dim).astype(np.float32) for _ in range(clients)]
 
 
+def _sent(data: bytes | None) -> bytes:
+    """A message the protocol says this party sends at this point."""
+    assert data is not None
+    return data
+
+
 def _ours_setup(config: CkksConfig, server: CkksServer, parties: dict[int, CkksClient]) -> dict[int, bytes]:
     for cid in config.committee:
-        server.receive(parties[cid].advertise())  # type: ignore[arg-type]
+        server.receive(_sent(parties[cid].advertise()))
     (generator, key_list), = server.advance().items()
-    server.receive(parties[generator].handle(key_list))
+    server.receive(_sent(parties[generator].handle(key_list)))
     return server.advance()
 
 
@@ -75,7 +81,7 @@ def run_ours(updates: list[np.ndarray], weights: list[int], pool: ChunkPool, pre
     for i in range(n):
         parties[i].set_input(updates[i], weights[i])
         t0 = time.perf_counter()
-        upload = parties[i].handle(contexts[i])
+        upload = _sent(parties[i].handle(contexts[i]))
         t1 = time.perf_counter()
         server.receive(upload)
         encrypt, aggregate = encrypt + t1 - t0, aggregate + time.perf_counter() - t1
@@ -84,7 +90,7 @@ def run_ours(updates: list[np.ndarray], weights: list[int], pool: ChunkPool, pre
     (holder, request), = server.advance().items()
     aggregate += time.perf_counter() - t0
     t0 = time.perf_counter()
-    server.receive(parties[holder].handle(request))
+    server.receive(_sent(parties[holder].handle(request)))
     server.advance()
     decrypt = time.perf_counter() - t0
     total = time.perf_counter() - start

@@ -78,10 +78,11 @@ def _flwr() -> Any:
 def make_grid_class() -> type:
     """``InProcessGrid``, built on first use so that importing this module does not import flwr."""
     f = _flwr()
-    Grid, Message, serde = f["Grid"], f["Message"], f["serde"]
+    grid_base: Any = f["Grid"]
+    Message, serde = f["Message"], f["serde"]
     configs_key, stage_key = f["RECORD_KEY_CONFIGS"], f["Key"].STAGE
 
-    class InProcessGrid(Grid):  # type: ignore[misc, valid-type]
+    class InProcessGrid(grid_base):  # type: ignore[misc]
         """flwr's ``Grid`` over direct calls to in-process ``ClientApp`` objects."""
 
         def __init__(self, apps: dict[int, tuple[Any, Any]], drop_at: dict[int, str]) -> None:
@@ -160,7 +161,9 @@ def client_update(node: int, dim: int, seed: int) -> np.ndarray:
 def _client_app(dim: int, seed: int) -> Any:
     f = _flwr()
 
-    class UpdateClient(f["flwr"].client.NumPyClient):  # type: ignore[misc, name-defined]
+    numpy_client: Any = f["flwr"].client.NumPyClient
+
+    class UpdateClient(numpy_client):  # type: ignore[misc]
         def __init__(self, node: int) -> None:
             self.node = node
 
@@ -197,7 +200,9 @@ def run_flower_round(n: int, dim: int, num_shares: int, threshold: int, dropped:
     fedavg_seconds: list[float] = []
     entered: list[float] = []
 
-    class TimedFedAvg(f["FedAvg"]):  # type: ignore[misc, valid-type]
+    fedavg: Any = f["FedAvg"]
+
+    class TimedFedAvg(fedavg):  # type: ignore[misc]
         def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
             entered.append(time.perf_counter())
             out = super().aggregate_fit(server_round, results, failures)
