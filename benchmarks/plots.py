@@ -20,7 +20,7 @@ def write_plots(report: dict[str, Any], directory: Path) -> list[Path]:
     for name, draw in PLOTS.items():
         if not sections.get(name):
             continue
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = plt.subplots(figsize=(8, 4))
         draw(ax, sections[name])
         fig.text(0.99, 0.01, stamp, ha="right", va="bottom", fontsize=6, color="gray")
         fig.tight_layout()
@@ -55,7 +55,7 @@ def _server_vs_dropout(ax: Any, rows: list[dict[str, Any]]) -> None:
                 color=line.get_color(), label=f"Flower SecAggPlusWorkflow n={n}")
     ax.set(yscale="log", xlabel="clients dropped before masked input (%)", ylabel="server time (s)",
            title=f"server time vs dropout, d = {rows[0]['dim']:,}")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 def _n_sweep(ax: Any, rows: list[dict[str, Any]]) -> None:
