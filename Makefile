@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast test-flower simulate bench typecheck clean
+.PHONY: run test test-fast test-flower simulate bench bench-quick typecheck clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +31,16 @@ test-fast: $(STAMP)
 test-flower: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -s tests/adapters -m flower
 
+# The full run (several minutes): every table, ratio and plot README's Benchmarks section quotes.
 bench: $(STAMP)
 	mkdir -p benchmarks/results
-	$(BIN)/python -m benchmarks.masking --plot benchmarks/results/masking.png
-	$(BIN)/python -m benchmarks.ckks_vs_nvflare
+	OMP_NUM_THREADS=1 $(BIN)/secagg bench --json benchmarks/results/bench.json --plots benchmarks/results \
+		--text benchmarks/results/bench.txt
 	$(BIN)/python -m benchmarks.packing
+
+# A small version of every section (seconds); CI runs it to keep the benchmark working. No timing is checked.
+bench-quick: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/secagg bench --quick --json "$$(mktemp -t secagg-bench-XXXXXX.json)"
 
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy

@@ -63,11 +63,13 @@ def client_at_delivery(values: np.ndarray, k: int, encoding: FixedPoint) -> tupl
     server = SecAggServer(config)
     clients = {i: SecAggClient(config, i) for i in range(k + 1)}
     clients[0].set_input(values)
-    for c in clients.values():
-        server.receive(c.advertise())
+    for party in clients.values():
+        server.receive(party.advertise())
     outbox = server.advance()
-    for c, data in outbox.items():
-        server.receive(clients[c].handle(data))
+    for cid, data in outbox.items():
+        reply = clients[cid].handle(data)
+        assert reply is not None
+        server.receive(reply)
     return clients[0], server.advance()[0]
 
 
@@ -158,9 +160,9 @@ def main() -> None:
     rows = []
     for k in args.degrees:
         row = masking_row(values, k, encoding, args.repeats)
-        row["flower_s"] = flower_masking(values, k, args.repeats) if k == 10 else None
+        flower_s = flower_masking(values, k, args.repeats) if k == 10 else None
         rows.append(row)
-        flower = f"{row['flower_s'] * 1e3:10.1f} {row['flower_s'] / row['ours_s']:11.1f}x" if row["flower_s"] else ""
+        flower = f"{flower_s * 1e3:10.1f} {flower_s / row['ours_s']:11.1f}x" if flower_s else ""
         print(f"{k:>4} {row['ours_s'] * 1e3:9.1f} {row['stage_s'] * 1e3:9.1f} {row['bound_s'] * 1e3:9.1f} "
               f"{row['ratio']:10.2f}x {flower}")
     srv = server_row(args.dim, 20, 10, 0.2, encoding)

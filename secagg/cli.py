@@ -1,4 +1,4 @@
-"""The ``secagg`` command line: ``secagg params``, ``secagg simulate``, ``secagg audit`` and ``secagg dp``.
+"""The ``secagg`` command line: ``secagg params``, ``simulate``, ``audit``, ``dp`` and ``bench``.
 
 The flags and JSON field names are a contract with users' scripts: add, never rename.
 """
@@ -122,11 +122,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     audit_cli.register(sub)
     dp_cli.register(sub)
+    _register_bench(sub)
     return parser
+
+
+def _register_bench(sub: Any) -> None:
+    """``secagg bench`` lives in the ``benchmarks`` package; its flags module imports only the standard
+    library, and the benchmark's own dependencies (flwr, TenSEAL, matplotlib) load when it runs."""
+    try:
+        from benchmarks import cli as bench_cli
+    except ImportError:  # installed without the benchmarks package
+        return
+    bench_cli.register(sub)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from benchmarks import cli as bench_cli
+
+    return bench_cli.run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        return _bench(args)
     try:
         if args.command == "audit":
             report = audit_cli.run(args)
