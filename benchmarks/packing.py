@@ -17,26 +17,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from typing import Callable
 
 import numpy as np
 
+from benchmarks.masking import LLAMA7B_LORA_R8_QV, median_seconds
 from secagg.encoding import word_dtype
 from secagg.wire import SERVER_ID, Header, Reader, Writer, strip_tag
 
-LLAMA7B_LORA_R8_QV = 4_194_304
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(fn, repeats)
 
 
 def row(bits: int, dim: int, repeats: int) -> dict[str, float]:
