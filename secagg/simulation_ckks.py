@@ -136,6 +136,7 @@ def _report(config: CkksConfig, trace: CkksTrace, exact_sum: np.ndarray, weight_
         "key_and_decrypt_bytes": sum(trace.upload_bytes.values()) - sum(uploads),
         "decrypted_by": result.decrypted_by,
         "bytes_per_parameter": per_client / dim,
+        "streaming": False,  # CKKS inputs are held up front
         "peak_rss_bytes": peak_rss_bytes(),
     }
 

@@ -205,13 +205,27 @@ class Reader:
         return bytes(self._take(length))
 
     def ids(self, max_count: int) -> tuple[int, ...]:
+        return tuple(self.id_array(max_count).tolist())
+
+    def id_array(self, max_count: int) -> np.ndarray:
+        """:meth:`ids` as a read-only little-endian uint32 array (no per-id Python object)."""
         count = self.u32()
         if count > max_count:
             raise MalformedMessage(f"list of {count} ids exceeds the limit of {max_count}")
         values = np.frombuffer(self._take(4 * count), dtype="<u4")
         if count > 1 and not (np.diff(values.astype(np.int64)) > 0).all():
             raise MalformedMessage("id list is not strictly increasing")
-        return tuple(int(v) for v in values)
+        return values
+
+    def remaining(self) -> int:
+        """Bytes not yet read."""
+        return len(self._data) - self._pos
+
+    def peek(self, n: int) -> memoryview:
+        """The next ``n`` bytes without consuming them (MalformedMessage if they are not there)."""
+        if n < 0 or self._pos + n > len(self._data):
+            raise MalformedMessage("message truncated or length claim too large")
+        return self._data[self._pos : self._pos + n]
 
     def array(self, itemsize: int, count: int) -> np.ndarray:
         """Read a word array that must have exactly this word size and count (zero-copy)."""

@@ -125,13 +125,21 @@ def neighbours(ids: Sequence[int], degree: int | None, setup: bytes, num_clients
     return {int(u): _near(ring, pos, degree // 2, members) for pos, u in enumerate(ring) if int(u) in members}
 
 
-def neighbours_of(client: int, ids: Sequence[int], degree: int | None, setup: bytes, num_clients: int) -> tuple[int, ...]:
-    """``neighbours(ids, degree, setup, num_clients)[client]`` without building the whole graph."""
+def neighbours_of(client: int, ids: Sequence[int] | np.ndarray, degree: int | None, setup: bytes,
+                  num_clients: int) -> tuple[int, ...]:
+    """``neighbours(ids, degree, setup, num_clients)[client]`` without building the whole graph
+    (for SecAgg+, O(k) beyond the ring order: membership by binary search in the sorted ``ids``)."""
     if degree is None or degree >= num_clients - 1:
-        return tuple(sorted(v for v in set(ids) if v != client))
+        return tuple(sorted(int(v) for v in set(np.asarray(ids).tolist()) if v != client))
     ring = ring_order(num_clients, setup)
     pos = int(np.flatnonzero(ring == client)[0])
-    return _near(ring, pos, degree // 2, set(ids))
+    half = degree // 2
+    near = ring[(pos + np.arange(-half, half + 1)) % len(ring)]
+    near = np.unique(near[near != client])
+    listed = np.unique(np.asarray(ids, dtype=np.int64))
+    found = np.searchsorted(listed, near)
+    keep = near[(found < len(listed)) & (listed[np.minimum(found, len(listed) - 1)] == near)] if len(listed) else near[:0]
+    return tuple(int(v) for v in keep)
 
 
 def unrecoverable_seeds(alive: Sequence[int], graph: Mapping[int, Sequence[int]], threshold: int) -> list[int]:
