@@ -19,13 +19,13 @@ stage handlers. It guarantees nothing about the protocol's own checks: those liv
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable, Collection, Generic, Mapping, TypeVar
+from typing import Any, Callable, Collection, Generic, Iterable, Mapping, TypeVar
 
 from ..errors import InsufficientParties, IntegrityError, ParameterError, ProtocolAbort, SecAggError
 from ..hazmat.keys import AgreementKeyPair
 from ..hazmat.random import RandomSource
 from ..results import first_drops
-from ..wire import SERVER_ID, Header
+from ..wire import SERVER_ID, Header, Writer
 from .channel import TO_CLIENT, TO_SERVER, message_key
 
 __all__ = ["ClientParty", "ServerParty", "check_binding"]
@@ -173,6 +173,18 @@ class ClientParty(_Party[StageT]):
         return f"{type(self).__name__}(id={self.client_id}, round={self.round}, stage={self._stage.value})"
 
 
+class _Encoded:
+    """A message body already encoded (canonically, by its own ``write``): the same for many recipients."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def write(self, w: Writer) -> None:
+        w.raw(self.data)
+
+
 class ServerParty(_Party[StageT], Generic[StageT, ResultT]):
     """A server's state machine skeleton. Subclasses call :meth:`_start_server` and supply
     ``_closers`` (stage -> close function), ``_decode``, ``_check_sender`` and ``_take``."""
@@ -237,6 +249,13 @@ class ServerParty(_Party[StageT], Generic[StageT, ResultT]):
         """Encode a message to ``client``; an authenticated kind uses its one-time key once only."""
         self._spend_key(client, kind, reuse_key)
         return self._seal(kind, session, SERVER_ID, client, body, self._channels.get(client, b""), TO_CLIENT)
+
+    def _broadcast(self, kind: int, session: bytes, clients: Iterable[int], body: Any) -> dict[int, bytes]:
+        """:meth:`_send` of one body to many clients: encoded once, then a header (and tag) each."""
+        w = Writer()
+        body.write(w)
+        encoded = _Encoded(w.body())
+        return {c: self._send(kind, session, c, encoded) for c in clients}
 
     def _spend_key(self, client: int, kind: int, reuse_key: bool = False) -> None:
         """Record that the one-time tag key of (``client``, ``kind``) is used; refuse a second use."""
