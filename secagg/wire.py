@@ -217,6 +217,32 @@ class Reader:
             raise MalformedMessage("id list is not strictly increasing")
         return values
 
+    def blobs(self, count: int, max_length: int, prefix: int = 0) -> tuple[np.ndarray, tuple[bytes, ...]]:
+        """``count`` records of ``prefix`` bytes then a :meth:`blob`: the prefixes as a ``(count,
+        prefix)`` uint8 array, and the blobs.
+
+        One numpy pass when every blob has one length (an honest party's list of ciphertexts or
+        shares), record by record otherwise: the same bytes are accepted or refused either way.
+        """
+        stride = prefix + 4
+        if count and self.remaining() >= stride:
+            length = int.from_bytes(self.peek(stride)[prefix:], "little")
+            stride += length
+            if length <= max_length and self.remaining() >= count * stride:
+                block = np.frombuffer(self.peek(count * stride), dtype=np.uint8).reshape(count, stride)
+                lengths = np.ascontiguousarray(block[:, prefix : prefix + 4]).view("<u4").ravel()
+                if (lengths == length).all():
+                    data = bytes(self._take(count * stride))
+                    start = prefix + 4
+                    blobs = tuple(data[i + start : i + stride] for i in range(0, count * stride, stride))
+                    return np.array(block[:, :prefix]), blobs
+        prefixes = np.empty((count, prefix), dtype=np.uint8)
+        out = []
+        for i in range(count):
+            prefixes[i] = np.frombuffer(self._take(prefix), dtype=np.uint8)
+            out.append(self.blob(max_length))
+        return prefixes, tuple(out)
+
     def remaining(self) -> int:
         """Bytes not yet read."""
         return len(self._data) - self._pos

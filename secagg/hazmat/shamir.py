@@ -174,8 +174,8 @@ def reconstruct_many(xs: np.ndarray, shares: np.ndarray) -> tuple[np.ndarray, np
     for start in range(0, m, step):
         block = arr[start : start + step]
         totals[start : start + step] = (lam[start : start + step, :, None] * (block % PRIME) % PRIME).sum(axis=1) % PRIME
-    in_field = ((arr >= 0) & (arr < PRIME)).reshape(m, -1).all(axis=1)
-    ok = in_field & (totals < _CHUNK_LIMIT).all(axis=1)
+    in_field = np.all(((arr >= 0) & (arr < PRIME)).reshape(m, -1), axis=1)
+    ok: np.ndarray = np.logical_and(in_field, np.all(totals < _CHUNK_LIMIT, axis=1))
     return np.where(ok[:, None], totals, 0).astype("<u2"), ok
 
 

@@ -272,7 +272,7 @@ class _Addressed:
     @classmethod
     def read(cls, r: Reader, max_parties: int):  # type: ignore[no-untyped-def]
         peers = r.ids(max_parties)
-        return cls(peers, tuple(r.blob(MAX_CIPHERTEXT) for _ in peers))
+        return cls(peers, r.blobs(len(peers), MAX_CIPHERTEXT)[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,14 +402,12 @@ class UnmaskResponse:
     @classmethod
     def read(cls, r: Reader, max_parties: int) -> UnmaskResponse:
         owners = r.ids(max_parties)
-        kinds, shares = [], []
-        for _ in owners:
-            kind = r.u8()
+        prefixes, shares = r.blobs(len(owners), MAX_CIPHERTEXT, prefix=1)
+        kinds = prefixes[:, 0].tolist()
+        for kind in kinds:
             if kind not in (ShareKind.SELF_MASK_SEED, ShareKind.MASK_KEY):
                 raise MalformedMessage(f"unknown share kind {kind}")
-            kinds.append(kind)
-            shares.append(r.blob(MAX_CIPHERTEXT))
-        return cls(owners, tuple(kinds), tuple(shares))
+        return cls(owners, tuple(kinds), shares)
 
 
 Body = Union[

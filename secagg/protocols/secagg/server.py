@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Mapping, MutableMapping
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from ...params import SecAggConfig
 from ...hazmat.random import RandomSource, system_random
 from ...results import WeightedSum, first_drops
 from ...wire import SERVER_ID, Header
-from ..base import ServerParty
+from ..base import Outbox, ServerParty
 from . import messages as m
 from .client import advertise_signed_bytes, survivors_signed_bytes
 from .common import (
@@ -288,7 +288,7 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
         if count < needed:
             raise InsufficientParties(f"only {count} clients {what}; {needed} are needed")
 
-    def _close_advertise(self) -> dict[int, bytes]:
+    def _close_advertise(self) -> MutableMapping[int, bytes]:
         self._require(len(self._inbox), "advertised keys", self.config.quorum)
         entries = []
         for client in sorted(self._inbox):
@@ -307,10 +307,11 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
         self._next(Stage.SHARE)
         encoded = key_list.body_bytes()  # identical for everyone: encode once, not n times
         protocol = protocol_id(self.config)
-        return {
-            c: Header(m.Kind.KEY_LIST, protocol, self.round, self._setup, SERVER_ID, c).encode() + encoded
-            for c in self._keys
-        }
+
+        def message(client: int) -> bytes:  # built when read: n copies of an O(n) list are O(n^2) bytes
+            return Header(m.Kind.KEY_LIST, protocol, self.round, self._setup, SERVER_ID, client).encode() + encoded
+
+        return Outbox(self._keys, message)
 
     def _close_shares(self) -> dict[int, bytes]:
         bundles = {c: b for c, b in self._inbox.items() if isinstance(b, m.ShareBundle)}
