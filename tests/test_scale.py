@@ -254,3 +254,10 @@ def test_blob_lists_read_in_one_pass_like_record_by_record(records: list[tuple[b
             fast()
         return
     assert fast() == expected
+
+
+def test_entries_of_matches_entry() -> None:
+    table = _key_list(20, False).table()
+    wanted = [0, 1, 3, 4, 57, 60, 99]
+    assert table.entries_of(wanted) == {c: e for c in wanted if (e := table.entry(c)) is not None}
+    assert table.entries_of([]) == {}

@@ -66,9 +66,11 @@ def canonical_public_keys(keys: np.ndarray) -> np.ndarray:
     0x7f, bytes 1..30 all 0xff, low byte >= 0xed).
     """
     rows = np.asarray(keys, dtype=np.uint8).reshape(-1, PUBLIC_KEY_BYTES)
-    high = rows[:, 31] >= 0x80
-    top = (rows[:, 31] == 0x7F) & (rows[:, 1:31] == 0xFF).all(axis=1) & (rows[:, 0] >= 0xED)
-    ok: np.ndarray = ~(high | top)
+    ok: np.ndarray = rows[:, 31] < 0x80
+    edge = np.flatnonzero(rows[:, 31] == 0x7F)  # only these can be 2^255 - 19 or above
+    if edge.size:
+        near = rows[edge]
+        ok[edge] = ~((near[:, 1:31] == 0xFF).all(axis=1) & (near[:, 0] >= 0xED))
     return ok
 
 

@@ -212,7 +212,7 @@ class SecAggClient(ClientParty[Stage]):
             raise InsufficientParties(f"only {len(mine)} neighbours advertised keys; threshold is {self.config.threshold}")
         # Only the neighbours' keys are kept (O(k) per client); the listed ids only where the
         # malicious variant checks a survivor set against them.
-        keys = {peer: entry for peer in mine if (entry := table.entry(peer)) is not None}
+        keys = table.entries_of(mine)
         seed = self._random(32)
         # Shares go to every neighbour and to the client itself (as in Bonawitz et al.): its own
         # seed share helps unmask it while it is alive; it never releases its own key share.

@@ -154,18 +154,31 @@ def _window_graph(ring: np.ndarray, half: int, members: set[int]) -> dict[int, t
 def neighbours_of(client: int, ids: Sequence[int] | np.ndarray, degree: int | None, setup: bytes,
                   num_clients: int) -> tuple[int, ...]:
     """``neighbours(ids, degree, setup, num_clients)[client]`` without building the whole graph
-    (for SecAgg+, O(k) beyond the ring order: membership by binary search in the sorted ``ids``)."""
+    (for SecAgg+, O(k log n) once the ring order is known: membership by binary search in ``ids``)."""
     if degree is None or degree >= num_clients - 1:
         return tuple(sorted(int(v) for v in set(np.asarray(ids).tolist()) if v != client))
     ring = ring_order(num_clients, setup)
-    pos = int(np.flatnonzero(ring == client)[0])
+    pos = int(_ring_positions(num_clients, setup)[client])
     half = degree // 2
-    near = ring[(pos + np.arange(-half, half + 1)) % len(ring)]
-    near = np.unique(near[near != client])
-    listed = np.unique(np.asarray(ids, dtype=np.int64))
-    found = np.searchsorted(listed, near)
-    keep = near[(found < len(listed)) & (listed[np.minimum(found, len(listed) - 1)] == near)] if len(listed) else near[:0]
-    return tuple(int(v) for v in keep)
+    near = np.unique(ring[(pos + np.arange(-half, half + 1)) % len(ring)])
+    near = near[near != client]
+    listed = np.asarray(ids, dtype=np.int64)
+    if listed.size > 1 and not (listed[1:] > listed[:-1]).all():
+        listed = np.unique(listed)
+    if listed.size == 0:
+        return ()
+    found = np.minimum(np.searchsorted(listed, near), listed.size - 1)
+    return tuple(int(v) for v in near[listed[found] == near])
+
+
+@functools.lru_cache(maxsize=16)
+def _ring_positions(num_clients: int, setup: bytes) -> np.ndarray:
+    """Client -> its place on the ring (the inverse permutation of :func:`ring_order`)."""
+    ring = ring_order(num_clients, setup)
+    positions = np.empty(num_clients, dtype=np.int64)
+    positions[ring] = np.arange(num_clients)
+    positions.flags.writeable = False
+    return positions
 
 
 def unrecoverable_seeds(alive: Sequence[int], graph: Mapping[int, Sequence[int]], threshold: int) -> list[int]:

@@ -168,6 +168,15 @@ class KeyTable(Sequence[KeyEntry]):
         i = self.position(client)
         return self[i] if i >= 0 else None
 
+    def entries_of(self, clients: Sequence[int]) -> dict[int, KeyEntry]:
+        """The entries of those of ``clients`` that are listed, by client (one binary search for all)."""
+        if not len(clients) or not len(self.ids):
+            return {}
+        wanted = np.asarray(clients, dtype=np.int64)
+        found = np.minimum(np.searchsorted(self.ids, wanted), len(self.ids) - 1)
+        hit = self.ids[found] == wanted
+        return {int(c): self[int(i)] for c, i in zip(wanted[hit], found[hit])}
+
     def encoded(self) -> bytes:
         """The canonical bytes of the ids and entries, as read."""
         return self._raw
