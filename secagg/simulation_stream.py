@@ -13,6 +13,7 @@ clients in ``contributed`` masked, computed independently of the protocol's mask
 
 from __future__ import annotations
 
+import time
 from typing import Collection, Mapping
 
 import numpy as np
@@ -69,17 +70,21 @@ class StreamingInputs:
         self.clipped_sum = np.zeros(dim, dtype=np.float64)
         """Sum of the clipped float inputs of ``contributed`` (what the protocol approximates)."""
         self.contributed: list[int] = []
+        self.seconds = 0.0
+        """Time spent deriving, encoding and summing inputs (inside the round's wall time)."""
         self._pending: tuple[int, np.ndarray, np.ndarray] | None = None
 
     def __call__(self, client: int, stage: str) -> None:
         """The router's ``turn`` hook: before ``client`` masks, derive, encode and hand it its input."""
         if stage != MASK_STAGE:
             return
+        start = time.perf_counter()
         self._commit()
         values = synthetic_input(self._seed, client, self._dim, self._scale)
         words = self._encode(values)
         self._parties[client].set_encoded_input(words)  # the client keeps its own copy until it masks
         self._pending = (client, words, clipped(values, self._enc))
+        self.seconds += time.perf_counter() - start
 
     def finish(self, survivors: Collection[int]) -> None:
         """Fold in the last client's input if it is among ``survivors`` (call once the round ended)."""
