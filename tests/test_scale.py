@@ -17,6 +17,7 @@ from secagg.errors import IntegrityError, MalformedMessage
 from secagg.hazmat import shamir
 from secagg.hazmat.keys import canonical_public_keys, is_canonical_public_key
 from secagg.protocols.base import Outbox
+from secagg.protocols.secagg import SecAggServer
 from secagg.protocols.secagg import messages as m
 from secagg.protocols.secagg.client import _repeats_a_key
 from secagg.protocols.secagg.common import _near, neighbours, neighbours_of, ring_order
@@ -41,6 +42,21 @@ def test_streaming_simulation_is_exact_like_the_held_one(protocol: str, seed: in
         assert report["average_max_abs_error"] <= report["average_error_bound"]
         assert report["peak_rss_bytes"] > 0
     assert streamed["max_abs_error"] / held["max_abs_error"] < 10 and held["max_abs_error"] / streamed["max_abs_error"] < 10
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_exactness_check_fails_when_the_server_corrupts_a_word(streaming: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    accept = SecAggServer._accept_masked
+    seen: list[int] = []
+
+    def lossy(self: SecAggServer, sender: int, vector: np.ndarray) -> None:
+        seen.append(sender)
+        accept(self, sender, vector)
+        if len(seen) == 3:  # one word of the third input is lost: off by one in one coordinate
+            self._accumulator[0] += self._accumulator.dtype.type(1)
+
+    monkeypatch.setattr(SecAggServer, "_accept_masked", lossy)
+    assert not simulate("secagg+", 20, 300, 0.0, 0, threat=THREAT, streaming=streaming)["exact"]
 
 
 def test_streaming_simulation_under_dp_reports_the_planned_noise() -> None:
