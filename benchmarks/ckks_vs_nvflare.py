@@ -61,11 +61,11 @@ def _sent(data: bytes | None) -> bytes:
 
 
 def _ours_setup(config: CkksConfig, server: CkksServer, parties: dict[int, CkksClient]) -> dict[int, bytes]:
-    for cid in config.committee:
+    for cid in sorted(parties):  # every client advertises its channel key
         server.receive(_sent(parties[cid].advertise()))
     (generator, key_list), = server.advance().items()
     server.receive(_sent(parties[generator].handle(key_list)))
-    return server.advance()
+    return dict(server.advance())
 
 
 def run_ours(updates: list[np.ndarray], weights: list[int], pool: ChunkPool, preset: str = "addition-128") -> Row:

@@ -76,8 +76,9 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
                          else max(args.dropout, 0.05))
     encoding = FixedPoint(args.clip, args.fractional_bits, 1, max(args.clients, args.max_clients or 0))
     dp = DpRequest(args.dp, args.epsilon, args.delta, args.rounds, args.dp_clip) if args.dp else None
+    streaming = {"auto": None, "on": True, "off": False}[args.streaming]
     return simulate(args.protocol, args.clients, args.dim, args.dropout, args.seed, stage=args.stage,
-                    threat=threat, encoding=encoding, scale=args.scale, dp=dp)
+                    threat=threat, encoding=encoding, scale=args.scale, dp=dp, streaming=streaming)
 
 
 def _print(report: dict[str, Any], as_json: bool) -> None:
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--delta", type=float, default=defaults.DP_DELTA, help="DP delta")
     s.add_argument("--rounds", type=int, default=1, help="rounds the DP noise is planned for")
     s.add_argument("--dp-clip", type=float, default=defaults.DP_L2_CLIP, help="L2 clip of each update under DP")
+    s.add_argument("--streaming", choices=["auto", "on", "off"], default="auto",
+                   help="derive each client's input only when it masks (memory O(d + n*k)); auto: when "
+                        "clients * dim > 5e7 (secagg and secagg+)")
     s.add_argument("--json", action="store_true")
     audit_cli.register(sub)
     dp_cli.register(sub)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import resource
 import statistics
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field, fields
 import time
@@ -13,7 +15,8 @@ import numpy as np
 from .encoding import Schema
 from .errors import ProtocolAbort, SecAggError
 
-__all__ = ["WeightedSum", "Ledger", "Trace", "first_drops", "AggregationOutcome", "local_dropouts", "outcome_of"]
+__all__ = ["WeightedSum", "Ledger", "Trace", "first_drops", "AggregationOutcome", "local_dropouts", "outcome_of",
+           "peak_rss_bytes"]
 
 
 class _ErrorBounded(Protocol):
@@ -149,3 +152,12 @@ def outcome_of(ids: list[int], trace: Trace[Any], seconds: float) -> Aggregation
         error_bound=result.error_bound,
         weight_sum=result.weight_sum,
     )
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far, in bytes (``getrusage``; Linux reports KiB).
+
+    A high-water mark of the whole process: a run reports the largest of itself and anything before it.
+    """
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)

@@ -16,11 +16,16 @@ from .protocols.registry import protocol_of
 from .results import Ledger, Trace
 from .wire import SERVER_ID
 
-__all__ = ["RoundTrace", "Tap", "run_round", "stages_for"]
+__all__ = ["RoundTrace", "Tap", "Turn", "run_round", "stages_for"]
 
 # Called with (sender, recipient, message bytes) for every message the router moves, e.g. to record
 # transcripts (secagg.audit.transcript); SERVER_ID names the server.
 Tap = Callable[[int, int, bytes], None]
+
+# Called with (client, dropout stage) just before a client that has not dropped acts at that stage,
+# outside the client's timing: e.g. to hand a client its input only when it masks (the streaming
+# simulator, secagg.simulation_stream).
+Turn = Callable[[int, str], None]
 
 RoundTrace = Trace[Any]
 """The trace of a round (see :class:`secagg.results.Trace`)."""
@@ -34,13 +39,16 @@ def stages_for(config: Any) -> tuple[str, ...]:
 class _Router:
     """Moves one round's messages, dropping clients on schedule and recording time and bytes."""
 
-    def __init__(self, server: Any, clients: Mapping[int, Any], dropouts: dict[int, str], tap: Tap | None) -> None:
-        self.server, self.clients, self.dropouts, self.tap = server, clients, dropouts, tap
+    def __init__(self, server: Any, clients: Mapping[int, Any], dropouts: dict[int, str], tap: Tap | None,
+                 turn: Turn | None = None) -> None:
+        self.server, self.clients, self.dropouts, self.tap, self.turn = server, clients, dropouts, tap, turn
         self.ledger = Ledger()
 
     def client_step(self, cid: int, stage: str, timing: str, make: Callable[[], bytes | None]) -> None:
         """Let client ``cid`` produce its message at dropout stage ``stage`` (unless it drops) and
         deliver it to the server."""
+        if self.turn is not None and cid not in self.ledger.dropped and self.dropouts.get(cid) != stage:
+            self.turn(cid, stage)
         data = self.ledger.attempt(cid, stage, self.dropouts, make, timing)
         if data is None:
             return
@@ -57,7 +65,8 @@ class _Router:
         start = time.perf_counter()
         outbox: dict[int, bytes] = self.server.advance()
         self.ledger.server_seconds[stage] += time.perf_counter() - start
-        for cid, data in outbox.items():
+        for cid in outbox:
+            data = outbox[cid]
             self.ledger.download_bytes[cid] += len(data)
             if self.tap is not None:
                 self.tap(SERVER_ID, cid, data)
@@ -75,11 +84,14 @@ def run_round(
     clients: Mapping[int, Any],
     dropouts: Mapping[int, str] | None = None,
     tap: Tap | None = None,
+    turn: Turn | None = None,
 ) -> RoundTrace:
     """Run a whole round of any registered protocol. ``dropouts`` maps a client id to the dropout
     stage whose message it never sends (see :func:`stages_for`); it sends nothing after either.
 
     ``tap``, if given, sees every message moved, in order, as (sender, recipient, bytes).
+    ``turn``, if given, is called as (client, dropout stage) before each client that has not
+    dropped acts, outside its timing (see :data:`Turn`).
     A client that aborts (e.g. it sees too few neighbours) is treated as dropped from then on.
     Every client is closed when the round ends, however it ends (every secret it holds is dropped;
     in memory, a dropped client is still an object that holds them).
@@ -92,7 +104,7 @@ def run_round(
     schedule = dict(dropouts or {})
     protocol.check_dropouts(server.config, schedule)
     stage_name = {s.server_stage: s.name for s in protocol.dropout_stages(server.config)}
-    router = _Router(server, clients, schedule, tap)
+    router = _Router(server, clients, schedule, tap, turn)
     try:
         router.vanish("advertise")
         for cid in sorted(clients):
@@ -102,9 +114,9 @@ def run_round(
             now = server.stage.value
             name = stage_name.get(now, now)
             router.vanish(name)
-            for cid, data in sorted(outbox.items()):
+            for cid in sorted(outbox):
                 if cid in clients:
-                    router.client_step(cid, name, now, functools.partial(clients[cid].handle, data))
+                    router.client_step(cid, name, now, functools.partial(clients[cid].handle, outbox[cid]))
     finally:
         for cid in sorted(clients):
             clients[cid].close()

@@ -24,12 +24,13 @@ from .hazmat.keys import SigningKey
 from .params import SecAggConfig, ThreatModel
 from .protocols.registry import DROPOUT_STAGES, PROTOCOLS
 from .protocols.secagg import SecAggClient, SecAggServer
-from .results import AggregationOutcome, local_dropouts, outcome_of
+from .results import AggregationOutcome, local_dropouts, outcome_of, peak_rss_bytes
 from .router import RoundTrace, run_round, stages_for
+from .simulation_stream import StreamingInputs, clipped
 from .simulation_ckks import aggregate_ckks
 
 __all__ = ["simulate", "aggregate", "AggregationOutcome", "DROPOUT_STAGES", "DpRequest", "dropout_schedule",
-           "plan_dp_encoding"]
+           "plan_dp_encoding", "STREAMING_WORDS"]
 
 
 def _parties(
@@ -82,6 +83,11 @@ def _timing_summary(trace: RoundTrace) -> tuple[dict[str, dict[str, float]], dic
     return clients, dict(trace.server_seconds)
 
 
+STREAMING_WORDS = 50_000_000
+"""``simulate(streaming=None)`` streams inputs when clients * dim exceeds this many values (about
+400 MB of float32 inputs and their encodings held up front otherwise)."""
+
+
 def simulate(
     protocol: str = "secagg+",
     clients: int = 10,
@@ -94,6 +100,7 @@ def simulate(
     encoding: FixedPoint | None = None,
     scale: float = 1.0,
     dp: DpRequest | None = None,
+    streaming: bool | None = None,
 ) -> dict[str, Any]:
     """Run one full SecAgg / SecAgg+ round on synthetic Gaussian inputs and report exactness, error,
     bytes and time (``secagg simulate``; CKKS: :func:`secagg.simulation_ckks.simulate_ckks`).
@@ -104,6 +111,12 @@ def simulate(
     for ``dp.rounds`` rounds with the fewest honest noise shares a sum can carry (:func:`plan_dp_encoding`), and the
     report gains a ``dp`` object (``measured_noise_std`` of the released sum minus the noiseless
     sum of the L2-clipped inputs, next to ``planned_noise_std``).
+
+    ``streaming`` (default: when clients * dim > :data:`STREAMING_WORDS`) derives each client's input
+    from ``(seed, client)`` only when it masks and sums the expected aggregate as it goes
+    (:mod:`secagg.simulation_stream`): memory O(d + n·k) instead of O(n·d). Same seed, same dropout
+    schedule either way; the synthetic inputs differ. ``total_seconds`` is the round's time without
+    drawing the synthetic inputs in both modes. ``peak_rss_bytes`` is the process's peak RSS.
     """
     schema = Schema.of(np.zeros(dim, dtype=np.float32))
     plan: DpPlan | None = None
@@ -113,11 +126,39 @@ def simulate(
     else:
         enc = encoding or FixedPoint(max_clients=clients)
     config = SecAggConfig.for_protocol(protocol, clients, schema, threat, enc)
-    rng = np.random.default_rng(seed)  # ok: synthetic inputs, not secrets
-    inputs = rng.normal(0.0, scale, size=(clients, dim)).astype(np.float32)
     schedule = dropout_schedule(clients, dropout, stages_for(config), seed, stage)
+    stream = clients * dim > STREAMING_WORDS if streaming is None else streaming
     server, parties = _parties(config, 0, b"simulation")
     setup = setup_id(config, 0, b"simulation")
+    if stream:
+        inputs = StreamingInputs(parties, enc, setup, dim, scale, seed)
+        start = time.perf_counter()
+        trace = run_round(server, parties, schedule, turn=inputs)
+        total = time.perf_counter() - start - inputs.seconds  # the round alone, as when inputs are held
+        inputs.finish(trace.result.survivors)
+        exact = inputs.contributed == sorted(trace.result.survivors) and _equal(inputs.ring_sum(), trace.result)
+        clipped_sum = inputs.clipped_sum
+    else:
+        trace, total, expected, clipped_sum = _run_held(config, enc, server, parties, schedule, setup, seed, scale)
+        exact = _equal(expected, trace.result)
+    report = _report(protocol, config, enc, threat, trace, total, clipped_sum, plan, dp)
+    report["exact"] = exact
+    report["streaming"] = stream
+    report["peak_rss_bytes"] = peak_rss_bytes()
+    return report
+
+
+def _equal(expected: np.ndarray, result: Any) -> bool:
+    return bool(np.array_equal(expected, result.ring_sum.astype(np.uint64)))
+
+
+def _run_held(config: SecAggConfig, enc: FixedPoint | DpEncoding, server: SecAggServer,
+              parties: dict[int, SecAggClient], schedule: dict[int, str], setup: bytes, seed: int,
+              scale: float) -> tuple[RoundTrace, float, np.ndarray, np.ndarray]:
+    """The round with every input drawn and encoded up front (O(n·d)): the trace, its wall time, the
+    survivors' plain ring sum and the sum of their clipped inputs."""
+    rng = np.random.default_rng(seed)  # ok: synthetic inputs, not secrets
+    inputs = rng.normal(0.0, scale, size=(config.num_clients, config.schema.size)).astype(np.float32)
     encoded = {}
     for i, party in parties.items():
         x = inputs[i].astype(np.float64)
@@ -126,15 +167,24 @@ def simulate(
     start = time.perf_counter()
     trace = run_round(server, parties, schedule)
     total = time.perf_counter() - start
-    result = trace.result
-    survivors = list(result.survivors)
+    survivors = list(trace.result.survivors)
     expected = np.zeros(config.dim, dtype=np.uint64)
     for i in survivors:
         expected += encoded[i]
     expected &= np.uint64(enc.ring_mask)
-    clipped = _clipped(inputs[survivors].astype(np.float64), enc)
+    return trace, total, expected, clipped(inputs[survivors].astype(np.float64), enc).sum(axis=0)
+
+
+def _report(protocol: str, config: SecAggConfig, enc: FixedPoint | DpEncoding, threat: ThreatModel,
+            trace: RoundTrace, total: float, clipped_sum: np.ndarray, plan: DpPlan | None,
+            dp: DpRequest | None) -> dict[str, Any]:
+    """The JSON fields of one simulated round (field names are a contract: add, never rename)."""
+    result = trace.result
+    survivors = list(result.survivors)
+    clients, dim = config.num_clients, config.schema.size
     client_times, server_times = _timing_summary(trace)
     upload = [trace.upload_bytes[i] for i in survivors]
+    error = result.weighted_sum - clipped_sum
     return {
         "protocol": config.protocol,
         "requested_protocol": protocol,
@@ -150,18 +200,18 @@ def simulate(
         "modulus_bits": enc.modulus_bits,
         "word_bytes": enc.dtype.itemsize,  # in memory; the wire carries ring_bits per word
         "ring_bits": enc.modulus_bits,
-        "exact": bool(np.array_equal(expected, result.ring_sum.astype(np.uint64))),
-        "max_abs_error": float(np.abs(result.weighted_sum - clipped.sum(axis=0)).max()),
+        "exact": False,  # set by the caller
+        "max_abs_error": float(np.abs(error).max()),
         "error_bound": (len(survivors) * 2.0**-enc.fractional_bits if plan is None
                         else result.error_bound * result.weight_sum),
-        "average_max_abs_error": float(np.abs(result.average_vector() - clipped.mean(axis=0)).max()),
+        "average_max_abs_error": float(np.abs(result.average_vector() - clipped_sum / len(survivors)).max()),
         "average_error_bound": result.error_bound,
         "bytes_per_client_upload": statistics.fmean(upload),
         "bytes_per_parameter": statistics.fmean(upload) / dim,
         "client_seconds": client_times,
         "server_seconds": server_times,
         "total_seconds": total,
-        **({"dp": _dp_report(plan, dp, result.weighted_sum - clipped.sum(axis=0), len(survivors), config)}
+        **({"dp": _dp_report(plan, dp, error, len(survivors), config)}
            if plan is not None and dp is not None else {}),
     }
 
@@ -196,16 +246,6 @@ class DpRequest:
     delta: float = 1e-5
     rounds: int = 1
     l2_clip: float = defaults.DP_L2_CLIP
-
-
-def _clipped(inputs: np.ndarray, enc: FixedPoint | DpEncoding) -> np.ndarray:
-    """The survivors' inputs as the encoding clips them (per coordinate, or the whole vector in L2)."""
-    if isinstance(enc, DpEncoding):
-        norms = np.linalg.norm(inputs, axis=1, keepdims=True)
-        scaled: np.ndarray = inputs * np.minimum(1.0, enc.clip_bound / np.maximum(norms, 1e-300))
-        return scaled
-    clipped: np.ndarray = np.clip(inputs, -enc.clip_bound, enc.clip_bound)
-    return clipped
 
 
 def _dp_report(plan: DpPlan, request: DpRequest, noise: np.ndarray, survivors: int,

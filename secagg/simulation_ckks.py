@@ -14,7 +14,7 @@ from .encoding import Schema
 from .errors import ParameterError
 from .protocols.ckks import PRESETS, ChunkPool, CkksClient, CkksConfig, CkksResult, CkksServer
 from .protocols.registry import PROTOCOLS
-from .results import AggregationOutcome, Trace, local_dropouts, outcome_of
+from .results import AggregationOutcome, Trace, local_dropouts, outcome_of, peak_rss_bytes
 from .router import run_round
 
 __all__ = ["simulate_ckks", "aggregate_ckks"]
@@ -136,6 +136,8 @@ def _report(config: CkksConfig, trace: CkksTrace, exact_sum: np.ndarray, weight_
         "key_and_decrypt_bytes": sum(trace.upload_bytes.values()) - sum(uploads),
         "decrypted_by": result.decrypted_by,
         "bytes_per_parameter": per_client / dim,
+        "streaming": False,  # CKKS inputs are held up front
+        "peak_rss_bytes": peak_rss_bytes(),
     }
 
 

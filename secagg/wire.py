@@ -205,13 +205,53 @@ class Reader:
         return bytes(self._take(length))
 
     def ids(self, max_count: int) -> tuple[int, ...]:
+        return tuple(self.id_array(max_count).tolist())
+
+    def id_array(self, max_count: int) -> np.ndarray:
+        """:meth:`ids` as a read-only little-endian uint32 array (no per-id Python object)."""
         count = self.u32()
         if count > max_count:
             raise MalformedMessage(f"list of {count} ids exceeds the limit of {max_count}")
         values = np.frombuffer(self._take(4 * count), dtype="<u4")
         if count > 1 and not (np.diff(values.astype(np.int64)) > 0).all():
             raise MalformedMessage("id list is not strictly increasing")
-        return tuple(int(v) for v in values)
+        return values
+
+    def blobs(self, count: int, max_length: int, prefix: int = 0) -> tuple[np.ndarray, tuple[bytes, ...]]:
+        """``count`` records of ``prefix`` bytes then a :meth:`blob`: the prefixes as a ``(count,
+        prefix)`` uint8 array, and the blobs.
+
+        One numpy pass when every blob has one length (an honest party's list of ciphertexts or
+        shares), record by record otherwise: the same bytes are accepted or refused either way.
+        """
+        stride = prefix + 4
+        if count and self.remaining() >= stride:
+            length = int.from_bytes(self.peek(stride)[prefix:], "little")
+            stride += length
+            if length <= max_length and self.remaining() >= count * stride:
+                block = np.frombuffer(self.peek(count * stride), dtype=np.uint8).reshape(count, stride)
+                lengths = np.ascontiguousarray(block[:, prefix : prefix + 4]).view("<u4").ravel()
+                if (lengths == length).all():
+                    data = bytes(self._take(count * stride))
+                    start = prefix + 4
+                    blobs = tuple(data[i + start : i + stride] for i in range(0, count * stride, stride))
+                    return np.array(block[:, :prefix]), blobs
+        prefixes = np.empty((count, prefix), dtype=np.uint8)
+        out = []
+        for i in range(count):
+            prefixes[i] = np.frombuffer(self._take(prefix), dtype=np.uint8)
+            out.append(self.blob(max_length))
+        return prefixes, tuple(out)
+
+    def remaining(self) -> int:
+        """Bytes not yet read."""
+        return len(self._data) - self._pos
+
+    def peek(self, n: int) -> memoryview:
+        """The next ``n`` bytes without consuming them (MalformedMessage if they are not there)."""
+        if n < 0 or self._pos + n > len(self._data):
+            raise MalformedMessage("message truncated or length claim too large")
+        return self._data[self._pos : self._pos + n]
 
     def array(self, itemsize: int, count: int) -> np.ndarray:
         """Read a word array that must have exactly this word size and count (zero-copy)."""

@@ -305,7 +305,7 @@ def run_round(
         for node, reason in sorted(failures.items()):
             _LOG.warning("secagg round %d: node %d dropped at %s (%s)", round_number, node, step, reason)
             dropped.setdefault(node, step)
-        outbox = server.advance()
+        outbox = dict(server.advance())  # every envelope is built at once below anyway
         stage_seconds[step] = round(time.monotonic() - start, 3)
         step = server.stage.value
     return FlowerRound(round_number, server.result(), nodes, dropped, stage_seconds)

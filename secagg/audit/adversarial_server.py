@@ -196,7 +196,7 @@ class AdversarialServer:
             outbox = self._close_alone(closing)
         else:
             try:
-                outbox = self.honest.advance()
+                outbox = dict(self.honest.advance())
             except SecAggError as exc:
                 if closing is Stage.UNMASK:  # the honest server's own unmasking failed
                     self.aggregate_error = f"{type(exc).__name__}: {exc}"

@@ -207,7 +207,7 @@ def mirrored_key(config: SecAggConfig) -> Observation:
                 return body
             advert = mirrored(server.setup)
             entry = m.KeyEntry(corrupt, advert.encryption_key, advert.mask_key, advert.signature)
-            return replace_body(body, entries=tuple(sorted(body.entries + (entry,), key=lambda e: e.client)))
+            return replace_body(body, entries=tuple(sorted((*body.entries, entry), key=lambda e: e.client)))
 
         return {cid: server.seal(cid, change(server.read(data))) for cid, data in outbox.items()}
 

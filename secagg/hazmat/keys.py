@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -21,6 +23,7 @@ from ..errors import IntegrityError, ParameterError
 from .random import RandomSource, system_random
 
 __all__ = [
+    "canonical_public_keys",
     "LABEL_PREFIX",
     "PUBLIC_KEY_BYTES",
     "SIGNATURE_BYTES",
@@ -54,6 +57,21 @@ def is_canonical_public_key(data: bytes) -> bool:
     compared as bytes are compared as points only after this check.
     """
     return len(data) == PUBLIC_KEY_BYTES and int.from_bytes(data, "little") < _FIELD_PRIME_25519
+
+
+def canonical_public_keys(keys: np.ndarray) -> np.ndarray:
+    """:func:`is_canonical_public_key` of each row of a ``(m, 32)`` uint8 array, vectorised.
+
+    u >= 2^255 - 19 exactly when bit 255 is set, or the key is 2^255 - 19 .. 2^255 - 1 (top byte
+    0x7f, bytes 1..30 all 0xff, low byte >= 0xed).
+    """
+    rows = np.asarray(keys, dtype=np.uint8).reshape(-1, PUBLIC_KEY_BYTES)
+    ok: np.ndarray = rows[:, 31] < 0x80
+    edge = np.flatnonzero(rows[:, 31] == 0x7F)  # only these can be 2^255 - 19 or above
+    if edge.size:
+        near = rows[edge]
+        ok[edge] = ~((near[:, 1:31] == 0xFF).all(axis=1) & (near[:, 0] >= 0xED))
+    return ok
 
 
 def derive_key(secret: bytes, label: bytes, context: bytes = b"", length: int = 32) -> bytes:

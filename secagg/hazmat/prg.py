@@ -56,13 +56,13 @@ class MaskStream:
         if nbytes == 0:
             return
         target = out.data.cast("B")
-        if nbytes % _BLOCK == 0:
-            # cryptography checks len(buf) >= len(data) + block_size - 1 even for CTR; feed all but
-            # the final block in place, then the last block through a small scratch buffer.
-            head = nbytes - _BLOCK
-            if head:
-                self._encryptor.update_into(_Zeros.view(head), target[: head + _BLOCK])
-            self._tail(target[head:], _BLOCK)
+        # cryptography checks len(buf) >= len(data) + block_size - 1 even for CTR; feed the whole
+        # blocks but the last in place, then the last 16..31 bytes through a small scratch buffer
+        # (a stream kept alive never holds a buffer the size of the words it filled).
+        head = nbytes - nbytes % _BLOCK - _BLOCK
+        if head > 0:
+            self._encryptor.update_into(_Zeros.view(head), target[: head + _BLOCK])
+            self._tail(target[head:], nbytes - head)
         else:
             self._tail(target, nbytes)
 

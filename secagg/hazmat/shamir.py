@@ -21,7 +21,8 @@ import numpy as np
 from ..errors import IntegrityError, ParameterError
 from .random import RandomSource, system_random
 
-__all__ = ["PRIME", "CHUNK_BYTES", "MAX_X", "split", "reconstruct", "lagrange_at_zero", "share_bytes", "consistent_holders"]
+__all__ = ["PRIME", "CHUNK_BYTES", "MAX_X", "split", "reconstruct", "lagrange_at_zero", "share_bytes", "consistent_holders",
+           "lagrange_at_zero_many", "reconstruct_many"]
 
 PRIME = (1 << 31) - 1
 CHUNK_BYTES = 2
@@ -99,6 +100,83 @@ def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
             raise ParameterError("evaluation points must be distinct")
         coefficients.append(num * pow(den, PRIME - 2, PRIME) % PRIME)
     return tuple(coefficients)
+
+
+_BATCH_ELEMENTS = 1 << 21  # int64 temporaries per batch step (16 MiB)
+
+
+def _inverse(values: np.ndarray) -> np.ndarray:
+    """Elementwise inverse in GF(PRIME) of non-zero field elements (Fermat: a^(p-2), by squaring)."""
+    result = np.ones_like(values)
+    base = values % PRIME
+    exponent = PRIME - 2
+    while exponent:
+        if exponent & 1:
+            result = result * base % PRIME
+        base = base * base % PRIME
+        exponent >>= 1
+    return result
+
+
+def lagrange_at_zero_many(xs: np.ndarray) -> np.ndarray:
+    """:func:`lagrange_at_zero` of every row of an ``(m, t)`` array of points, vectorised.
+
+    Identical rows are computed once. Products of two field elements fit in int64 (< 2^62).
+
+    Raises:
+        ParameterError: a row repeats a point, or a point is not in [1, PRIME - 1].
+    """
+    points = np.asarray(xs, dtype=np.int64)
+    if points.ndim != 2 or ((points < 1) | (points > MAX_X)).any():
+        raise ParameterError("points must be an (m, t) array of field elements in [1, PRIME - 1]")
+    rows, inverse = np.unique(points, axis=0, return_inverse=True)
+    g, t = rows.shape
+    out = np.empty_like(rows)
+    step = max(1, _BATCH_ELEMENTS // max(1, t * t))
+    for start in range(0, g, step):
+        x = rows[start : start + step]
+        # lambda_i = prod_j x_j / (x_i * prod_{j != i} (x_j - x_i))
+        total = np.ones(len(x), dtype=np.int64)
+        den = x.copy()
+        for j in range(t):
+            total = total * x[:, j] % PRIME
+            diff = (x[:, j][:, None] - x) % PRIME
+            diff[:, j] = 1
+            den = den * diff % PRIME
+        if (den == 0).any():
+            raise ParameterError("evaluation points must be distinct")
+        out[start : start + step] = total[:, None] * _inverse(den) % PRIME
+    lam: np.ndarray = out[inverse.reshape(-1)]
+    return lam
+
+
+def reconstruct_many(xs: np.ndarray, shares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`reconstruct` for many secrets at once, each from its own t points.
+
+    Args:
+        xs: ``(m, t)`` evaluation points, row s for secret s.
+        shares: ``(m, t, chunks)``: secret s's share words from the points ``xs[s]``.
+    Returns:
+        ``(chunks, ok)``: the ``(m, chunks)`` recovered 16-bit chunks (uint16, little-endian bytes of
+        the secret) and, per secret, whether every share was in the field and every chunk is a
+        16-bit value (False: a share was wrong; that row of ``chunks`` means nothing).
+    Raises:
+        ParameterError: shapes or points are inconsistent.
+    """
+    arr = np.asarray(shares, dtype=np.int64)
+    points = np.asarray(xs, dtype=np.int64)
+    if arr.ndim != 3 or points.shape != arr.shape[:2]:
+        raise ParameterError("shares must have shape (secrets, len(points), chunks)")
+    lam = lagrange_at_zero_many(points)
+    m, t, c = arr.shape
+    totals = np.empty((m, c), dtype=np.int64)
+    step = max(1, _BATCH_ELEMENTS // max(1, t * c))
+    for start in range(0, m, step):
+        block = arr[start : start + step]
+        totals[start : start + step] = (lam[start : start + step, :, None] * (block % PRIME) % PRIME).sum(axis=1) % PRIME
+    in_field = np.all(((arr >= 0) & (arr < PRIME)).reshape(m, -1), axis=1)
+    ok: np.ndarray = np.logical_and(in_field, np.all(totals < _CHUNK_LIMIT, axis=1))
+    return np.where(ok[:, None], totals, 0).astype("<u2"), ok
 
 
 def reconstruct(xs: Sequence[int], shares: np.ndarray) -> list[bytes]:

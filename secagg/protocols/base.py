@@ -19,16 +19,16 @@ stage handlers. It guarantees nothing about the protocol's own checks: those liv
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable, Collection, Generic, Mapping, TypeVar
+from typing import Any, Callable, Collection, Generic, Iterable, Iterator, Mapping, MutableMapping, TypeVar
 
 from ..errors import InsufficientParties, IntegrityError, ParameterError, ProtocolAbort, SecAggError
 from ..hazmat.keys import AgreementKeyPair
 from ..hazmat.random import RandomSource
 from ..results import first_drops
-from ..wire import SERVER_ID, Header
+from ..wire import SERVER_ID, Header, Writer
 from .channel import TO_CLIENT, TO_SERVER, message_key
 
-__all__ = ["ClientParty", "ServerParty", "check_binding"]
+__all__ = ["ClientParty", "ServerParty", "Outbox", "check_binding"]
 
 StageT = TypeVar("StageT", bound=enum.Enum)
 ResultT = TypeVar("ResultT")
@@ -173,11 +173,55 @@ class ClientParty(_Party[StageT]):
         return f"{type(self).__name__}(id={self.client_id}, round={self.round}, stage={self._stage.value})"
 
 
+class Outbox(MutableMapping[int, bytes]):
+    """Client -> the bytes of its message for the next stage, each built when read.
+
+    n messages that share one large body (the key list: O(n) bytes each) cost O(n) memory until
+    read, not n copies at once. Otherwise a plain mapping: reading a message twice gives equal
+    bytes, and assigning stores the bytes given (e.g. a test that tampers with one).
+    """
+
+    def __init__(self, clients: Iterable[int], make: Callable[[int], bytes]) -> None:
+        self._items: dict[int, bytes | None] = dict.fromkeys(clients)
+        self._make = make
+
+    def __getitem__(self, client: int) -> bytes:
+        data = self._items[client]
+        return self._make(client) if data is None else data
+
+    def __setitem__(self, client: int, data: bytes) -> None:
+        self._items[client] = data
+
+    def __delitem__(self, client: int) -> None:
+        del self._items[client]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Outbox({len(self)} messages)"
+
+
+class _Encoded:
+    """A message body already encoded (canonically, by its own ``write``): the same for many recipients."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def write(self, w: Writer) -> None:
+        w.raw(self.data)
+
+
 class ServerParty(_Party[StageT], Generic[StageT, ResultT]):
     """A server's state machine skeleton. Subclasses call :meth:`_start_server` and supply
     ``_closers`` (stage -> close function), ``_decode``, ``_check_sender`` and ``_take``."""
 
-    _closers: Mapping[Any, Callable[[], dict[int, bytes]]]
+    _closers: Mapping[Any, Callable[[], MutableMapping[int, bytes]]]
 
     def _start_server(self, config: Any, round_number: int, setup: bytes, stage: StageT, protocol: int,
                       kinds: Mapping[Any, int], random: RandomSource) -> None:
@@ -238,6 +282,13 @@ class ServerParty(_Party[StageT], Generic[StageT, ResultT]):
         self._spend_key(client, kind, reuse_key)
         return self._seal(kind, session, SERVER_ID, client, body, self._channels.get(client, b""), TO_CLIENT)
 
+    def _broadcast(self, kind: int, session: bytes, clients: Iterable[int], body: Any) -> dict[int, bytes]:
+        """:meth:`_send` of one body to many clients: encoded once, then a header (and tag) each."""
+        w = Writer()
+        body.write(w)
+        encoded = _Encoded(w.body())
+        return {c: self._send(kind, session, c, encoded) for c in clients}
+
     def _spend_key(self, client: int, kind: int, reuse_key: bool = False) -> None:
         """Record that the one-time tag key of (``client``, ``kind``) is used; refuse a second use."""
         if kind not in self._authenticated:
@@ -247,7 +298,7 @@ class ServerParty(_Party[StageT], Generic[StageT, ResultT]):
                                 "tag key must not be used twice")
         self._sealed.add((client, kind))
 
-    def advance(self) -> dict[int, bytes]:
+    def advance(self) -> MutableMapping[int, bytes]:
         """Close the current stage with the messages received so far.
 
         Returns:

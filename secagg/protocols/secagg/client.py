@@ -63,6 +63,17 @@ def survivors_signed_bytes(session: bytes, survivors: tuple[int, ...]) -> bytes:
     return session + Writer().ids(survivors).body()
 
 
+def _repeats_a_key(table: m.KeyTable, server_key: bytes) -> bool:
+    """Whether the server key and the 2n listed keys hold a repeat: sorted 8-byte prefixes first,
+    every full key compared only if two prefixes agree (for random keys, almost never)."""
+    every = np.concatenate([np.frombuffer(server_key, dtype=np.uint8)[None, :], table.keys.reshape(-1, 32)])
+    prefix = np.sort(np.ascontiguousarray(every[:, :8]).view("<u8").ravel())
+    if not (prefix[1:] == prefix[:-1]).any():
+        return False
+    rows = [row.tobytes() for row in every]
+    return len(set(rows)) != len(rows)
+
+
 class SecAggClient(ClientParty[Stage]):
     """One client's view of one aggregation round.
 
@@ -105,6 +116,9 @@ class SecAggClient(ClientParty[Stage]):
         self._weight = 1
         self._encoded: np.ndarray | None = None
         self._keys: dict[int, m.KeyEntry] = {}
+        """The neighbours' entries of the key list."""
+        self._listed = np.empty(0, dtype=np.uint32)
+        """Every id in the key list (survivor sets and unmask requests are checked against it)."""
         self._neighbours: tuple[int, ...] = ()
         self._seed = b""
         self._held: dict[int, np.ndarray] = {}
@@ -187,13 +201,17 @@ class SecAggClient(ClientParty[Stage]):
     # -- stage handlers ---------------------------------------------------------------------------
     def _on_key_list(self, body: m.Body) -> bytes:
         assert isinstance(body, m.KeyList)
-        keys = {e.client: e for e in body.entries}
-        self._validate_key_list(keys, body.server_key)
+        if not body.entries:
+            raise ProtocolAbort("the key list does not carry this client's own keys")
+        table = body.table()
+        self._validate_key_list(table, body.server_key)
         session = session_id(self._setup, body.body_bytes())
         channel = self._encryption_key().agree(body.server_key, LABEL_SERVER_CHANNEL, channel_context(session, self.client_id))
-        mine = neighbours_of(self.client_id, sorted(keys), self.config.degree, self._setup, self.config.num_clients)
+        mine = neighbours_of(self.client_id, table.ids, self.config.degree, self._setup, self.config.num_clients)
         if len(mine) + 1 < self.config.threshold:
             raise InsufficientParties(f"only {len(mine)} neighbours advertised keys; threshold is {self.config.threshold}")
+        # Only the neighbours' keys are kept (O(k) per client), and the listed ids (4 bytes each).
+        keys = table.entries_of(mine)
         seed = self._random(32)
         # Shares go to every neighbour and to the client itself (as in Bonawitz et al.): its own
         # seed share helps unmask it while it is alive; it never releases its own key share.
@@ -206,28 +224,28 @@ class SecAggClient(ClientParty[Stage]):
             key = self._encryption_key().agree(keys[peer].encryption_key, LABEL_SHARE_ENCRYPTION, ctx)
             ciphertexts.append(seal(key, shares[i].astype("<u4").tobytes(), ctx, self._random))
         self._session, self._keys, self._neighbours, self._seed = session, keys, mine, seed
+        self._listed = table.ids
         self._channel = channel
         self._stage = Stage.MASK
         commitment = seed_commitment(session, self.client_id, seed)
         return self._send(m.Kind.SHARES, session, m.ShareBundle(mine, tuple(ciphertexts), commitment))
 
-    def _validate_key_list(self, keys: dict[int, m.KeyEntry], server_key: bytes) -> None:
-        me = keys.get(self.client_id)
+    def _validate_key_list(self, table: m.KeyTable, server_key: bytes) -> None:
+        me = table.entry(self.client_id)
         if me is None or (me.encryption_key, me.mask_key) != (
             self._encryption_key().public_bytes,
             self._masking_key().public_bytes,
         ):
             raise ProtocolAbort("the key list does not carry this client's own keys")
-        if max(keys) >= self.config.num_clients:
+        if int(table.ids[-1]) >= self.config.num_clients:
             raise ProtocolAbort("the key list names an unknown client")
-        every_key = [server_key] + [k for e in keys.values() for k in (e.encryption_key, e.mask_key)]
-        if len(set(every_key)) != len(every_key):
+        if _repeats_a_key(table, server_key):
             raise ProtocolAbort("the key list repeats a public key")
         needed = max(self.config.threshold, self.config.quorum)
-        if len(keys) < needed:
-            raise InsufficientParties(f"{len(keys)} clients advertised keys; need {needed}")
+        if len(table) < needed:
+            raise InsufficientParties(f"{len(table)} clients advertised keys; need {needed}")
         if self._registry is not None:
-            for e in keys.values():
+            for e in table:
                 identity = self._registry.get(e.client)
                 if identity is None:
                     raise IntegrityError("key list names a client outside the registry")
@@ -271,7 +289,8 @@ class SecAggClient(ClientParty[Stage]):
     def _on_survivors(self, body: m.Body) -> bytes:
         assert isinstance(body, m.SurvivorList) and self._identity is not None
         survivors = body.survivors
-        if self.client_id not in survivors or not set(survivors) <= set(self._keys):
+        listed = np.isin(np.asarray(survivors, dtype=np.int64), self._listed.astype(np.int64))
+        if self.client_id not in survivors or not listed.all():
             raise ProtocolAbort("the survivor set omits this client or names unknown clients")
         if len(survivors) < self.config.quorum:
             raise InsufficientParties(f"{len(survivors)} survivors; the quorum is {self.config.quorum}")
@@ -293,7 +312,8 @@ class SecAggClient(ClientParty[Stage]):
             raise ProtocolAbort("the server lists a client as both surviving and dropped")
         if self.client_id not in alive:
             raise ProtocolAbort("the server lists this client, which sent its input, as not surviving")
-        if not (alive | dropped) <= set(self._keys):
+        named = np.fromiter(alive | dropped, dtype=np.int64, count=len(alive | dropped))
+        if not np.isin(named, self._listed.astype(np.int64)).all():
             raise ProtocolAbort("the unmask request names a client outside the key list")
         if len(alive) < self.config.threshold:
             raise InsufficientParties(f"{len(alive)} survivors; threshold is {self.config.threshold}")

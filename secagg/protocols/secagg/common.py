@@ -8,6 +8,7 @@ key, share ciphertext and mask is tied to one round of one session with one set 
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import struct
 from typing import Callable, Iterable, Mapping, Sequence
@@ -96,10 +97,17 @@ def session_id(setup: bytes, key_list_body: bytes) -> bytes:
 
 
 def ring_order(num_clients: int, setup: bytes) -> np.ndarray:
-    """Every registered client in ring order: a permutation derived from the setup id alone."""
+    """Every registered client in ring order: a permutation derived from the setup id alone
+    (public; a read-only array, computed once per setup id)."""
+    return _ring_order(num_clients, setup)
+
+
+@functools.lru_cache(maxsize=16)
+def _ring_order(num_clients: int, setup: bytes) -> np.ndarray:
     keys = np.empty(num_clients, dtype="<u8")
     MaskStream(derive_key(setup, LABEL_GRAPH)).fill(keys)
     ring: np.ndarray = np.argsort(keys, kind="stable")
+    ring.flags.writeable = False
     return ring
 
 
@@ -122,16 +130,55 @@ def neighbours(ids: Sequence[int], degree: int | None, setup: bytes, num_clients
         everyone = tuple(sorted(members))
         return {u: tuple(v for v in everyone if v != u) for u in everyone}
     ring = ring_order(num_clients, setup)
-    return {int(u): _near(ring, pos, degree // 2, members) for pos, u in enumerate(ring) if int(u) in members}
+    return _window_graph(ring, degree // 2, members)
 
 
-def neighbours_of(client: int, ids: Sequence[int], degree: int | None, setup: bytes, num_clients: int) -> tuple[int, ...]:
-    """``neighbours(ids, degree, setup, num_clients)[client]`` without building the whole graph."""
+def _window_graph(ring: np.ndarray, half: int, members: set[int]) -> dict[int, tuple[int, ...]]:
+    """Each member on the ring -> the members within ``half`` places of it, sorted (one batch:
+    a (members, 2 * half) table of ring neighbours, filtered and sorted row-wise)."""
+    m = len(ring)
+    listed = np.zeros(m, dtype=bool)
+    listed[[u for u in members if 0 <= u < m]] = True
+    positions = np.flatnonzero(listed[ring])
+    offsets = np.concatenate([np.arange(-half, 0), np.arange(1, half + 1)])
+    table = ring[(positions[:, None] + offsets[None, :]) % m]
+    table = np.where(listed[table] & (table != ring[positions][:, None]), table, m)  # m: not a neighbour
+    table.sort(axis=1)
+    graph: dict[int, tuple[int, ...]] = {}
+    for u, row in zip(ring[positions].tolist(), table.tolist()):
+        # a small ring can reach one client from both sides: keep each neighbour once
+        graph[u] = tuple(sorted(set(v for v in row if v < m))) if 2 * half >= m else tuple(v for v in row if v < m)
+    return graph
+
+
+def neighbours_of(client: int, ids: Sequence[int] | np.ndarray, degree: int | None, setup: bytes,
+                  num_clients: int) -> tuple[int, ...]:
+    """``neighbours(ids, degree, setup, num_clients)[client]`` without building the whole graph
+    (for SecAgg+, O(k log n) once the ring order is known: membership by binary search in ``ids``)."""
     if degree is None or degree >= num_clients - 1:
-        return tuple(sorted(v for v in set(ids) if v != client))
+        return tuple(sorted(int(v) for v in set(np.asarray(ids).tolist()) if v != client))
     ring = ring_order(num_clients, setup)
-    pos = int(np.flatnonzero(ring == client)[0])
-    return _near(ring, pos, degree // 2, set(ids))
+    pos = int(_ring_positions(num_clients, setup)[client])
+    half = degree // 2
+    near = np.unique(ring[(pos + np.arange(-half, half + 1)) % len(ring)])
+    near = near[near != client]
+    listed = np.asarray(ids, dtype=np.int64)
+    if listed.size > 1 and not (listed[1:] > listed[:-1]).all():
+        listed = np.unique(listed)
+    if listed.size == 0:
+        return ()
+    found = np.minimum(np.searchsorted(listed, near), listed.size - 1)
+    return tuple(int(v) for v in near[listed[found] == near])
+
+
+@functools.lru_cache(maxsize=16)
+def _ring_positions(num_clients: int, setup: bytes) -> np.ndarray:
+    """Client -> its place on the ring (the inverse permutation of :func:`ring_order`)."""
+    ring = ring_order(num_clients, setup)
+    positions = np.empty(num_clients, dtype=np.int64)
+    positions[ring] = np.arange(num_clients)
+    positions.flags.writeable = False
+    return positions
 
 
 def unrecoverable_seeds(alive: Sequence[int], graph: Mapping[int, Sequence[int]], threshold: int) -> list[int]:

@@ -7,13 +7,14 @@ classmethod; :func:`decode` dispatches on the header's kind and checks the body 
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterator, Sequence, Union, overload
 
 import numpy as np
 
 from ...errors import MalformedMessage, ParameterError
-from ...hazmat.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
+from ...hazmat.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, canonical_public_keys
 from ...wire import Header, Reader, Writer
 from ..channel import TagKey, finish, open_message
 
@@ -23,6 +24,7 @@ __all__ = [
     "Advertise",
     "KeyEntry",
     "KeyList",
+    "KeyTable",
     "ShareBundle",
     "ShareDelivery",
     "MaskedInput",
@@ -101,16 +103,150 @@ class KeyEntry:
     signature: bytes = b""
 
 
+_ENTRY_BYTES = 2 * PUBLIC_KEY_BYTES + 4  # two keys and the signature's length
+
+
+class KeyTable(Sequence[KeyEntry]):
+    """The entries of a decoded key list, held as arrays: n clients' ids, keys and signatures
+    without n Python objects, so a client reads a key list of any size in a few numpy operations.
+
+    A read-only sequence of :class:`KeyEntry` (built on access) that compares equal to the tuple of
+    the same entries. Only :meth:`KeyList.read` makes one, from bytes it checked: ids strictly
+    increasing, every key canonical, every signature of one length (0 or 64 bytes).
+    """
+
+    __slots__ = ("ids", "keys", "signatures", "_raw")
+
+    def __init__(self, ids: np.ndarray, keys: np.ndarray, signatures: np.ndarray | tuple[bytes, ...], raw: bytes) -> None:
+        self.ids = ids
+        """uint32 client ids, strictly increasing."""
+        self.keys = keys
+        """uint8 array (n, 2, 32): each client's encryption key and mask key."""
+        self.signatures = signatures
+        """uint8 array (n, 0 or 64), or one bytes object per entry when their lengths differ."""
+        self._raw = raw
+
+    @classmethod
+    def read(cls, r: Reader, ids: np.ndarray) -> KeyTable | None:
+        """The entries after ``ids``, if they all carry signatures of one length; None (nothing
+        read) otherwise, for the entry-by-entry reader to parse or refuse.
+
+        Raises:
+            MalformedMessage: a key is not canonically encoded.
+        """
+        n = len(ids)
+        if n == 0 or r.remaining() < _ENTRY_BYTES:
+            return None
+        sig_len = int.from_bytes(r.peek(_ENTRY_BYTES)[2 * PUBLIC_KEY_BYTES:], "little")
+        stride = _ENTRY_BYTES + sig_len
+        if sig_len not in (0, SIGNATURE_BYTES) or r.remaining() < n * stride:
+            return None
+        block = np.frombuffer(r.peek(n * stride), dtype=np.uint8).reshape(n, stride)
+        lengths = np.ascontiguousarray(block[:, 2 * PUBLIC_KEY_BYTES : _ENTRY_BYTES]).view("<u4").ravel()
+        if (lengths != sig_len).any():
+            return None
+        keys = block[:, : 2 * PUBLIC_KEY_BYTES].reshape(n, 2, PUBLIC_KEY_BYTES)
+        if not canonical_public_keys(keys.reshape(-1, PUBLIC_KEY_BYTES)).all():
+            raise MalformedMessage("an X25519 public key is not canonically encoded")
+        raw = struct.pack("<I", n) + ids.astype("<u4").tobytes() + r.fixed(n * stride)
+        return cls(np.array(ids, dtype=np.uint32), np.array(keys), np.array(block[:, _ENTRY_BYTES:]), raw)
+
+    @classmethod
+    def of(cls, entries: Sequence[KeyEntry], raw: bytes) -> KeyTable:
+        """A table of entries already read one by one (``raw``: their canonical bytes)."""
+        ids = np.array([e.client for e in entries], dtype=np.uint32)
+        keys = np.frombuffer(b"".join(e.encryption_key + e.mask_key for e in entries), dtype=np.uint8)
+        return cls(ids, keys.reshape(len(entries), 2, PUBLIC_KEY_BYTES), tuple(e.signature for e in entries), raw)
+
+    def position(self, client: int) -> int:
+        """The index of ``client``'s entry, or -1 if it is not listed."""
+        i = int(np.searchsorted(self.ids, client))
+        return i if i < len(self.ids) and int(self.ids[i]) == client else -1
+
+    def entry(self, client: int) -> KeyEntry | None:
+        """``client``'s entry, or None if it is not listed."""
+        i = self.position(client)
+        return self[i] if i >= 0 else None
+
+    def entries_of(self, clients: Sequence[int]) -> dict[int, KeyEntry]:
+        """The entries of those of ``clients`` that are listed, by client (one binary search for all)."""
+        if not len(clients) or not len(self.ids):
+            return {}
+        wanted = np.asarray(clients, dtype=np.int64)
+        found = np.minimum(np.searchsorted(self.ids, wanted), len(self.ids) - 1)
+        hit = self.ids[found] == wanted
+        return {int(c): self[int(i)] for c, i in zip(wanted[hit], found[hit])}
+
+    def encoded(self) -> bytes:
+        """The canonical bytes of the ids and entries, as read."""
+        return self._raw
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> KeyEntry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[KeyEntry, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> KeyEntry | tuple[KeyEntry, ...]:
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(len(self))))
+        keys, sig = self.keys[index], self.signatures[index]
+        return KeyEntry(int(self.ids[index]), keys[0].tobytes(), keys[1].tobytes(),
+                        sig if isinstance(sig, bytes) else sig.tobytes())
+
+    def __iter__(self) -> Iterator[KeyEntry]:
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, KeyTable):
+            return self._raw == other._raw
+        if isinstance(other, (tuple, list)):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __add__(self, other: Sequence[KeyEntry]) -> tuple[KeyEntry, ...]:
+        return tuple(self) + tuple(other)
+
+    def __radd__(self, other: Sequence[KeyEntry]) -> tuple[KeyEntry, ...]:
+        return tuple(other) + tuple(self)
+
+    def __repr__(self) -> str:
+        return f"KeyTable({len(self)} entries)"
+
+
 @dataclass(frozen=True, slots=True)
 class KeyList:
-    """Server -> every advertiser: the server's channel key and all advertised keys, by client id."""
+    """Server -> every advertiser: the server's channel key and all advertised keys, by client id.
+
+    Decoded, ``entries`` is a :class:`KeyTable` when every entry's signature has one length (always,
+    from an honest server); built by a server, any sequence of :class:`KeyEntry`.
+    """
 
     server_key: bytes
-    entries: tuple[KeyEntry, ...]
+    entries: Sequence[KeyEntry]
     KIND = Kind.KEY_LIST
+
+    def table(self) -> KeyTable:
+        """``entries`` as a :class:`KeyTable` (built once more if they are objects)."""
+        if isinstance(self.entries, KeyTable):
+            return self.entries
+        w = Writer()
+        w.ids([e.client for e in self.entries])
+        for e in self.entries:
+            w.fixed(e.encryption_key, PUBLIC_KEY_BYTES).fixed(e.mask_key, PUBLIC_KEY_BYTES).blob(e.signature)
+        return KeyTable.of(self.entries, w.body())
 
     def write(self, w: Writer) -> None:
         w.fixed(self.server_key, PUBLIC_KEY_BYTES)
+        if isinstance(self.entries, KeyTable):
+            w.raw(self.entries.encoded())  # canonical: read and checked, or written below
+            return
         w.ids([e.client for e in self.entries])
         for e in self.entries:
             w.fixed(e.encryption_key, PUBLIC_KEY_BYTES).fixed(e.mask_key, PUBLIC_KEY_BYTES).blob(e.signature)
@@ -118,8 +254,11 @@ class KeyList:
     @classmethod
     def read(cls, r: Reader, max_parties: int) -> KeyList:
         server_key = r.public_key()
-        ids = r.ids(max_parties)
-        return cls(server_key, tuple(KeyEntry(i, r.public_key(), r.public_key(), _signature(r)) for i in ids))
+        ids = r.id_array(max_parties)
+        table = KeyTable.read(r, ids)
+        if table is not None:
+            return cls(server_key, table)
+        return cls(server_key, tuple(KeyEntry(int(i), r.public_key(), r.public_key(), _signature(r)) for i in ids))
 
     def body_bytes(self) -> bytes:
         w = Writer()
@@ -142,7 +281,7 @@ class _Addressed:
     @classmethod
     def read(cls, r: Reader, max_parties: int):  # type: ignore[no-untyped-def]
         peers = r.ids(max_parties)
-        return cls(peers, tuple(r.blob(MAX_CIPHERTEXT) for _ in peers))
+        return cls(peers, r.blobs(len(peers), MAX_CIPHERTEXT)[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,14 +411,12 @@ class UnmaskResponse:
     @classmethod
     def read(cls, r: Reader, max_parties: int) -> UnmaskResponse:
         owners = r.ids(max_parties)
-        kinds, shares = [], []
-        for _ in owners:
-            kind = r.u8()
+        prefixes, shares = r.blobs(len(owners), MAX_CIPHERTEXT, prefix=1)
+        kinds = prefixes[:, 0].tolist()
+        for kind in kinds:
             if kind not in (ShareKind.SELF_MASK_SEED, ShareKind.MASK_KEY):
                 raise MalformedMessage(f"unknown share kind {kind}")
-            kinds.append(kind)
-            shares.append(r.blob(MAX_CIPHERTEXT))
-        return cls(owners, tuple(kinds), tuple(shares))
+        return cls(owners, tuple(kinds), shares)
 
 
 Body = Union[

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Mapping, MutableMapping
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from ...params import SecAggConfig
 from ...hazmat.random import RandomSource, system_random
 from ...results import WeightedSum, first_drops
 from ...wire import SERVER_ID, Header
-from ..base import ServerParty
+from ..base import Outbox, ServerParty
 from . import messages as m
 from .client import advertise_signed_bytes, survivors_signed_bytes
 from .common import (
@@ -126,6 +126,9 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
         self._graph: dict[int, tuple[int, ...]] = {}
         self._shared: tuple[int, ...] = ()
         self._survivors: tuple[int, ...] = ()
+        self._survivor_set: frozenset[int] = frozenset()
+        self._eligible_set: frozenset[int] = frozenset()  # who may send in the current stage
+        self._format = m.VectorFormat(config.encoding.modulus_bits, config.dim, config.encoding.dtype)
         self._accumulator = np.zeros(config.dim, dtype=config.encoding.dtype)
         self._unpacked = np.empty(config.dim, dtype=config.encoding.dtype)  # each masked input, in turn
         self._signatures: dict[int, bytes] = {}
@@ -143,7 +146,7 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
                         tag_key=self._tag_key, vector_out=self._unpacked)
 
     def _vector_format(self) -> m.VectorFormat:
-        return m.VectorFormat(self.config.encoding.modulus_bits, self.config.dim, self.config.encoding.dtype)
+        return self._format
 
     def _take(self, sender: int, body: m.Body) -> None:
         if self._stage is Stage.MASK:
@@ -168,7 +171,7 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
     def _check_sender(self, sender: int) -> None:
         if sender in self._inbox:
             raise ProtocolAbort(f"duplicate message from client {sender}")
-        if self._stage is not Stage.ADVERTISE and sender not in self._eligible():
+        if self._stage is not Stage.ADVERTISE and sender not in self._eligible_set:
             raise ProtocolAbort(f"client {sender} is not part of this stage")
 
     # -- public knowledge and channels (for embedders and auditors) -------------------------------
@@ -266,26 +269,26 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
 
     def _check_unmask(self, sender: int, body: m.Body) -> None:
         assert isinstance(body, m.UnmaskResponse)
-        alive = set(self._survivors)
+        alive, peers = self._survivor_set, self._graph.get(sender, ())
         for owner, kind in zip(body.owners, body.kinds):
-            holds = owner == sender or owner in self._graph.get(sender, ())
+            holds = owner == sender or owner in peers
             if not holds or owner not in self._shared_set:
                 raise ProtocolAbort(f"client {sender} returned a share it cannot hold")
             wanted = m.ShareKind.SELF_MASK_SEED if owner in alive else m.ShareKind.MASK_KEY
             if kind != wanted:
                 raise ProtocolAbort(f"client {sender} returned the wrong kind of share")
-        for share in body.shares:
-            if len(share) != shamir.share_bytes(32):
-                raise MalformedMessage("share of the wrong size")
-            if (np.frombuffer(share, dtype="<u4") >= shamir.PRIME).any():
-                raise MalformedMessage("share word outside the field")
+        size = shamir.share_bytes(32)
+        if any(len(share) != size for share in body.shares):
+            raise MalformedMessage("share of the wrong size")
+        if (np.frombuffer(b"".join(body.shares), dtype="<u4") >= shamir.PRIME).any():
+            raise MalformedMessage("share word outside the field")
 
     # -- stage transitions ------------------------------------------------------------------------
     def _require(self, count: int, what: str, needed: int) -> None:
         if count < needed:
             raise InsufficientParties(f"only {count} clients {what}; {needed} are needed")
 
-    def _close_advertise(self) -> dict[int, bytes]:
+    def _close_advertise(self) -> MutableMapping[int, bytes]:
         self._require(len(self._inbox), "advertised keys", self.config.quorum)
         entries = []
         for client in sorted(self._inbox):
@@ -304,10 +307,11 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
         self._next(Stage.SHARE)
         encoded = key_list.body_bytes()  # identical for everyone: encode once, not n times
         protocol = protocol_id(self.config)
-        return {
-            c: Header(m.Kind.KEY_LIST, protocol, self.round, self._setup, SERVER_ID, c).encode() + encoded
-            for c in self._keys
-        }
+
+        def message(client: int) -> bytes:  # built when read: n copies of an O(n) list are O(n^2) bytes
+            return Header(m.Kind.KEY_LIST, protocol, self.round, self._setup, SERVER_ID, client).encode() + encoded
+
+        return Outbox(self._keys, message)
 
     def _close_shares(self) -> dict[int, bytes]:
         bundles = {c: b for c, b in self._inbox.items() if isinstance(b, m.ShareBundle)}
@@ -332,12 +336,12 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
         dp = self.config.dp
         self._require(len(self._inbox), "sent masked inputs", max(self.config.quorum, dp.min_survivors if dp else 0))
         self._survivors = tuple(sorted(self._inbox))
+        self._survivor_set = frozenset(self._survivors)
         self._check_recoverable()
-        self._dropped["mask"] = tuple(sorted(self._shared_set - set(self._survivors)))
+        self._dropped["mask"] = tuple(sorted(self._shared_set - self._survivor_set))
         if self.config.threat.is_malicious:
             self._next(Stage.CONSISTENCY)
-            body: m.Body = m.SurvivorList(self._survivors)
-            return {c: self._send(m.Kind.SURVIVORS, self._session, c, body) for c in self._survivors}
+            return self._broadcast(m.Kind.SURVIVORS, self._session, self._survivors, m.SurvivorList(self._survivors))
         return self._unmask_requests(m.UnmaskRequest(self._survivors, self._dropped["mask"]))
 
     def _check_recoverable(self) -> None:
@@ -355,17 +359,17 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
             body = self._inbox[c]
             assert isinstance(body, m.SurvivorSignature)
             sigs.append(body.signature)
-        self._dropped["consistency"] = tuple(sorted(set(self._survivors) - set(signers)))
+        self._dropped["consistency"] = tuple(sorted(self._survivor_set - set(signers)))
         return self._unmask_requests(m.UnmaskRequest(self._survivors, self._dropped["mask"], signers, tuple(sigs)))
 
     def _unmask_requests(self, request: m.UnmaskRequest) -> dict[int, bytes]:
         targets = request.signers or request.alive
         self._next(Stage.UNMASK)
-        return {c: self._send(m.Kind.UNMASK_REQUEST, self._session, c, request) for c in targets}
+        return self._broadcast(m.Kind.UNMASK_REQUEST, self._session, targets, request)
 
     def _close_unmask(self) -> dict[int, bytes]:
         responders = sorted(self._inbox)
-        self._dropped["unmask"] = tuple(sorted(set(self._survivors) - set(responders)))
+        self._dropped["unmask"] = tuple(sorted(self._survivor_set - set(responders)))
         held: dict[int, dict[int, bytes]] = defaultdict(dict)
         for holder in responders:
             body = self._inbox[holder]
@@ -376,7 +380,7 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
         seeds = reconstruct_secrets(self._survivors, held, t, seed_verifier(self._session, self._commitments))
         mask_keys = reconstruct_secrets(self._dropped["mask"], held, t, mask_key_verifier(mask_public))
         streams = [(self_mask(seeds[u], self._session), -1) for u in self._survivors]
-        streams += pairwise_corrections(self._session, mask_keys, self._graph, mask_public, set(self._survivors))
+        streams += pairwise_corrections(self._session, mask_keys, self._graph, mask_public, self._survivor_set)
         apply_masks(self._accumulator, streams, self.config.chunk_size)
         self._finish()
         return {}
@@ -390,3 +394,5 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
     def _next(self, stage: Stage) -> None:
         self._inbox = {}
         self._stage = stage
+        self._eligible_set = frozenset(self._eligible()) if stage in (Stage.SHARE, Stage.MASK, Stage.CONSISTENCY,
+                                                                     Stage.UNMASK) else frozenset()

@@ -101,8 +101,9 @@ def _decode(owner: int, held: Held, threshold: int, verify: Verifier) -> bytes:
 def reconstruct_secrets(owners: Sequence[int], held: Held, threshold: int, verify: Verifier) -> dict[int, bytes]:
     """Recover and verify one 32-byte secret per owner from t of its shares.
 
-    Owners whose first t holders (by id) coincide are interpolated in one batch. A secret that
-    fails ``verify`` is decoded again over every held share before giving up.
+    Every owner is interpolated from its first t holders (by id), all owners in one batch
+    (:func:`~secagg.hazmat.shamir.reconstruct_many`). A secret that fails ``verify`` (or whose
+    interpolation shows a wrong share) is decoded again over every held share before giving up.
 
     Returns:
         owner -> its secret, each one accepted by ``verify``.
@@ -110,17 +111,41 @@ def reconstruct_secrets(owners: Sequence[int], held: Held, threshold: int, verif
         InsufficientParties: an owner has fewer than ``threshold`` shares.
         IntegrityError: no consistent set of shares gives a secret that verifies.
     """
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    firsts: dict[int, list[int]] = {}
     for owner in owners:
         holders = sorted(held.get(owner, {}))
         if len(holders) < threshold:
             raise InsufficientParties(f"only {len(holders)} shares for client {owner}; threshold is {threshold}")
-        groups[tuple(holders[:threshold])].append(owner)
+        firsts[owner] = holders[:threshold]
+    if not firsts:
+        return {}
+    order = list(firsts)
+    size = len(held[order[0]][firsts[order[0]][0]])
+    parts = [held[o][h] for o in order for h in firsts[o]]
+    if size == 0 or size % 4 or any(len(p) != size for p in parts):
+        return _reconstruct_grouped(firsts, held, threshold, verify)
+    words = np.frombuffer(b"".join(parts), dtype="<u4").reshape(len(order), threshold, size // 4)
+    xs = np.asarray([[h + 1 for h in firsts[o]] for o in order], dtype=np.int64)
+    chunks, ok = shamir.reconstruct_many(xs, words.astype(np.int64))
+    secrets: dict[int, bytes] = {}
+    for owner, row, good in zip(order, chunks, ok.tolist()):
+        secret = row.tobytes() if good else b""
+        secrets[owner] = secret if _accepted(owner, secret, verify) else _decode(owner, held, threshold, verify)
+    return secrets
+
+
+def _reconstruct_grouped(firsts: Mapping[int, Sequence[int]], held: Held, threshold: int,
+                         verify: Verifier) -> dict[int, bytes]:
+    """:func:`reconstruct_secrets` group by group (owners whose first t holders coincide are
+    interpolated together): for shares of irregular sizes, and the reference the batch is tested against."""
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for owner, first in firsts.items():
+        groups[tuple(first)].append(owner)
     secrets: dict[int, bytes] = {}
     for first_holders, batch in groups.items():
         try:
             recovered = _interpolate(first_holders, batch, held)
-        except IntegrityError:
+        except (IntegrityError, ValueError):
             recovered = [b""] * len(batch)
         for owner, secret in zip(batch, recovered):
             secrets[owner] = secret if _accepted(owner, secret, verify) else _decode(owner, held, threshold, verify)
