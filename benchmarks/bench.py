@@ -65,7 +65,7 @@ class Plan:
     @classmethod
     def full(cls) -> Plan:
         return cls([100_000, 1_000_000, LLAMA7B_LORA_R8_QV], [4, 10, 20], 5, [20, 100], 1_000_000,
-                   [0.0, 0.1, 0.2, 0.3], 3, 1, [10, 20, 50, 100], 100_000, LLAMA7B_LORA_R8_QV, 3,
+                   [0.0, 0.1, 0.2, 0.3], 3, 1, [10, 20, 50, 100, 1000, 5000, 10_000], 100_000, LLAMA7B_LORA_R8_QV, 3,
                    ["addition-128", "precision-128"], 1_000_000, 20)
 
     @classmethod
@@ -103,20 +103,49 @@ def server_vs_dropout(plan: Plan) -> list[dict[str, Any]]:
                             plan.flower_repeats)
 
 
+SUBPROCESS_FROM = 1000
+"""Client counts from which a sweep point runs in its own process (`benchmarks.scale`): its peak RSS
+is then its own, and the streaming simulator keeps memory O(d + n k)."""
+
+
 def n_sweep(plan: Plan) -> list[dict[str, Any]]:
     import secagg
 
+    from .scale import run as run_scale
+
     rows = []
     for n in plan.sweep_sizes:
-        report = secagg.simulate("secagg+", n, plan.sweep_dim, 0.1, 0, threat=secagg.ThreatModel.semi_honest(0.1, 0.1))
+        if n >= SUBPROCESS_FROM:
+            report = run_scale(n, plan.sweep_dim, 0.1)
+        else:
+            report = secagg.simulate("secagg+", n, plan.sweep_dim, 0.1, 0,
+                                     threat=secagg.ThreatModel.semi_honest(0.1, 0.1))
         mask = report["client_seconds"].get("mask", {}).get("mean", 0.0)
         rows.append({
             "n": n, "dim": plan.sweep_dim, "dropout": 0.1, "k": report["degree"], "t": report["threshold"],
             "exact": report["exact"], "total_s": report["total_seconds"],
             "server_s": sum(report["server_seconds"].values()), "client_mask_mean_s": mask,
             "bytes_per_parameter": report["bytes_per_parameter"],
+            "bytes_per_client": report["bytes_per_client_upload"],
+            "peak_rss_mib": report["peak_rss_bytes"] / 2**20 if n >= SUBPROCESS_FROM else None,
         })
     return rows
+
+
+def growth_exponents(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Least-squares e of value ∝ n^e over the sweep points run in their own process (n >= 1000)."""
+    import numpy as np
+
+    big = [r for r in rows if r["n"] >= SUBPROCESS_FROM]
+    if len(big) < 2:
+        return {}
+    logn = np.log([r["n"] for r in big])
+    out = {}
+    for key in ("server_s", "client_mask_mean_s", "peak_rss_mib", "bytes_per_client"):
+        values = [r[key] for r in big]
+        if all(v and v > 0 for v in values):
+            out[key] = float(np.polyfit(logn, np.log(values), 1)[0])
+    return out
 
 
 def ckks(plan: Plan) -> list[dict[str, Any]]:
@@ -247,6 +276,7 @@ def run(plan: Plan, echo: Callable[[str], None] = print) -> dict[str, Any]:
         "plan": asdict(plan),
         "wall_seconds": time.perf_counter() - start,
         "section_seconds": seconds,
+        "n_sweep_growth_exponents": growth_exponents(sections.get("n_sweep", [])),
         "sections": sections,
     })
     return report

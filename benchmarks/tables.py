@@ -61,9 +61,10 @@ def server_vs_dropout(rows: list[Row]) -> str:
 def n_sweep(rows: list[Row]) -> str:
     return _table(
         "secagg.simulate, SecAgg+, 10% dropout at random stages (whole in-memory round)",
-        ["n", "d", "k", "t", "exact", "round s", "server s", "client mask ms", "bytes/param"],
+        ["n", "d", "k", "t", "exact", "round s", "server s", "client mask ms", "bytes/param", "peak RSS MiB"],
         [[str(r["n"]), f"{r['dim']:,}", str(r["k"]), str(r["t"]), str(r["exact"]), _s(r["total_s"]),
-          _s(r["server_s"]), _ms(r["client_mask_mean_s"]), f"{r['bytes_per_parameter']:.3f}"] for r in rows])
+          _s(r["server_s"]), _ms(r["client_mask_mean_s"]), f"{r['bytes_per_parameter']:.3f}",
+          "-" if r.get("peak_rss_mib") is None else f"{r['peak_rss_mib']:.0f}"] for r in rows])
 
 
 def ckks(rows: list[Row]) -> str:
