@@ -109,3 +109,13 @@ def test_a_masked_array_cannot_hide_an_oversized_encoded_word() -> None:
     hidden = np.ma.array(words, mask=[True] + [False] * (len(words) - 1))
     with pytest.raises(ParameterError):
         clients[0].set_encoded_input(hidden)
+
+
+def test_a_holder_id_outside_the_fields_points_is_an_integrity_error() -> None:
+    """Red-team finding on the batched reconstruction: a holder of -1 (x = 0) raised ParameterError,
+    which does not abort the round; it is an inconsistent share like any other."""
+    from secagg.protocols.secagg.unmask import reconstruct_secrets
+
+    held = {0: {-1: b"\0" * 64, 1: b"\0" * 64}}
+    with pytest.raises(IntegrityError, match="outside the field"):
+        reconstruct_secrets([0], held, 2, lambda owner, secret: True)

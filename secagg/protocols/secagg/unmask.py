@@ -116,6 +116,8 @@ def reconstruct_secrets(owners: Sequence[int], held: Held, threshold: int, verif
         holders = sorted(held.get(owner, {}))
         if len(holders) < threshold:
             raise InsufficientParties(f"only {len(holders)} shares for client {owner}; threshold is {threshold}")
+        if holders[0] < 0 or holders[-1] + 1 > shamir.MAX_X:
+            raise IntegrityError(f"a share of client {owner} names a holder outside the field's points")
         firsts[owner] = holders[:threshold]
     if not firsts:
         return {}
