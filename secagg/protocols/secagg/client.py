@@ -33,7 +33,6 @@ from .common import (
     LABEL_SHARE_ENCRYPTION,
     LABEL_SURVIVORS_SIG,
     Stage,
-    check_binding,
     neighbours,
     neighbours_of,
     unrecoverable_seeds,

@@ -17,9 +17,8 @@ import numpy as np
 
 from ...hazmat.keys import derive_key
 from ...hazmat.prg import MaskStream
-from ...errors import ProtocolAbort
 from ...params import PROTOCOL_IDS, SecAggConfig
-from ...wire import WIRE_VERSION, Header
+from ...wire import WIRE_VERSION
 from ..channel import LABEL_SERVER_CHANNEL, TO_CLIENT, TO_SERVER, channel_context, message_key
 
 __all__ = [
@@ -38,7 +37,6 @@ __all__ = [
     "share_context",
     "apply_masks",
     "protocol_id",
-    "check_binding",
     "channel_context",
     "seed_commitment",
     "message_key",
@@ -70,16 +68,6 @@ class Stage(enum.Enum):
 
 def protocol_id(config: SecAggConfig) -> int:
     return PROTOCOL_IDS[config.protocol]
-
-
-def check_binding(header: Header, config: SecAggConfig, kind: int, round_number: int, session: bytes, stage: Stage) -> None:
-    """Refuse a message of the wrong kind for ``stage``, or for another protocol, round or session."""
-    if header.kind != kind:
-        raise ProtocolAbort(f"unexpected message kind {header.kind} in stage {stage.value}")
-    if header.protocol != protocol_id(config) or header.round != round_number:
-        raise ProtocolAbort("message for another protocol or round")
-    if header.session != session:
-        raise ProtocolAbort("message for another session")
 
 
 def setup_id(config: SecAggConfig, round_number: int, context: bytes) -> bytes:

@@ -37,7 +37,6 @@ from .common import (
     LABEL_SURVIVORS_SIG,
     Stage,
     apply_masks,
-    check_binding,
     neighbours,
     unrecoverable_seeds,
     protocol_id,
