@@ -16,8 +16,6 @@ from dataclasses import dataclass
 
 import torch
 
-from secagg.hazmat.noise import gaussian
-
 from fedlm.config import RunConfig
 from fedlm.model import StateDict, load_uploaded_state, trainable_parameters, uploaded_state
 

@@ -32,12 +32,11 @@ from ...errors import (
     MalformedMessage,
     ParameterError,
     ProtocolAbort,
-    SecAggError,
 )
 from ...hazmat.keys import AgreementKeyPair, open_sealed, seal
 from ...hazmat.prg import MaskStream
 from ...hazmat.random import RandomSource, system_random
-from ...wire import SERVER_ID, Header
+from ...wire import Header
 from ..base import ClientParty
 from ..channel import LABEL_SERVER_CHANNEL, channel_context
 from . import he

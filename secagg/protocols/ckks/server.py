@@ -21,7 +21,7 @@ import numpy as np
 
 from ...errors import InsufficientParties, ProtocolAbort
 from ...hazmat.random import RandomSource, system_random
-from ...results import WeightedSum, first_drops
+from ...results import WeightedSum
 from ...wire import SERVER_ID, Header, Writer
 from ..base import ServerParty
 from ..channel import LABEL_SERVER_CHANNEL, TO_CLIENT, channel_context, finish, message_key

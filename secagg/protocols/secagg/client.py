@@ -13,23 +13,19 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ...encoding import FixedPoint
-from ...errors import InsufficientParties, IntegrityError, ParameterError, ProtocolAbort, SecAggError
+from ...errors import InsufficientParties, IntegrityError, ParameterError, ProtocolAbort
 from ...hazmat import shamir
 from ...hazmat.keys import AgreementKeyPair, SigningKey, open_sealed, seal, verify_signature
 from ...hazmat.random import RandomSource, system_random
 from ...params import SecAggConfig
-from ...wire import SERVER_ID, Header, Writer
+from ...wire import Header, Writer
 from ..base import ClientParty
 from . import messages as m
 from .masking import mask_input
 from .common import (
     LABEL_ADVERTISE_SIG,
     LABEL_SERVER_CHANNEL,
-    TO_CLIENT,
-    TO_SERVER,
     channel_context,
-    message_key,
     LABEL_SHARE_ENCRYPTION,
     LABEL_SURVIVORS_SIG,
     Stage,

@@ -9,11 +9,11 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, Union, overload
+from typing import Any, Iterator, Sequence, Union, overload
 
 import numpy as np
 
-from ...errors import MalformedMessage, ParameterError
+from ...errors import MalformedMessage
 from ...hazmat.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, canonical_public_keys
 from ...wire import Header, Reader, Writer
 from ..channel import TagKey, finish, open_message

@@ -18,10 +18,10 @@ import numpy as np
 
 from ...errors import InsufficientParties, IntegrityError, MalformedMessage, ParameterError, ProtocolAbort
 from ...hazmat import shamir
-from ...hazmat.keys import AgreementKeyPair, verify_signature
+from ...hazmat.keys import verify_signature
 from ...params import SecAggConfig
 from ...hazmat.random import RandomSource, system_random
-from ...results import WeightedSum, first_drops
+from ...results import WeightedSum
 from ...wire import SERVER_ID, Header
 from ..base import Outbox, ServerParty
 from . import messages as m
@@ -31,7 +31,6 @@ from .common import (
     LABEL_KEY_CHECK,
     LABEL_SERVER_CHANNEL,
     TO_CLIENT,
-    TO_SERVER,
     channel_context,
     message_key,
     LABEL_SURVIVORS_SIG,
