@@ -20,7 +20,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from fedlm.config import BACKENDS, DTYPE_NAMES, MODES, SERVER_OPTIMIZERS, TASKS, RunConfig, field_help
+from fedlm.config import BACKENDS, DP_DEFAULTS, DTYPE_NAMES, MODES, SERVER_OPTIMIZERS, TASKS, RunConfig, field_help
 from secagg.cli import OneLineParser
 
 _CONVERTERS: dict[str, type] = {"int": int, "float": float, "str": str,
@@ -97,12 +97,29 @@ def build_parser(defaults: dict[str, Any] | None = None) -> argparse.ArgumentPar
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Builds the ``RunConfig`` from parsed arguments."""
+def config_from_args(args: argparse.Namespace, explicit: frozenset[str] = frozenset()) -> RunConfig:
+    """Builds the ``RunConfig`` from parsed arguments.
+
+    Under ``--dp-epsilon``, the fields of :data:`DP_DEFAULTS` not in ``explicit`` (given on the
+    command line or in a config file) take their DP defaults, as FFA-LoRA does.
+    """
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
     values["data"] = tuple(values["data"])
     values["lora_targets"] = tuple(values["lora_targets"])
+    if values["dp_epsilon"] is not None:
+        values.update({k: v for k, v in DP_DEFAULTS.items() if k not in explicit})
     return RunConfig(**values)
+
+
+def explicit_fields(argv: Sequence[str], config_file: dict[str, Any] | None) -> frozenset[str]:
+    """The RunConfig fields a user set: flags on the command line and keys of the config file."""
+    given = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    return frozenset(given | set(config_file or {}))
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    """A number, or "-" for a field the report withholds (e.g. under DP)."""
+    return "-" if value is None else format(value, spec)
 
 
 def summary_table(report: dict[str, Any]) -> Table:
@@ -115,13 +132,13 @@ def summary_table(report: dict[str, Any]) -> Table:
     for r in report["rounds"]:
         dropped = ", ".join(f"{d['client']}@{d['stage']}" for d in r["dropped"]) or "-"
         if r["aborted"]:
-            table.add_row(str(r["round"]), "aborted", dropped, f"{r['train_loss']:.3f}",
+            table.add_row(str(r["round"]), "aborted", dropped, _fmt(r["train_loss"], ".3f"),
                           f"{r['eval_loss_mean']:.4f}", "-", "-", "-")
             continue
         table.add_row(str(r["round"]), f"{len(r['survivors'])}/{len(r['sampled'])}", dropped,
-                      f"{r['train_loss']:.3f}", f"{r['eval_loss_mean']:.4f}",
+                      _fmt(r["train_loss"], ".3f"), f"{r['eval_loss_mean']:.4f}",
                       f"{r['bytes_up_per_client'] / 1024:.1f}",
-                      f"{r['aggregation_seconds']:.2f}", f"{r['max_abs_diff_vs_plain']:.2e}")
+                      f"{r['aggregation_seconds']:.2f}", _fmt(r["max_abs_diff_vs_plain"], ".2e"))
     return table
 
 
@@ -130,11 +147,17 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
     console.print(summary_table(report))
     console.print(f"held-out loss: {report['initial_eval_loss']:.4f} -> "
                   f"{report['final_eval_loss']:.4f}   wall {report['wall_seconds']:.1f} s")
-    verdict = {True: "[green]yes[/]", False: "[red]NO[/]", None: "n/a (nothing to compare)"}[
-        report["secure_equals_plain"]]
-    console.print(f"secure == plain FedAvg within bound: {verdict} (max |diff| "
-                  f"{report['max_abs_diff_vs_plain']:.3e} <= quantisation bound {report['error_bound']:.3e}"
-                  f" + float32 rounding {report['float32_slack']:.3e})")
+    if "dp" in report:
+        dp = report["dp"]
+        console.print(f"distributed DP: epsilon {dp['epsilon']:.3f} of {dp['target_epsilon']} (delta {dp['delta']:g}), "
+                      f"noise multiplier {dp['noise_multiplier']:.2f}, {dp['bits']}-bit ring, noise/signal "
+                      f"{dp['noise_to_signal']:.1f}" + (f"; {dp['stopped']}" if dp["stopped"] else ""), highlight=False)
+    else:
+        verdict = {True: "[green]yes[/]", False: "[red]NO[/]", None: "n/a (nothing to compare)"}[
+            report["secure_equals_plain"]]
+        console.print(f"secure == plain FedAvg within bound: {verdict} (max |diff| "
+                      f"{report['max_abs_diff_vs_plain']:.3e} <= quantisation bound {report['error_bound']:.3e}"
+                      f" + float32 rounding {report['float32_slack']:.3e})")
     for task, scores in report.get("final_task_eval", {}).items():
         first = report["initial_task_eval"][task]
         console.print(f"task {task}: accuracy {first['accuracy']:.3f} -> {scores['accuracy']:.3f} "
@@ -153,10 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from_file = None
         if args.config is not None:
-            parser = build_parser(read_config_file(args.config))
+            from_file = read_config_file(args.config)
+            parser = build_parser(from_file)
             args = parser.parse_args(argv)
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, explicit_fields(list(argv if argv is not None else sys.argv[1:]), from_file))
     except (ValueError, TypeError) as exc:  # one line, exit 2 (argparse itself prints usage for bad syntax)
         print(f"fedlm: error: {exc}", file=sys.stderr)
         return 2

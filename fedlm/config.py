@@ -301,6 +301,12 @@ class RunConfig:
         return data
 
 
+DP_DEFAULTS: dict[str, Any] = {"mode": "prompt", "clients": 30, "clients_per_round": 30}
+"""Under ``--dp-epsilon``, what the command line defaults to unless set: distributed DP noise grows with
+the square root of the trained values and shrinks with the honest clients per round, so a DP run
+learns with few values (a soft prompt) and many clients per round (``dp.noise_to_signal``)."""
+
+
 def field_help(name: str) -> str:
     """The help text of a ``RunConfig`` field, for the CLI."""
     for f in fields(RunConfig):

@@ -64,3 +64,29 @@ def test_a_resumed_dp_run_keeps_its_plan_and_charges_every_release(tmp_path: Pat
     # both count, so the third release does not fit a 2-round plan's budget.
     assert resumed["dp"]["stopped"] is not None and len(resumed["rounds"]) == 1
     assert resumed["dp"]["epsilon"] >= first["dp"]["epsilon"]
+
+
+def test_dp_defaults_apply_only_to_what_the_user_did_not_set() -> None:
+    from fedlm.cli import build_parser, config_from_args, explicit_fields
+
+    argv = ["run", "--dp-epsilon", "8"]
+    cfg = config_from_args(build_parser().parse_args(argv), explicit_fields(argv, None))
+    assert (cfg.mode, cfg.clients, cfg.clients_per_round, cfg.backend) == ("prompt", 30, 30, "secagg+")
+    argv = ["run", "--dp-epsilon", "8", "--mode", "lora", "--clients-per-round=4"]
+    cfg = config_from_args(build_parser({"clients": 12}).parse_args(argv), explicit_fields(argv, {"clients": 12}))
+    assert (cfg.mode, cfg.clients, cfg.clients_per_round) == ("lora", 12, 4)
+    argv = ["run"]
+    cfg = config_from_args(build_parser().parse_args(argv), explicit_fields(argv, None))
+    assert (cfg.mode, cfg.clients, cfg.clients_per_round) == ("lora", 10, 5)
+
+
+def test_the_summary_prints_a_dp_run_without_the_withheld_fields(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from fedlm.cli import print_summary
+
+    report = run(tiny_config(tmp_path, backend="secagg", dp_epsilon=8.0, rounds=1, dropout=0.0))
+    console = Console(record=True, width=200)
+    print_summary(console, report)
+    text = console.export_text()
+    assert "distributed DP: epsilon" in text and "noise/signal" in text
