@@ -146,7 +146,7 @@ ATTACKS = ATTACKS + (
     ),
     Attack(
         "graph-grinding",
-        f"the server re-draws the SecAgg+ graph (a fresh channel key each time) until a victim has the most "
+        "the server re-draws the SecAgg+ graph (a fresh channel key each time) until a victim has the most "
         "corrupt neighbours, then restricted delivery",
         graph_grinding, _ISOLATION_SEMI_HONEST,
         Expectation(REFUSED, "the graph is derived from the setup id (config, round, context) over the "
