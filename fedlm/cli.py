@@ -20,7 +20,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from fedlm.config import BACKENDS, DP_DEFAULTS, DTYPE_NAMES, MODES, SERVER_OPTIMIZERS, TASKS, RunConfig, field_help
+from fedlm.config import (BACKENDS, DP_DEFAULTS, DTYPE_NAMES, MODES, SERVER_OPTIMIZERS, SFT_DEFAULTS, TASKS, RunConfig,
+                          field_help)
 from secagg.cli import OneLineParser
 
 _CONVERTERS: dict[str, type] = {"int": int, "float": float, "str": str,
@@ -100,14 +101,20 @@ def build_parser(defaults: dict[str, Any] | None = None) -> argparse.ArgumentPar
 def config_from_args(args: argparse.Namespace, explicit: frozenset[str] = frozenset()) -> RunConfig:
     """Builds the ``RunConfig`` from parsed arguments.
 
-    Under ``--dp-epsilon``, the fields of :data:`DP_DEFAULTS` not in ``explicit`` (given on the
-    command line or in a config file) take their DP defaults, as FFA-LoRA does.
+    Under ``--task sft`` (when ``--mode`` is not given) and ``--dp-epsilon``, the fields of
+    :data:`SFT_DEFAULTS` and :data:`DP_DEFAULTS` not in ``explicit`` (given on the command line or
+    in a config file) take those defaults (DP last, with its mode's own learning rate), as FFA-LoRA
+    does under DP.
     """
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
     values["data"] = tuple(values["data"])
     values["lora_targets"] = tuple(values["lora_targets"])
+    if values["task"] == "sft" and "mode" not in explicit:  # the rate and steps go with the mode
+        values.update({k: v for k, v in SFT_DEFAULTS.items() if k not in explicit})
     if values["dp_epsilon"] is not None:
         values.update({k: v for k, v in DP_DEFAULTS.items() if k not in explicit})
+        if "mode" not in explicit and "lr" not in explicit:
+            values["lr"] = None  # the DP mode's own default rate
     return RunConfig(**values)
 
 

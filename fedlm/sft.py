@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from fedlm.corpus import STDLIB_DOMAINS, _module_files, dirichlet_split, stdlib_documents
+from fedlm.corpus import _module_files, dirichlet_split, stdlib_documents
 from fedlm.errors import InputError
 from fedlm.samples import greedy
 
@@ -38,11 +38,12 @@ IGNORE_INDEX = -100
 #: The prompt layout used when the tokenizer has no chat template; the response and EOS follow it.
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n### Response:\n"
 DOMAIN_QUESTION = "Which area is this docstring from (web, concurrency, numeric or text)?\n"
-NAME_QUESTION = "Name the function documented as:\n"
+MODULES = {"email": "email", "asyncio": "asyncio", "_pydecimal": "decimal", "ipaddress": "ipaddress",
+           "http": "http", "datetime": "datetime"}
+"""The "module" task's modules (source package -> the answer): each has 50+ documented functions."""
+MODULE_QUESTION = "Which module is this function from (email, asyncio, decimal, ipaddress, http or datetime)?\n"
 SENTENCE_CHARS = 160
 MIN_SENTENCE_CHARS = 20
-MAX_NAME_CHARS = 16
-_SNAKE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 # Private-use characters: no chat template or user text is expected to contain them.
 _USER_SLOT = "\ue000fedlm-prompt\ue001"
 _ASSISTANT_SLOT = "\ue002fedlm-response\ue003"
@@ -188,25 +189,25 @@ def _domain_examples(max_per_task: int, max_chars_per_domain: int,
     return chosen
 
 
-def _name_examples(max_per_task: int, max_chars_per_domain: int,
-                   rng: random.Random) -> list[Example]:
-    """The "name" task: short snake_case functions whose first sentence does not give the name."""
+def _module_examples(max_per_task: int, rng: random.Random) -> list[Example]:
+    """The "module" task: the first sentence of a function's docstring -> its module (one of
+    :data:`MODULES`, the module's name not in the sentence), every module equally frequent."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     pairs: list[tuple[str, str]] = []
-    for modules in STDLIB_DOMAINS.values():
-        read = 0
-        files = (f for m in modules for f in _module_files(stdlib, m))
-        for name, doc in (pair for f in files for pair in _function_docs(f)):
-            if read >= max_chars_per_domain:
-                break
+    for source, answer in MODULES.items():
+        for _, doc in (pair for f in _module_files(stdlib, source) for pair in _function_docs(f)):
             sentence = _first_sentence(doc)
-            if (len(name) <= MAX_NAME_CHARS and _SNAKE.fullmatch(name)
-                    and len(sentence) >= MIN_SENTENCE_CHARS and name not in sentence.lower()):
-                read += len(doc)
-                pairs.append((sentence, name))
-    chosen = sorted(_unambiguous(pairs))
+            if len(sentence) >= MIN_SENTENCE_CHARS and answer not in sentence.lower():
+                pairs.append((sentence, answer))
+    kept = _unambiguous(pairs)
+    by_module = {a: sorted(s for s, m in kept if m == a) for a in MODULES.values()}
+    per_module = min(max_per_task // len(by_module), *(len(s) for s in by_module.values()))
+    chosen: list[Example] = []
+    for answer, texts in by_module.items():
+        rng.shuffle(texts)  # ok: data shuffling, not a secret
+        chosen.extend(Example(MODULE_QUESTION + t, answer, "module") for t in texts[:per_module])
     rng.shuffle(chosen)  # ok: data shuffling, not a secret
-    return [Example(NAME_QUESTION + s, n, "name") for s, n in chosen[:max_per_task]]
+    return chosen
 
 
 def stdlib_sft_examples(max_per_task: int, seed: int,
@@ -215,9 +216,10 @@ def stdlib_sft_examples(max_per_task: int, seed: int,
 
     Two tasks with short answers, so exact match is meaningful: ``"domain"``, the first sentence
     of a docstring (from :func:`fedlm.corpus.stdlib_documents`) -> its domain, with every domain
-    equally frequent (majority baseline 25%); ``"name"``, the first sentence of a function's
-    docstring -> the function's name (snake_case, <= 16 characters, not in the sentence). A
-    sentence with two different answers is dropped. Depends only on ``seed`` and the installation.
+    equally frequent (majority baseline 25%); ``"module"``, the first sentence of a function's
+    docstring -> which of six modules it comes from (the name not in the sentence; every module
+    equally frequent, baseline 1/6). A sentence with two different answers is dropped. Depends
+    only on ``seed`` and the installation.
 
     Args:
         max_per_task: At most this many examples per task (>= 4).
@@ -225,7 +227,7 @@ def stdlib_sft_examples(max_per_task: int, seed: int,
         max_chars_per_domain: How much docstring text to read per domain (see ``fedlm.corpus``).
 
     Returns:
-        The "domain" examples, then the "name" examples, each in shuffled order.
+        The "domain" examples, then the "module" examples, each in shuffled order.
 
     Raises:
         ValueError: if ``max_per_task`` < 4.
@@ -235,7 +237,7 @@ def stdlib_sft_examples(max_per_task: int, seed: int,
         raise ValueError(f"max_per_task={max_per_task} must be >= 4 (one per domain at least)")
     rng = random.Random(seed)  # ok: data shuffling, not a secret
     return (_domain_examples(max_per_task, max_chars_per_domain, rng)
-            + _name_examples(max_per_task, max_chars_per_domain, rng))
+            + _module_examples(max_per_task, rng))
 
 
 @dataclass(frozen=True)

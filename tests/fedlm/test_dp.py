@@ -90,3 +90,20 @@ def test_the_summary_prints_a_dp_run_without_the_withheld_fields(tmp_path: Path)
     print_summary(console, report)
     text = console.export_text()
     assert "distributed DP: epsilon" in text and "noise/signal" in text
+
+
+def test_sft_defaults_apply_only_to_what_the_user_did_not_set() -> None:
+    from fedlm.cli import build_parser, config_from_args, explicit_fields
+
+    argv = ["run", "--task", "sft"]
+    cfg = config_from_args(build_parser().parse_args(argv), explicit_fields(argv, None))
+    assert (cfg.mode, cfg.lr, cfg.local_steps) == ("full", 1e-3, 20)
+    argv = ["run", "--task", "sft", "--mode", "prompt"]  # the rate and steps go with the mode
+    cfg = config_from_args(build_parser().parse_args(argv), explicit_fields(argv, None))
+    assert (cfg.mode, cfg.lr, cfg.local_steps) == ("prompt", None, 10)
+    argv = ["run", "--task", "sft", "--local-steps", "5"]
+    cfg = config_from_args(build_parser().parse_args(argv), explicit_fields(argv, None))
+    assert (cfg.mode, cfg.lr, cfg.local_steps) == ("full", 1e-3, 5)
+    argv = ["run", "--task", "sft", "--dp-epsilon", "8"]  # DP's mode with its own rate
+    cfg = config_from_args(build_parser().parse_args(argv), explicit_fields(argv, None))
+    assert (cfg.mode, cfg.lr) == ("prompt", None)

@@ -14,7 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from fedlm.corpus import STDLIB_DOMAINS
 from fedlm.errors import InputError
 from fedlm.samples import greedy
-from fedlm.sft import (IGNORE_INDEX, Example, collate, evaluate_sft, format_example,
+from fedlm.sft import (IGNORE_INDEX, MODULES, Example, collate, evaluate_sft, format_example,
                        load_sft_jsonl, prompt_ids, split_examples, stdlib_sft_examples)
 from fedlm.tokenizer import EOS, train_tokenizer
 
@@ -102,14 +102,14 @@ def test_stdlib_examples_are_seeded_balanced_and_short() -> None:
     examples = stdlib_sft_examples(max_per_task=80, seed=1, max_chars_per_domain=20_000)
     assert examples == stdlib_sft_examples(max_per_task=80, seed=1, max_chars_per_domain=20_000)
     by_task = Counter(e.task for e in examples)
-    assert set(by_task) == {"domain", "name"} and max(by_task.values()) <= 80
+    assert set(by_task) == {"domain", "module"} and max(by_task.values()) <= 80
     domains = Counter(e.response for e in examples if e.task == "domain")
     assert set(domains) == set(STDLIB_DOMAINS) and len(set(domains.values())) == 1
-    names = [e for e in examples if e.task == "name"]
-    assert len(names) >= 40
-    for e in names:
-        assert e.response.isidentifier() and e.response == e.response.lower()
-        assert len(e.response) <= 16 and e.response not in e.prompt.split("\n", 1)[1]
+    modules = Counter(e.response for e in examples if e.task == "module")
+    assert set(modules) == set(MODULES.values()) and len(set(modules.values())) == 1  # baseline 1/6
+    for e in examples:
+        if e.task == "module":
+            assert e.response not in e.prompt.split("\n", 1)[1].lower()
     assert all(len(e.prompt.split("\n", 1)[1]) <= 160 for e in examples)
 
 

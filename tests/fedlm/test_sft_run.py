@@ -31,7 +31,7 @@ def test_sft_on_user_jsonl_with_lora_over_secagg(tmp_path: Path) -> None:
 def test_sft_full_fine_tuning_and_personal_prompts_on_the_default_data(tmp_path: Path) -> None:
     full = run(tiny_config(tmp_path / "f", task="sft", mode="full", backend="plain", rounds=1, seq_len=64,
                            eval_examples=4, sft_examples=8))
-    assert set(full["final_task_eval"]) == {"domain", "name"}
+    assert set(full["final_task_eval"]) == {"domain", "module"}
     prompt = run(tiny_config(tmp_path / "p", task="sft", mode="prompt", personal_tokens=2, backend="plain", seq_len=64,
                              rounds=1, eval_examples=4, sft_examples=8))
     client = prompt["personalization"]["clients"][0]
