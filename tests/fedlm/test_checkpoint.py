@@ -91,3 +91,21 @@ def test_bad_checkpoint_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pyt
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) >= 1 and "Traceback" not in "\n".join(err)
     assert ("error" in err[-1]) and len(err[-1]) < 400
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_sft_from_a_local_checkpoint_with_lora_over_secagg_plus_and_dropouts(tmp_path: Path, arch: str) -> None:
+    """The issue's command: fedlm run --model DIR --task sft --data instr.jsonl --mode lora --backend secagg+."""
+    import json
+
+    data = tmp_path / "instr.jsonl"
+    rows = [{"prompt": f"colour of {w}?", "response": c, "task": "colour"} for w, c in
+            [("sky", "blue"), ("grass", "green"), ("snow", "white"), ("coal", "black")]] * 6
+    rows += [{"instruction": "double", "input": str(i), "output": str(2 * i), "task": "math"} for i in range(24)]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    report = run(tiny_config(tmp_path, model=str(_save(tmp_path, arch)), task="sft", data=(str(data),),
+                             mode="lora", backend="secagg+", rounds=3, lr=5e-2, eval_examples=8, seq_len=48))
+    assert any(r["dropped"] for r in report["rounds"])  # dropouts happened on the way
+    for task, scores in report["final_task_eval"].items():
+        assert scores["loss"] < report["initial_task_eval"][task]["loss"]  # held-out response loss falls
+    assert report["secure_equals_plain"] is True
