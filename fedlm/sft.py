@@ -172,21 +172,29 @@ def _unambiguous(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(text, next(iter(a))) for text, a in answers.items() if len(a) == 1]
 
 
+def _balanced(pairs: Sequence[tuple[str, str]], answers: Sequence[str], max_per_task: int, question: str,
+              task: str, rng: random.Random) -> list[Example]:
+    """Unambiguous (sentence, answer) pairs as ``task`` examples, exactly as many of each answer
+    (so the majority baseline is 1/len(answers)), in shuffled order."""
+    kept = _unambiguous(pairs)
+    by_answer = {a: sorted(s for s, b in kept if b == a) for a in answers}
+    per_answer = min(max_per_task // len(by_answer), *(len(s) for s in by_answer.values()))
+    chosen: list[Example] = []
+    for answer, texts in by_answer.items():
+        rng.shuffle(texts)  # ok: data shuffling, not a secret
+        chosen.extend(Example(question + t, answer, task) for t in texts[:per_answer])
+    rng.shuffle(chosen)  # ok: data shuffling, not a secret
+    return chosen
+
+
 def _domain_examples(max_per_task: int, max_chars_per_domain: int,
                      rng: random.Random) -> list[Example]:
     """The "domain" task, with exactly as many examples of each of the four domains."""
     documents = stdlib_documents(max_chars_per_domain)
     sentences = [(_first_sentence(doc), domain) for domain in sorted(documents)
                  for doc in documents[domain]]
-    pairs = _unambiguous([(s, d) for s, d in sentences if len(s) >= MIN_SENTENCE_CHARS])
-    by_domain = {d: sorted(s for s, a in pairs if a == d) for d in sorted(documents)}
-    per_domain = min(max_per_task // len(by_domain), *(len(s) for s in by_domain.values()))
-    chosen: list[Example] = []
-    for domain, texts in by_domain.items():
-        rng.shuffle(texts)  # ok: data shuffling, not a secret
-        chosen.extend(Example(DOMAIN_QUESTION + t, domain, "domain") for t in texts[:per_domain])
-    rng.shuffle(chosen)  # ok: data shuffling, not a secret
-    return chosen
+    pairs = [(s, d) for s, d in sentences if len(s) >= MIN_SENTENCE_CHARS]
+    return _balanced(pairs, sorted(documents), max_per_task, DOMAIN_QUESTION, "domain", rng)
 
 
 def _module_examples(max_per_task: int, rng: random.Random) -> list[Example]:
@@ -199,15 +207,7 @@ def _module_examples(max_per_task: int, rng: random.Random) -> list[Example]:
             sentence = _first_sentence(doc)
             if len(sentence) >= MIN_SENTENCE_CHARS and answer not in sentence.lower():
                 pairs.append((sentence, answer))
-    kept = _unambiguous(pairs)
-    by_module = {a: sorted(s for s, m in kept if m == a) for a in MODULES.values()}
-    per_module = min(max_per_task // len(by_module), *(len(s) for s in by_module.values()))
-    chosen: list[Example] = []
-    for answer, texts in by_module.items():
-        rng.shuffle(texts)  # ok: data shuffling, not a secret
-        chosen.extend(Example(MODULE_QUESTION + t, answer, "module") for t in texts[:per_module])
-    rng.shuffle(chosen)  # ok: data shuffling, not a secret
-    return chosen
+    return _balanced(pairs, list(MODULES.values()), max_per_task, MODULE_QUESTION, "module", rng)
 
 
 def stdlib_sft_examples(max_per_task: int, seed: int,
