@@ -25,7 +25,7 @@ from secagg.audit.adversary import Play, kind_name, play
 from secagg.hazmat import shamir
 from secagg.hazmat.keys import AgreementKeyPair, derive_key, is_canonical_public_key
 from secagg.protocols.secagg import messages as m
-from secagg.protocols.secagg.common import TO_SERVER, message_key, pairwise_context, protocol_id
+from secagg.protocols.secagg.common import pairwise_context, protocol_id
 from secagg.wire import SERVER_ID, Header
 
 from .helpers import CorruptClient, encoded_inputs, ring_sum, small_config

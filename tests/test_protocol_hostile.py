@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from secagg import IntegrityError, ProtocolAbort, ThreatModel
-from secagg.protocols.secagg import SecAggServer, Stage
+from secagg.protocols.secagg import Stage
 from secagg.protocols.secagg import messages as m
 
 from secagg.audit.adversary import AdversarialServer, replace_body

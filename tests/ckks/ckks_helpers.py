@@ -60,6 +60,14 @@ class Session:
         key = self._key_for(header) if header.kind in m.AUTHENTICATED_KINDS else None
         return m.encode(header, body, key)
 
+    def to_upload_stage(self) -> dict[int, bytes]:
+        """Every client advertises and the key is set up; returns the context broadcast per client."""
+        for cid in sorted(self.clients):
+            self.server.receive(self.clients[cid].advertise())
+        ((generator, key_list),) = self.server.advance().items()
+        self.server.receive(self.clients[generator].handle(key_list))
+        return dict(self.server.advance())
+
     def exact_average(self, survivors: tuple[int, ...]) -> np.ndarray:
         c = self.config.clip_bound
         total = sum(np.clip(self.updates[i], -c, c) * self.weights[i] for i in survivors)

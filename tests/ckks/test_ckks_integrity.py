@@ -11,17 +11,7 @@ from ckks_helpers import Session, make_session
 from secagg.errors import IntegrityError, MalformedMessage, ProtocolAbort, SecAggError
 from secagg.protocols.ckks import Stage
 from secagg.protocols.ckks import messages as m
-from secagg.protocols.ckks.common import limits_for
 from secagg.wire import HEADER_BYTES, Header
-
-
-def _to_upload_stage(s: Session) -> dict[int, bytes]:
-    """Run key setup; returns the context broadcast per client."""
-    for cid in sorted(s.clients):
-        s.server.receive(s.clients[cid].advertise())
-    (generator, key_list), = s.server.advance().items()
-    s.server.receive(s.clients[generator].handle(key_list))
-    return s.server.advance()
 
 
 def _replace_chunk(s: Session, upload: bytes, index: int, blob: bytes) -> bytes:
@@ -34,7 +24,6 @@ def _replace_chunk(s: Session, upload: bytes, index: int, blob: bytes) -> bytes:
 
 def test_every_message_round_trips_canonically() -> None:
     s = make_session(n=3, d=50)
-    limits = limits_for(s.config)
     seen = [s.clients[cid].advertise() for cid in range(3)]
     for data in seen:
         s.server.receive(data)
@@ -68,8 +57,7 @@ def test_every_message_round_trips_canonically() -> None:
 
 def test_tampered_ciphertext_metadata_rejected_without_state_change() -> None:
     s = make_session(n=3, d=50)
-    contexts = _to_upload_stage(s)
-    limits = limits_for(s.config)
+    contexts = s.to_upload_stage()
     good = s.clients[1].handle(contexts[1])
     _, body = s.open(good)
     assert isinstance(body, m.Upload)
@@ -91,10 +79,9 @@ def test_tampered_ciphertext_metadata_rejected_without_state_change() -> None:
 def test_ciphertext_of_another_session_scale_rejected() -> None:
     s = make_session(n=3, d=50)
     other = make_session(n=3, d=50, clip_bound=1000.0)
-    contexts = _to_upload_stage(s)
-    foreign_contexts = _to_upload_stage(other)
+    contexts = s.to_upload_stage()
+    foreign_contexts = other.to_upload_stage()
     foreign = other.clients[1].handle(foreign_contexts[1])
-    limits = limits_for(s.config)
     good = s.clients[1].handle(contexts[1])
     _, foreign_body = other.open(foreign)
     with pytest.raises(IntegrityError):
@@ -103,8 +90,7 @@ def test_ciphertext_of_another_session_scale_rejected() -> None:
 
 def test_flipped_coefficient_is_caught_by_the_key_holder() -> None:
     s = make_session(n=3, d=50)
-    contexts = _to_upload_stage(s)
-    limits = limits_for(s.config)
+    contexts = s.to_upload_stage()
     uploads = {c: s.clients[c].handle(contexts[c]) for c in range(3)}
     _, body = s.open(uploads[2])
     blob = bytearray(body.chunks[0])
@@ -158,8 +144,7 @@ def test_server_substituting_the_public_context_is_detected() -> None:
     from secagg.protocols.ckks import he
 
     s = make_session(n=3, d=50)
-    contexts = _to_upload_stage(s)
-    limits = limits_for(s.config)
+    contexts = s.to_upload_stage()
     _, own_public = he.generate_context(s.config.preset, s.config.log_scale)
     for cid in (0, 1):
         header, body = s.open(contexts[cid])
@@ -172,7 +157,7 @@ def test_server_substituting_the_public_context_is_detected() -> None:
 
 def test_tampered_sealed_secret_context_rejected() -> None:
     s = make_session(n=3, d=50)
-    contexts = _to_upload_stage(s)
+    contexts = s.to_upload_stage()
     header, body = s.open(contexts[1])
     assert isinstance(body, m.ContextBroadcast) and body.sealed
     sealed = bytearray(body.sealed)
@@ -183,7 +168,7 @@ def test_tampered_sealed_secret_context_rejected() -> None:
 
 def test_wrong_session_round_or_recipient_leaves_client_unchanged() -> None:
     s = make_session(n=3, d=50)
-    contexts = _to_upload_stage(s)
+    contexts = s.to_upload_stage()
     header, body = s.open(contexts[2])
     variants = [
         Header(header.kind, header.protocol, header.round + 1, header.session, header.sender, header.recipient),
@@ -201,17 +186,16 @@ def test_wrong_session_round_or_recipient_leaves_client_unchanged() -> None:
 
 def test_key_holder_refuses_small_sums_and_decrypts_once() -> None:
     s = make_session(n=3, d=50, min_contributors=2)
-    contexts = _to_upload_stage(s)
+    contexts = s.to_upload_stage()
     uploads = {c: s.clients[c].handle(contexts[c]) for c in range(3)}
     s.server.receive(uploads[0])
     s.server.receive(uploads[1])
     (holder, request), = s.server.advance().items()
-    limits = limits_for(s.config)
     header, body = s.open(request)
     assert isinstance(body, m.DecryptRequest)
     lonely = s.seal(header, m.DecryptRequest((0,), body.chunks))
     probe = make_session(n=3, d=50, min_contributors=2)
-    probe_contexts = _to_upload_stage(probe)
+    probe_contexts = probe.to_upload_stage()
     probe.clients[0].handle(probe_contexts[0])
     with pytest.raises(SecAggError):
         probe.clients[0].handle(lonely)  # another session's holder: wrong session
@@ -226,7 +210,7 @@ def test_key_holder_refuses_small_sums_and_decrypts_once() -> None:
 
 def test_key_holder_refuses_a_sum_of_one() -> None:
     s = make_session(n=3, d=50, min_contributors=2)
-    contexts = _to_upload_stage(s)
+    contexts = s.to_upload_stage()
     uploads = {c: s.clients[c].handle(contexts[c]) for c in range(3)}
     s.server.receive(uploads[1])
     s.server.receive(uploads[2])
@@ -250,7 +234,7 @@ def test_random_byte_flips_never_crash_the_server() -> None:
     for _ in range(40):
         if s is None:
             s = make_session(n=3, d=50)
-            good = s.clients[1].handle(_to_upload_stage(s)[1])
+            good = s.clients[1].handle(s.to_upload_stage()[1])
         assert good is not None
         data = bytearray(good)
         pos = int(rng.integers(0, min(len(data), HEADER_BYTES + 400)))

@@ -100,14 +100,6 @@ def _variants(blob: bytes, slots: int) -> dict[str, bytes]:
     }
 
 
-def _to_upload_stage(s: Session) -> dict[int, bytes]:
-    for cid in sorted(s.clients):
-        s.server.receive(s.clients[cid].advertise())
-    ((generator, key_list),) = s.server.advance().items()
-    s.server.receive(s.clients[generator].handle(key_list))
-    return s.server.advance()
-
-
 def _with_chunks(s: Session, data: bytes, edit: Callable[[list[bytes]], list[bytes]]) -> bytes:
     """Re-encode an upload or decryption request with its chunk list edited."""
     header, body = s.open(data)
@@ -152,14 +144,13 @@ def test_honest_chunks_have_the_checked_layout() -> None:
 def test_server_rejects_inconsistent_upload_first_in_and_round_completes(variant: str) -> None:
     """The hostile upload arrives first (it used to become the accumulator) and is refused."""
     s = make_session(n=3, d=50)
-    contexts = _to_upload_stage(s)
-    limits = limits_for(s.config)
+    contexts = s.to_upload_stage()
     uploads = {c: s.clients[c].handle(contexts[c]) for c in range(3)}
     _, body = s.open(uploads[2])
     assert isinstance(body, m.Upload)
     bad = _variants(body.chunks[0], s.config.slots)[variant]
     # two ciphertexts in one chunk already exceed the decoder's size limit
-    expected = MalformedMessage if len(bad) > limits.max_ciphertext else IntegrityError
+    expected = MalformedMessage if len(bad) > limits_for(s.config).max_ciphertext else IntegrityError
     with pytest.raises(expected):
         s.server.receive(_with_chunks(s, uploads[2], _replace(0, bad)))
     assert s.server.stage is Stage.UPLOAD and s.server.contributors == ()
@@ -175,8 +166,7 @@ def test_server_rejects_inconsistent_upload_first_in_and_round_completes(variant
 def test_wrong_chunk_count_is_malformed_at_server(count: int) -> None:
     s = make_session(n=3, d=2100)  # 2101 slots of values and weight: two chunks of 2048
     assert s.config.chunks == 2
-    contexts = _to_upload_stage(s)
-    limits = limits_for(s.config)
+    contexts = s.to_upload_stage()
     good = s.clients[0].handle(contexts[0])
     with pytest.raises(MalformedMessage, match="chunk ciphertexts"):
         s.server.receive(_with_chunks(s, good, lambda chunks: (chunks * 2)[:count]))
@@ -186,7 +176,7 @@ def test_wrong_chunk_count_is_malformed_at_server(count: int) -> None:
 
 
 def _decrypt_stage(s: Session) -> tuple[int, bytes]:
-    contexts = _to_upload_stage(s)
+    contexts = s.to_upload_stage()
     for c in s.clients:
         s.server.receive(s.clients[c].handle(contexts[c]))
     ((holder, request),) = s.server.advance().items()
@@ -197,7 +187,7 @@ def test_key_holder_keeps_its_key_on_malformed_requests_then_decrypts() -> None:
     """A malicious server (or the network) sends bad sums; the key holder refuses and keeps state."""
     s = make_session(n=3, d=2100)
     holder, request = _decrypt_stage(s)
-    client, limits = s.clients[holder], limits_for(s.config)
+    client = s.clients[holder]
     _, body = s.open(request)
     assert isinstance(body, m.DecryptRequest)
     variants = _variants(body.chunks[1], s.config.slots).values()
@@ -219,8 +209,7 @@ def test_key_holder_keeps_its_key_on_malformed_requests_then_decrypts() -> None:
 def test_corrupt_payload_behind_a_valid_layout_is_refused_before_the_key_is_spent() -> None:
     """Right layout and SEAL header, garbage compressed data: TenSEAL's parser refuses it."""
     s = make_session(n=3, d=50)
-    contexts = _to_upload_stage(s)
-    limits = limits_for(s.config)
+    contexts = s.to_upload_stage()
     uploads = {c: s.clients[c].handle(contexts[c]) for c in range(3)}
     _, body = s.open(uploads[0])
     assert isinstance(body, m.Upload)
