@@ -20,14 +20,15 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from fedlm.config import (BACKENDS, DP_DEFAULTS, DTYPE_NAMES, MODES, SERVER_OPTIMIZERS, SFT_DEFAULTS, TASKS, RunConfig,
+from fedlm.config import (BACKENDS, DP_DEFAULTS, DTYPE_NAMES, ENGINES, FLOWER_RUNTIMES, MODES, SERVER_OPTIMIZERS, SFT_DEFAULTS, TASKS, RunConfig,
                           field_help)
 from secagg.cli import OneLineParser
 
 _CONVERTERS: dict[str, type] = {"int": int, "float": float, "str": str,
                                 "float | None": float, "str | None": str, "int | None": int}
 _CHOICES: dict[str, tuple[str, ...]] = {"mode": MODES, "backend": BACKENDS, "dtype": DTYPE_NAMES, "task": TASKS,
-                                        "server_opt": SERVER_OPTIMIZERS}
+                                        "server_opt": SERVER_OPTIMIZERS, "engine": ENGINES,
+                                        "flower_runtime": FLOWER_RUNTIMES}
 
 
 def read_config_file(path: str) -> dict[str, Any]:

@@ -17,6 +17,8 @@ MODES: tuple[str, ...] = ("pretrain", "full", "lora", "prompt")
 TASKS: tuple[str, ...] = ("lm", "sft")
 BACKENDS: tuple[str, ...] = ("plain", "secagg", "secagg+", "ckks")
 SECURE_BACKENDS: tuple[str, ...] = ("secagg", "secagg+", "ckks")
+ENGINES: tuple[str, ...] = ("in-memory", "flower")
+FLOWER_RUNTIMES: tuple[str, ...] = ("simulation", "local-deployment")
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16")
 SERVER_OPTIMIZERS: tuple[str, ...] = ("fedavg", "fedavgm", "fedadam", "fedyogi")
 #: eta when ``--server-lr`` is not given: plain averaging for the first two, a small step for the
@@ -46,6 +48,12 @@ class RunConfig:
     task: str = _f("lm", "lm | sft: causal-LM loss on text, or supervised instruction tuning (loss on the "
                    "response only; held-out accuracy per task).")
     backend: str = _f("secagg+", "plain | secagg | secagg+ | ckks: how updates are aggregated.")
+    engine: str = _f("in-memory", "in-memory | flower: where the clients run: in this process, or as Flower "
+                     "ClientApps (each client a SuperNode) driven by a Flower ServerApp.")
+    flower_runtime: str = _f("simulation", "--engine flower: simulation (Flower's simulation runtime, Ray) or "
+                             "local-deployment (a SuperLink and one SuperNode per client on 127.0.0.1).")
+    flower_compare: bool = _f(False, "--engine flower: also run the in-memory engine with the same seed and "
+                              "report the largest difference between the two global models (engine_check).")
     rounds: int = _f(10, "Number of federated rounds.")
     clients: int = _f(10, "Number of clients holding data.")
     clients_per_round: int = _f(5, "Clients sampled each round.")
@@ -122,6 +130,7 @@ class RunConfig:
             raise ValueError("--task sft reads instruction .jsonl files only")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend={self.backend!r}: choose one of {BACKENDS}")
+        self._check_engine()
         self._check_counts()
         self._check_rates()
         if self.hidden_size % self.num_heads:
@@ -134,6 +143,18 @@ class RunConfig:
             if Path(path).suffix not in (".txt", ".jsonl"):
                 raise ValueError(f"data file {path!r}: expected a .txt or .jsonl file")
         self._check_model()
+
+    def _check_engine(self) -> None:
+        """Checks the engine flags and what the Flower engine does not run."""
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine={self.engine!r}: choose one of {ENGINES}")
+        if self.flower_runtime not in FLOWER_RUNTIMES:
+            raise ValueError(f"flower_runtime={self.flower_runtime!r}: choose one of {FLOWER_RUNTIMES}")
+        if self.engine == "flower" and self.dp_epsilon is not None:
+            raise ValueError("--dp-epsilon runs on --engine in-memory only for now (the Flower adapter does not "
+                             "carry the DP encoding yet)")
+        if self.engine == "flower" and self.resume is not None:
+            raise ValueError("--resume runs on --engine in-memory only for now")
 
     def _check_model(self) -> None:
         """Checks the checkpoint flags."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,8 @@ import numpy as np
 import torch
 
 from fedlm.errors import InputError
-from fedlm.backends import AggregationResult, RoundAborted, RoundSession, SecureBackend, fedavg, make_backend
+from fedlm.backends import (AggregationResult, Backend, DpBudget, RoundAborted, RoundSession, SecureBackend,
+                            fedavg, make_backend)
 from fedlm.checkpoint import load_checkpoint, lora_targets
 from fedlm.client import ClientUpdate, batch_loss, client_update, local_train
 from fedlm.config import RunConfig
@@ -35,7 +38,6 @@ from fedlm.server_opt import ServerOptimizer, server_optimizer
 from fedlm.report import ACCURACY_PLOT, finish_report, round_record, write_outputs
 from fedlm.tokenizer import save_tokenizer
 
-ENGINE = "in-memory"
 WARMUP_LR = 3e-3
 
 
@@ -164,43 +166,107 @@ def aggregate_round(session: RoundSession, updates: dict[int, ClientUpdate],
     return result, max_abs_diff(result.average, reference)
 
 
+def _base_model(cfg: RunConfig, prepared: Prepared) -> Any:
+    """The base model: the ``--model`` checkpoint, or the tiny Llama freshly initialised (seeded)."""
+    tok = prepared.tokenizer
+    if cfg.model is not None:  # a trained checkpoint: no central warm-up
+        base = load_checkpoint(cfg.model, cfg.dtype, cfg.seq_len + cfg.prompt_tokens)
+    else:
+        base = build_base_model(cfg, len(tok), int(tok.pad_token_id), int(tok.eos_token_id))
+    torch.nn.Module.to(base, cfg.resolved_device)
+    return base
+
+
+def _wrap(cfg: RunConfig, prepared: Prepared, base: Any) -> torch.nn.Module:
+    targets = lora_targets(base, cfg.lora_targets) if cfg.mode == "lora" else []
+    return wrap_for_mode(base, cfg, int(prepared.tokenizer.eos_token_id), targets).to(cfg.resolved_device)
+
+
+def assemble_model(cfg: RunConfig, prepared: Prepared) -> torch.nn.Module:
+    """The run's model wrapped for its mode, before warm-up (a Flower node loads the driver's
+    warmed-up weights into it)."""
+    return _wrap(cfg, prepared, _base_model(cfg, prepared))
+
+
 def build_model(cfg: RunConfig, prepared: Prepared, out_dir: Path,
                 progress: RunProgress) -> tuple[torch.nn.Module, float | None]:
     """Builds the base model, warms it up on public data and wraps it for the mode."""
-    tok = prepared.tokenizer
-    warm_loss: float | None = None
-    if cfg.model is not None:  # a trained checkpoint: no central warm-up
-        base = load_checkpoint(cfg.model, cfg.dtype, cfg.seq_len + cfg.prompt_tokens)
-        torch.nn.Module.to(base, cfg.resolved_device)
-    else:
-        base = build_base_model(cfg, len(tok), int(tok.pad_token_id), int(tok.eos_token_id))
-        torch.nn.Module.to(base, cfg.resolved_device)
-        warm_loss = warm_up(base, cfg, prepared.public_blocks, progress)
-    targets = lora_targets(base, cfg.lora_targets) if cfg.mode == "lora" else []
+    base = _base_model(cfg, prepared)
+    warm_loss = warm_up(base, cfg, prepared.public_blocks, progress) if cfg.model is None else None
     if not cfg.full_parameters:
         save_base(base, out_dir)
-    return wrap_for_mode(base, cfg, int(tok.eos_token_id), targets).to(cfg.resolved_device), warm_loss
+    return _wrap(cfg, prepared, base), warm_loss
 
 
-def finish_round(model: torch.nn.Module, session: RoundSession, prepared: Prepared,
-                 global_state: StateDict, rnd: int, sampled: list[int],
-                 updates: dict[int, ClientUpdate], dropouts: dict[int, str],
-                 batch_size: int, server: ServerOptimizer) -> tuple[StateDict, dict[str, Any]]:
-    """Aggregates, lets the server optimiser apply the average to the global state, evaluates.
+def finish_round(model: torch.nn.Module, prepared: Prepared, global_state: StateDict, rnd: int,
+                 sampled: list[int], outcome: RoundOutcome, batch_size: int,
+                 server: ServerOptimizer) -> tuple[StateDict, dict[str, Any]]:
+    """Lets the server optimiser apply the round's average to the global state, evaluates.
 
     Returns:
         The new global state (unchanged if the round aborted) and the round's record.
     """
-    try:
-        result, diff = aggregate_round(session, updates, dropouts)
-    except RoundAborted as exc:
+    if outcome.result is None:
         losses = evaluate(model, prepared.eval_blocks, batch_size)
-        return global_state, round_record(rnd, sampled, updates, None, dropouts, losses,
-                                          None, aborted=str(exc) or "too few survivors")
-    global_state = server.step(global_state, result.average)
+        return global_state, round_record(rnd, sampled, outcome.updates, None, outcome.dropouts, losses,
+                                          None, aborted=outcome.aborted or "too few survivors")
+    global_state = server.step(global_state, outcome.result.average)
     load_uploaded_state(model, global_state)
     losses = evaluate(model, prepared.eval_blocks, batch_size)
-    return global_state, round_record(rnd, sampled, updates, result, dropouts, losses, diff)
+    return global_state, round_record(rnd, sampled, outcome.updates, outcome.result, outcome.dropouts, losses,
+                                      outcome.diff)
+
+
+@dataclass
+class RoundOutcome:
+    """What an engine's round gave the server: the aggregate (``None``: aborted, with the reason),
+    the injected dropouts, and, in memory only, each client's update and the check against plain
+    FedAvg (a deployed server sees neither)."""
+
+    result: AggregationResult | None
+    dropouts: dict[int, str]
+    updates: dict[int, ClientUpdate] = field(default_factory=dict)
+    diff: float | None = None
+    aborted: str | None = None
+
+
+class RoundRunner(ABC):
+    """How an engine runs one round: the sampled clients train from the global state and the server
+    gets their aggregate."""
+
+    @property
+    @abstractmethod
+    def stages(self) -> tuple[str, ...]:
+        """The stages at which a client can be made to drop out."""
+
+    @abstractmethod
+    def round(self, global_state: StateDict, rnd: int, sampled: list[int],
+              dropouts: dict[int, str]) -> RoundOutcome:
+        """Runs round ``rnd`` with the injected ``dropouts`` (client id -> stage)."""
+
+
+class InMemoryRunner(RoundRunner):
+    """Every client trains in this process on the one model; its party is built where it trains."""
+
+    def __init__(self, backend: Backend, model: torch.nn.Module, prepared: Prepared, cfg: RunConfig,
+                 progress: RunProgress, personal: PersonalPrompts | None) -> None:
+        self.backend, self.model, self.prepared, self.cfg = backend, model, prepared, cfg
+        self.progress, self.personal = progress, personal
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return self.backend.stages
+
+    def round(self, global_state: StateDict, rnd: int, sampled: list[int],
+              dropouts: dict[int, str]) -> RoundOutcome:
+        session = self.backend.open_round(sampled, state_digest(global_state), rnd)
+        updates = train_clients(self.model, global_state, self.prepared, sampled, self.cfg, rnd,
+                                self.progress, session, self.personal)
+        try:
+            result, diff = aggregate_round(session, updates, dropouts)
+        except RoundAborted as exc:
+            return RoundOutcome(None, dropouts, updates, aborted=str(exc) or "too few survivors")
+        return RoundOutcome(result, dropouts, updates, diff)
 
 
 def round_line(record: dict[str, Any]) -> str:
@@ -234,38 +300,33 @@ DP_LEDGER = "dp_ledger.json"
 """Under DP: every released sum's honest noise count, written before the round's record."""
 
 
-def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
-    """Runs the whole federated training and writes report, plots and model.
+@dataclass
+class Federated:
+    """What the rounds produced: the final global state, the records, the held-out losses before
+    federation, the DP budget spent (under DP) and why training stopped early (if it did)."""
 
-    Args:
-        cfg: The run configuration.
-        progress: Where to show progress; silent when ``None``.
+    global_state: StateDict
+    records: list[dict[str, Any]]
+    initial: dict[str, float]
+    budget: DpBudget | None = None
+    dp_stop: str | None = None
 
-    Returns:
-        The JSON report (also written to ``cfg.report_path``).
+
+def federate(cfg: RunConfig, prepared: Prepared, model: torch.nn.Module, backend: Backend,
+             runner: RoundRunner, out_dir: Path, progress: RunProgress,
+             personal: PersonalPrompts | None = None) -> Federated:
+    """The server's side of a run, whatever the engine: sample the round's clients and who drops
+    where, let ``runner`` train and aggregate, apply the server optimiser, evaluate, record; resume,
+    checkpoints and the DP budget included.
     """
-    progress = progress or RunProgress()
-    start = time.perf_counter()
-    try:
-        progress.message(f"device: {cfg.resolved_device}")
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    out_dir = Path(cfg.out)
-    prepared = setup(cfg, out_dir, progress)
-    model, warm_loss = build_model(cfg, prepared, out_dir, progress)
     global_state = uploaded_state(model, cfg)
-    backend = make_backend(cfg, max(c.num_examples for c in prepared.clients), global_state)
     budget = backend.budget if isinstance(backend, SecureBackend) else None
     dp_stop: str | None = None
     initial = evaluate(model, prepared.eval_blocks, cfg.batch_size)
     progress.message(f"held-out loss after warm-up: {mean_loss(initial):.4f}")
-    initial_tasks = task_scores(model, prepared, cfg)
-    prompts = held_out_prompts(prepared.eval_blocks, cfg.seq_len)
-    before = continuations(model, prompts, prepared.tokenizer, cfg.seq_len)
     # Client sampling, who drops and where: three streams seeded from --seed.
     rngs = [np.random.default_rng([cfg.seed, k]) for k in (1, 2, 3)]  # ok: simulation, not a secret
     server = server_optimizer(cfg)
-    personal = PersonalPrompts(model, cfg) if cfg.personal_tokens else None
     records: list[dict[str, Any]] = []
     first = 1
     if cfg.resume is not None:
@@ -297,11 +358,10 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
                        f"{budget.target.epsilon} (spent {budget.spent:.4g} in {len(budget.survivors)} rounds)")
             progress.message(dp_stop)
             break
-        sampled, dropouts = schedule_round(cfg, backend.stages, rngs)
-        session = backend.open_round(sampled, state_digest(global_state), rnd)
-        updates = train_clients(model, global_state, prepared, sampled, cfg, rnd, progress, session, personal)
-        global_state, record = finish_round(model, session, prepared, global_state, rnd,
-                                            sampled, updates, dropouts, cfg.batch_size, server)
+        sampled, dropouts = schedule_round(cfg, runner.stages, rngs)
+        outcome = runner.round(global_state, rnd, sampled, dropouts)
+        global_state, record = finish_round(model, prepared, global_state, rnd, sampled, outcome,
+                                            cfg.batch_size, server)
         if prepared.sft_heldout is not None:
             record["task_eval"] = task_scores(model, prepared, cfg)
         if budget is not None:
@@ -315,23 +375,59 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
             state = RunState(rnd, global_state, server.state_dict(), generator_states(rngs), initial, records,
                              rows, counts)
             save_run_state(out_dir / "checkpoints" / f"round-{rnd}", cfg, state)
+    return Federated(global_state, records, initial, budget, dp_stop)
+
+
+def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
+    """Runs the whole federated training and writes report, plots and model.
+
+    Args:
+        cfg: The run configuration.
+        progress: Where to show progress; silent when ``None``.
+
+    Returns:
+        The JSON report (also written to ``cfg.report_path``).
+    """
+    progress = progress or RunProgress()
+    start = time.perf_counter()
+    try:
+        progress.message(f"device: {cfg.resolved_device}")
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    out_dir = Path(cfg.out)
+    prepared = setup(cfg, out_dir, progress)
+    model, warm_loss = build_model(cfg, prepared, out_dir, progress)
+    backend = make_backend(cfg, max(c.num_examples for c in prepared.clients), uploaded_state(model, cfg))
+    initial_tasks = task_scores(model, prepared, cfg)
+    prompts = held_out_prompts(prepared.eval_blocks, cfg.seq_len)
+    before = continuations(model, prompts, prepared.tokenizer, cfg.seq_len)
+    personal = PersonalPrompts(model, cfg) if cfg.personal_tokens else None
+    extra: dict[str, Any] = {}
+    if cfg.engine == "flower":
+        from fedlm.flower_engine import run_on_flower  # flwr loads only for this engine
+
+        fed, extra = run_on_flower(cfg, prepared, model, backend, out_dir, progress, personal)
+    else:
+        runner = InMemoryRunner(backend, model, prepared, cfg, progress, personal)
+        fed = federate(cfg, prepared, model, backend, runner, out_dir, progress, personal)
     after = continuations(model, prompts, prepared.tokenizer, cfg.seq_len)
     personalization = (personal.report(model, prepared, out_dir, lambda m: _scores(m, prepared, cfg))
                        if personal is not None else None)
     artifact = save_final(model, out_dir)
-    report = finish_report(cfg, ENGINE, initial, records, warm_loss, parameter_count(model),
-                           global_state, prepared, artifact, time.perf_counter() - start)
+    report = finish_report(cfg, cfg.engine, fed.initial, fed.records, warm_loss, parameter_count(model),
+                           fed.global_state, prepared, artifact, time.perf_counter() - start)
+    report.update(extra)
     report["samples"] = [{"domain": d, "prompt": before[d]["prompt"], "before": before[d]["continuation"],
                           "after": after[d]["continuation"]} for d in sorted(prompts)]
     if personalization is not None:
         report["personalization"] = personalization
-    if budget is not None:
-        report["dp"] = {**budget.report(), "stopped": dp_stop}
-        report["epsilon"] = budget.spent
+    if fed.budget is not None:
+        report["dp"] = {**fed.budget.report(), "stopped": fed.dp_stop}
+        report["epsilon"] = fed.budget.spent
     if prepared.sft_heldout is not None:
         report["task"] = cfg.task
         report["initial_task_eval"] = initial_tasks
-        report["final_task_eval"] = records[-1]["task_eval"] if records else initial_tasks
+        report["final_task_eval"] = fed.records[-1]["task_eval"] if fed.records else initial_tasks
         report["artifacts"]["plots"].append(str(out_dir / ACCURACY_PLOT))
     else:
         report["task"] = cfg.task

@@ -1,0 +1,1 @@
+"""fedlm as a Flower App (see fedlm.flower_engine)."""
