@@ -33,21 +33,21 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.numpy import load_file as load_numpy
 
-from fedlm.client import client_update
 from fedlm.config import RunConfig
-from fedlm.corpus import load_corpus
 from fedlm.errors import InputError
-from fedlm.model import StateDict, personal_rows, set_personal_rows, uploaded_state
-from fedlm.prepare import Prepared, prepare_data
+
+if TYPE_CHECKING:  # torch and transformers load only where a node trains: a protocol step needs neither
+    import torch
+
+    from fedlm.prepare import Prepared
 
 __all__ = ["MODEL_FILE", "RUN_FILE", "client_app", "load_run_config", "make_client_app", "secagg_settings",
            "node_model"]
@@ -88,9 +88,14 @@ def secagg_settings(cfg: RunConfig, max_weight: int) -> dict[str, Any]:
     }
 
 
-def prepare(cfg: RunConfig) -> Prepared:
+def prepare(cfg: RunConfig) -> "Prepared":
     """The run's tokenised data, derived from the configuration alone (deterministic in ``seed``: torch
     is seeded first, as the driver's :func:`fedlm.loop.setup` does)."""
+    import torch
+
+    from fedlm.corpus import load_corpus
+    from fedlm.prepare import prepare_data
+
     torch.manual_seed(cfg.seed)
     try:
         corpus = load_corpus(cfg.data if cfg.task == "lm" else (), cfg.clients, cfg.dirichlet_alpha, cfg.seed,
@@ -100,8 +105,10 @@ def prepare(cfg: RunConfig) -> Prepared:
     return prepare_data(cfg, corpus)
 
 
-def node_model(cfg: RunConfig, prepared: Prepared, workdir: Path) -> torch.nn.Module:
+def node_model(cfg: RunConfig, prepared: "Prepared", workdir: Path) -> "torch.nn.Module":
     """The run's model as the driver saved it (after warm-up, wrapped for the mode)."""
+    from safetensors.torch import load_file
+
     from fedlm.loop import assemble_model  # the one way the model is built
 
     model = assemble_model(cfg, prepared)
@@ -112,14 +119,16 @@ def node_model(cfg: RunConfig, prepared: Prepared, workdir: Path) -> torch.nn.Mo
 @dataclass
 class _Node:
     cfg: RunConfig
-    prepared: Prepared
-    model: torch.nn.Module
+    prepared: "Prepared"
+    model: "torch.nn.Module"
     settings: dict[str, Any]
 
 
 @functools.lru_cache(maxsize=2)
 def _node(workdir: str) -> _Node:
     """What every node of a run rebuilds once per process (a simulation's worker keeps it)."""
+    import torch
+
     cfg = load_run_config(Path(workdir))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -171,6 +180,12 @@ def _write_private(path: Path, write: Any) -> None:
 
 
 def _train(message: Message, context: Context, workdir: Path) -> Message:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from fedlm.client import client_update
+    from fedlm.model import StateDict, personal_rows, set_personal_rows, uploaded_state
+
     node = _node(str(workdir))
     cfg, cid = node.cfg, _partition(context)
     if not 0 <= cid < len(node.prepared.clients):
@@ -206,15 +221,14 @@ def _train(message: Message, context: Context, workdir: Path) -> Message:
     delta = {k: v.contiguous() for k, v in update.delta.items()}
     _write_private(node_dir / _UPDATE, lambda p: save_file(delta, str(p), metadata={"weight": str(update.weight),
                                                                                  "round": str(rnd)}))
-    _write_private(node_dir / _ROUND, lambda p: p.write_text(json.dumps({"round": rnd, "drop-at": drop_at,
-                                                                      "names": list(global_state)})))
+    plan = {"round": rnd, "drop-at": drop_at, "names": list(global_state), "settings": node.settings}
+    _write_private(node_dir / _ROUND, lambda p: p.write_text(json.dumps(plan)))
     return Message(RecordDict({"fedlm.ack": ConfigRecord({"round": rnd})}), reply_to=message)
 
 
 def _secagg(message: Message, context: Context, workdir: Path) -> Message:
     from secagg.adapters.flower import handle, unpack
 
-    node = _node(str(workdir))
     node_dir = _node_dir(context, workdir)
     step = unpack(message.content).step
     try:
@@ -224,22 +238,22 @@ def _secagg(message: Message, context: Context, workdir: Path) -> Message:
     if planned["drop-at"] == step:
         raise RuntimeError(f"node configured to drop at {step} in round {planned['round']}")
     update_path = node_dir / _UPDATE
+    if not update_path.exists():
+        raise InputError("no stored update for this round")
 
-    def get_update(_: Context, round_number: int) -> tuple[StateDict, int]:
-        with safe_open(str(update_path), framework="pt") as f:
+    def get_update(_: Context, round_number: int) -> tuple[dict[str, np.ndarray], int]:
+        with safe_open(str(update_path), framework="np") as f:
             meta = f.metadata()
             if int(meta["round"]) != round_number:
                 raise InputError(f"the stored update is of round {meta['round']}, not {round_number}")
-            delta = {k: f.get_tensor(k) for k in planned["names"]}
+            delta = {k: f.get_tensor(k) for k in planned["names"]}  # the server's order: the schema's
         return delta, int(meta["weight"])
 
-    if not update_path.exists():
-        raise InputError("no stored update for this round")
-    stored = load_file(str(update_path))
-    template = {name: stored[name] for name in planned["names"]}  # the server's order: the schema's
+    stored = load_numpy(str(update_path))
+    template = {name: stored[name] for name in planned["names"]}
     scoped = Context(run_id=context.run_id, node_id=context.node_id,
                      node_config={**context.node_config, "secagg-state-dir": str(_private_dir(node_dir / "secagg"))},
-                     state=context.state, run_config=node.settings)
+                     state=context.state, run_config=planned["settings"])
     return handle(message, scoped, template, get_update)
 
 
