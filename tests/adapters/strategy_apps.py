@@ -111,6 +111,20 @@ def make_client_app(secure: bool = True) -> ClientApp:
     return app
 
 
+def _listening_addresses() -> list[str]:
+    """The local addresses of every listening TCP socket of this process's session (Ray's processes)."""
+    import psutil
+
+    session, found = os.getsid(0), set()
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == session:
+                found |= {c.laddr.ip for c in proc.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return sorted(found)
+
+
 def _simulate(out_path: str) -> None:
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAdam
@@ -131,6 +145,7 @@ def _simulate(out_path: str) -> None:
         result = strategy.start(grid=grid, initial_arrays=initial_arrays(), num_rounds=2)
         report["arrays"] = {k: v.numpy().tolist() for k, v in result.arrays.items()}
         report["train_metrics"] = {str(r): dict(m) for r, m in result.train_metrics_clientapp.items()}
+        report["listening"] = _listening_addresses()
         report["rounds"] = {str(r): {"error_bound": o.result.error_bound, "dropped": list(o.dropped.values()),
                                      "survivors": len(o.survivor_nodes), "weight_sum": o.result.weight_sum,
                                      "protocol": o.result.config.protocol, "stage_seconds": o.stage_seconds}

@@ -333,9 +333,10 @@ def test_fedadam_over_secagg_plus_in_flowers_simulation_runtime(tmp_path) -> Non
     assert child.returncode == 0, (tmp_path / "simulation.log").read_text()[-3000:]
     report = json.loads(out.read_text())
     assert report["node_ip"] == "127.0.0.1"
+    assert report["listening"] and set(report["listening"]) <= {"127.0.0.1", "::ffff:127.0.0.1"}, report["listening"]
     for r in ("1", "2"):
         assert report["rounds"][r]["dropped"] == ["mask"] and report["rounds"][r]["survivors"] == 3
-        assert report["rounds"][r]["weight_sum"] == 1 + 2 + 3 and report["rounds"][r]["protocol"] == "secagg"
+        assert report["rounds"][r]["weight_sum"] == 1 + 2 + 3 and report["rounds"][r]["protocol"] == "secagg+"
     plain = FedAdam(fraction_evaluate=0.0).start(grid=_grid(tmp_path / "p", False, [0, 1, 2]),
                                                 initial_arrays=apps.initial_arrays(), num_rounds=2)
     bound = sum(report["rounds"][r]["error_bound"] for r in ("1", "2")) + 1e-6
