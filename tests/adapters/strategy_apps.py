@@ -101,10 +101,19 @@ def evaluate(message: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": metrics}), reply_to=message)
 
 
-def make_client_app(secure: bool = True) -> ClientApp:
-    """The test ClientApp: plain (Flower's FedAvg reference) or with ``secagg_mod``."""
-    app = ClientApp(mods=[crash_mod, secagg_mod] if secure else [crash_mod])
-    app.train()(train)
+def make_client_app(secure: bool = True, mod_on_train_only: bool = False) -> ClientApp:
+    """The test ClientApp: plain (Flower's FedAvg reference) or with ``secagg_mod``, for the whole app
+    or (``mod_on_train_only``) for the train function only, the secure round then reaching
+    ``secagg_query`` through its registration."""
+    if not secure:
+        app = ClientApp(mods=[crash_mod])
+        app.train()(train)
+    elif mod_on_train_only:
+        app = ClientApp(mods=[crash_mod])
+        app.train(mods=[secagg_mod])(train)
+    else:
+        app = ClientApp(mods=[crash_mod, secagg_mod])
+        app.train()(train)
     app.evaluate()(evaluate)
     if secure:
         app.query("secagg")(secagg_query)

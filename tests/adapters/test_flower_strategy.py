@@ -23,7 +23,7 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict  # noqa: E402
 from flwr.serverapp.strategy import FedAdam, FedAvg, Strategy  # noqa: E402
 
 from secagg import InsufficientParties, MalformedMessage, ParameterError, ProtocolAbort  # noqa: E402
@@ -46,12 +46,12 @@ def task_identity(monkeypatch):
 
 
 def _grid(root: Path, secure: bool, partitions, run_config=RUN_CONFIG,
-          node_config: dict[int, dict[str, Any]] | None = None) -> LocalGrid:
+          node_config: dict[int, dict[str, Any]] | None = None, mod_on_train_only: bool = False) -> LocalGrid:
     contexts = {}
     for p in partitions:
         config = {"partition-id": p, "secagg-state-dir": str(root / f"node{p}")} | (node_config or {}).get(p, {})
         contexts[NODES[p]] = Context(RUN_ID, NODES[p], config, RecordDict(), dict(run_config))
-    return LocalGrid(apps.make_client_app(secure), contexts)
+    return LocalGrid(apps.make_client_app(secure, mod_on_train_only), contexts)
 
 
 def _server(run_config=RUN_CONFIG) -> Context:
@@ -87,11 +87,12 @@ def _secure(strategy: SecAggStrategy, grid: LocalGrid, rounds: int = 1):
 
 
 # -- FedAvg and FedAdam give the plain strategy's result, within the quantisation bound ------------------
-@pytest.mark.parametrize("protocol", ["secagg", "secagg+"])
-def test_fedavg_through_the_wrapper_equals_plain_fedavg(tmp_path, protocol) -> None:
+@pytest.mark.parametrize("protocol, mod_on_train_only", [("secagg", False), ("secagg+", False), ("secagg+", True)])
+def test_fedavg_through_the_wrapper_equals_plain_fedavg(tmp_path, protocol, mod_on_train_only) -> None:
     run_config = RUN_CONFIG | {"secagg-protocol": protocol}
     wrapped = _wrapped(FedAvg(), run_config)
-    secure = _secure(wrapped, _grid(tmp_path / "s", True, range(6), run_config), rounds=2)
+    grid = _grid(tmp_path / "s", True, range(6), run_config, mod_on_train_only=mod_on_train_only)
+    secure = _secure(wrapped, grid, rounds=2)
     plain = _plain(FedAvg(), tmp_path / "p", range(6), rounds=2)
     assert {o.result.config.protocol for o in wrapped.rounds.values()} == {protocol}
     assert wrapped.rounds[1].result.config.degree == (4 if protocol == "secagg+" else None)
@@ -243,6 +244,24 @@ def test_evaluate_messages_pass_through_untouched(tmp_path) -> None:
         reply = grid.app(message, grid.contexts[message.metadata.dst_node_id])
         partition = NODES.index(message.metadata.dst_node_id)
         assert dict(reply.content["metrics"]) == {"eval_loss": 1.0 + partition, "num-examples": partition + 1}
+
+
+def test_a_reply_missing_a_secure_metric_is_refused_by_every_node(tmp_path) -> None:
+    wrapped = SecAggStrategy(FedAvg(fraction_evaluate=0.0), _server(), secure_metrics=["train_loss", "accuracy"])
+    result = _secure(wrapped, _grid(tmp_path, True, range(6)))
+    assert wrapped.rounds == {} and result.train_metrics_clientapp == {}
+    assert not list(tmp_path.glob("node*/*.update"))  # nothing was stored
+
+
+def test_a_corrupt_update_file_is_refused_with_a_secagg_error(tmp_path) -> None:
+    grid = _grid(tmp_path, True, [0, 1])
+    message = _train_message(_wrapped(FedAvg()), grid, 1, apps.initial_arrays())
+    grid.app(message, grid.contexts[NODES[0]])
+    data = bytearray(_update_file(tmp_path).read_bytes())
+    data[20:30] = b"\xff" * 10
+    _update_file(tmp_path).write_bytes(bytes(data))
+    with pytest.raises(MalformedMessage):
+        grid.app(_train_message(_wrapped(FedAvg()), grid, 2, apps.initial_arrays()), grid.contexts[NODES[0]])
 
 
 def _mark_edit(key: str, value: Any):

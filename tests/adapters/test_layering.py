@@ -18,4 +18,4 @@ def test_only_the_flower_adapters_import_flwr() -> None:
                 names = [node.module]
             if any(n == "flwr" or n.startswith("flwr.") for n in names):
                 importers.add(path.relative_to(root).as_posix())
-    assert importers == {"adapters/flower.py", "adapters/flower_strategy.py"}
+    assert importers == {"adapters/flower.py", "adapters/flower_node.py", "adapters/flower_strategy.py"}
