@@ -17,8 +17,10 @@ Two pieces, following Flower's wrapper-and-mod convention (like its central-DP w
 What the server learns per round: the weighted sum over survivors of (trained arrays - arrays
 sent), each coordinate clipped to the clip bound; the weighted sums of the ``secure_metrics``; the
 sum of the weights (``num-examples``, or the strategy's ``weighted_by_key``) and who survived. It
-never sees one node's arrays, metrics or weight. Train replies carry nothing else: metrics not named
-in ``secure_metrics`` stay on the node. Evaluation is Flower's own, in the clear.
+never sees one node's arrays, metrics or weight in a train reply: those carry nothing else, and
+metrics not named in ``secure_metrics`` stay on the node. Evaluation is Flower's own, in the clear:
+an evaluate reply shows that node's metrics and its ``num-examples`` (which may equal its train
+weight) to the server.
 
 Usage (a complete app; ``secagg`` must be importable on the SuperLink and every SuperNode)::
 
@@ -66,6 +68,10 @@ node already stored (or an older one) is refused, unless it is a retry of the sa
 same arrays, which gets the same acknowledgement and trains nothing; the stored update is handed
 to the protocol once, at the mask step, and erased from the file before it is masked.
 
+Rounds: the secure round of server round r is secagg round r, and a node refuses a train message for
+a round at or below the last one it stored; so one run drives one ``SecAggStrategy.start`` (a second
+``start`` in the same run, counting from round 1 again, would be refused by every node).
+
 State: each message may run in a fresh process (deployment) or a long-lived Ray actor (simulation);
 the file is the only state. It sits next to :class:`~secagg.adapters.nodestate.NodeStore`'s records
 (node config ``secagg-state-dir``; mode 0700, files 0600) and holds the plain update until the mask
@@ -108,16 +114,13 @@ class _Pending:
 
 def _sent_arrays(messages: list[Message]) -> ArrayRecord:
     """The one ArrayRecord every train message carries (identical for all, or the wrapper refuses)."""
-    first: ArrayRecord | None = None
+    first: ArrayRecord = _only(messages[0].content.array_records, "ArrayRecord", "a train message")
     for message in messages:
         if message.metadata.message_type.split(".")[0] != MessageType.TRAIN:
             raise ParameterError(f"the inner strategy configured a {message.metadata.message_type!r} message to train")
         arrays: ArrayRecord = _only(message.content.array_records, "ArrayRecord", "a train message")
-        if first is None:
-            first = arrays
-        elif arrays is not first and arrays.object_id != first.object_id:
+        if arrays is not first and arrays.object_id != first.object_id:
             raise ParameterError("SecAggStrategy needs one ArrayRecord sent to every node; the inner strategy varies it")
-    assert first is not None
     return first
 
 
@@ -233,7 +236,7 @@ class SecAggStrategy(Strategy):
         return self.strategy.aggregate_train(server_round, [self._synthetic_reply(pending, outcome)])
 
     def _acknowledged(self, pending: _Pending, replies: list[Message]) -> list[int]:
-        nodes: list[int] = []
+        nodes: dict[int, None] = {}  # ordered, with O(1) membership
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
@@ -245,8 +248,8 @@ class SecAggStrategy(Strategy):
             if problem:
                 _LOG.warning("secagg round %d: node %d left out (%s)", pending.round_number, node, problem)
             else:
-                nodes.append(node)
-        return nodes
+                nodes[node] = None
+        return list(nodes)
 
     def _synthetic_reply(self, pending: _Pending, outcome: FlowerRound) -> Message:
         """One train reply as if from a single node: sent arrays + average update, averaged metrics."""
