@@ -59,7 +59,7 @@ from ..protocols.secagg import SecAggClient, Stage
 from ..protocols.secagg.messages import Kind
 from ..wire import Header, Reader, Writer
 
-__all__ = ["NodeStore", "RoundSpec"]
+__all__ = ["NodeStore", "RoundSpec", "private_directory", "private_lock", "write_private"]
 
 _MAGIC = b"SAFN"
 _VERSION = 2
@@ -152,7 +152,12 @@ class _ReplayRandom:
         raise TypeError("a replay random source holds key material and cannot be pickled")
 
 
-def _private_directory(path: Path) -> Path:
+def private_directory(path: Path) -> Path:
+    """Create ``path`` (mode 0700) if needed and check it is a real directory private to this user.
+
+    Raises:
+        ParameterError: it is a link, another user's, or readable by group or others.
+    """
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
@@ -184,7 +189,7 @@ class NodeStore:
     def __init__(self, directory: str | Path, scope: str, lock_timeout: float = 60.0) -> None:
         if not _SCOPE.fullmatch(scope):
             raise ParameterError(f"scope must match {_SCOPE.pattern}, got {scope!r}")
-        self.directory = _private_directory(Path(directory))
+        self.directory = private_directory(Path(directory))
         self.scope = scope
         self.lock_timeout = lock_timeout
 
@@ -320,37 +325,56 @@ class NodeStore:
         return record
 
     def _commit(self, record: _Record) -> None:
-        """Replace the round's record atomically and durably (write, fsync, rename, fsync dir)."""
-        path = self._path(record.round_number)
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            view = memoryview(record.encode())
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-        directory = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_private(self._path(record.round_number), record.encode())
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        fd = os.open(self.directory / f"{self.scope}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            deadline = time.monotonic() + self.lock_timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                        raise ProtocolAbort("another process of this node holds its round state") from exc
-                    time.sleep(0.05)
+        with private_lock(self.directory / f"{self.scope}.lock", self.lock_timeout):
             yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (write, fsync, rename, fsync the directory).
+
+    The file is created with mode 0600 and never through a symbolic link; a reader sees the old or
+    the new content, never a mix. It does not check that the directory is private: that is
+    :func:`private_directory`'s job.
+    """
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+@contextmanager
+def private_lock(path: Path, timeout: float) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created 0600) for the block: one process of a node at a time.
+
+    Raises:
+        ProtocolAbort: another process held the lock for ``timeout`` seconds.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    raise ProtocolAbort("another process of this node holds its round state") from exc
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -12,7 +12,6 @@ import json
 import shutil
 import sys
 import tomllib
-import uuid
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable
@@ -22,15 +21,15 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from flwr.app import Array, ConfigRecord, Context, Error, Message, RecordDict  # noqa: E402
-from flwr.serverapp import Grid  # noqa: E402
+from flwr.app import Array, ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects  # noqa: E402
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from secagg import InsufficientParties, MalformedMessage, Schema, SecAggClient, SecAggServer  # noqa: E402
 from secagg.adapters import flower as fa  # noqa: E402
 from secagg.adapters.flower_launcher import run_local  # noqa: E402
+
+from .localgrid import LocalGrid, stamp_task_identity  # noqa: E402
 
 APP_DIR = Path(__file__).resolve().parents[2] / "examples" / "flower_app"
 RUN_CONFIG = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
@@ -47,10 +46,7 @@ def example(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def task_identity(monkeypatch):
-    # Flower stamps messages with the identity of the process's task; a ServerApp process has one.
-    monkeypatch.setattr(TaskIdentity, "_run_id", RUN_ID)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    stamp_task_identity(monkeypatch, RUN_ID)
 
 
 def expected_average(example, partitions: list[int], round_number: int = 0) -> np.ndarray:
@@ -94,52 +90,7 @@ def test_unpack_refuses_anything_but_our_layout(edit) -> None:
         fa.unpack(_tampered(edit))
 
 
-# -- the round loop through an in-process grid ---------------------------------------------------------------
-class LocalGrid(Grid):
-    """Runs the ClientApp in-process; ``silent`` nodes never answer, ``tamper`` rewrites replies."""
-
-    def __init__(self, app: Any, contexts: dict[int, Context]) -> None:
-        self.app, self.contexts = app, contexts
-        self.silent: set[int] = set()
-        self.tamper: Callable[[Message, Message], Message] | None = None
-        self._replies: dict[str, Message] = {}
-        self._run: Any = None
-
-    def set_run(self, run: Any) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Any:
-        return self._run
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def push_messages(self, messages) -> list[str]:
-        ids = []
-        for message in messages:
-            message.metadata.__dict__["_message_id"] = mid = uuid.uuid4().hex
-            ids.append(mid)
-            node = message.metadata.dst_node_id
-            if node in self.silent:
-                continue
-            try:
-                reply = self.app(message, self.contexts[node])
-            except Exception as exc:  # what flwr-clientapp does with an exception
-                reply = Message(Error(2, f"{type(exc).__name__}: {exc}"), reply_to=message)
-            self._replies[mid] = self.tamper(message, reply) if self.tamper else reply
-        return ids
-
-    def pull_messages(self, message_ids) -> list[Message]:
-        return [self._replies.pop(m) for m in list(message_ids) if m in self._replies]
-
-    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
-        return self.pull_messages(self.push_messages(messages))
-
-
+# -- the round loop through an in-process grid (tests/adapters/localgrid.py) ---------------------------------
 NODE_IDS = [9_001, 17, 4_242, 77_777, 23, 500]  # deliberately unsorted, as Flower's random ids are
 
 

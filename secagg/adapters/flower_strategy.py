@@ -1,0 +1,281 @@
+"""Secure aggregation under any Flower Message-API strategy (FedAvg, FedAdam, FedYogi, FedProx, ...).
+
+Two pieces, following Flower's wrapper-and-mod convention (like its central-DP wrappers):
+
+- :class:`SecAggStrategy` wraps the strategy on the server. Training messages go out as the inner
+  strategy builds them, marked as secure. Nodes answer with an acknowledgement only; the nodes that
+  acknowledged then run one secure round (:func:`secagg.adapters.flower.run_round`) whose released
+  sum is the survivors' weighted update. The wrapper turns it into one synthetic reply (the sent
+  arrays plus the average update, and the averaged secure metrics) and lets the inner strategy
+  aggregate that, so FedAvg returns the weighted average and FedAdam applies its server optimiser
+  to it.
+- :func:`secagg_mod` on every ClientApp: it runs the user's train function, keeps the result in a
+  private node-local file, replies with an acknowledgement, and answers the secure round from the
+  file. :func:`secagg_query` answers the round's messages too, for apps that attach the mod to
+  their train function only.
+
+What the server learns per round: the weighted sum over survivors of (trained arrays - arrays
+sent), each coordinate clipped to the clip bound; the weighted sums of the ``secure_metrics``; the
+sum of the weights (``num-examples``, or the strategy's ``weighted_by_key``) and who survived. It
+never sees one node's arrays, metrics or weight in a train reply: those carry nothing else, and
+metrics not named in ``secure_metrics`` stay on the node. Evaluation is Flower's own, in the clear:
+an evaluate reply shows that node's metrics and its ``num-examples`` (which may equal its train
+weight) to the server.
+
+Usage (a complete app; ``secagg`` must be importable on the SuperLink and every SuperNode)::
+
+    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAdam
+
+    from secagg.adapters.flower_strategy import SecAggStrategy, secagg_mod, secagg_query
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy = SecAggStrategy(FedAdam(), context, secure_metrics=["train_loss"])
+        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=3)
+
+    client_app = ClientApp(mods=[secagg_mod])
+    client_app.query("secagg")(secagg_query)  # Flower routes a message only to a registered function
+
+    @client_app.train()
+    def train(message: Message, context: Context) -> Message:
+        model.load_state_dict(message.content["arrays"].to_torch_state_dict())
+        loss, examples = train_locally(model, context)
+        metrics = MetricRecord({"train_loss": loss, "num-examples": examples})
+        return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}),
+                       reply_to=message)
+
+Settings. The session (protocol, thresholds, encoding) is built by :func:`~secagg.adapters.flower.
+session_config` from the run config keys ``secagg-protocol``, ``secagg-corrupt-fraction``,
+``secagg-dropout-fraction`` (security-relevant: every node reads them from its own run config only),
+``secagg-clip-bound``, ``secagg-fractional-bits`` and ``secagg-max-weight`` (the encoding). The
+encoding only sets the range and precision of what the server is entitled to learn anyway, so the
+server announces the values it uses in each train message (overridable in the constructor, e.g.
+``max_weight=`` for ``num-examples`` above 1): a node adopts an announced value for a key its own run
+config leaves unset and refuses a value that contradicts its own. ``secagg-stage-timeout`` and
+``secagg-poll-interval`` are the server's alone. ``flwr.simulation.run_simulation`` gives both sides
+an empty run config: the defaults then apply, with the server's constructor overrides.
+
+Rules a node enforces: a train message without the secure mark is refused (a server cannot
+downgrade a node that installed the mod to plain FedAvg); the reply must hold exactly one
+ArrayRecord with the received keys and shapes and one MetricRecord with an integer weight in
+``[1, max_weight]`` and every secure metric as a finite number; a train message for a round this
+node already stored (or an older one) is refused, unless it is a retry of the same round with the
+same arrays, which gets the same acknowledgement and trains nothing; the stored update is handed
+to the protocol once, at the mask step, and erased from the file before it is masked.
+
+Rounds: the secure round of server round r is secagg round r, and a node refuses a train message for
+a round at or below the last one it stored; so one run drives one ``SecAggStrategy.start`` (a second
+``start`` in the same run, counting from round 1 again, would be refused by every node).
+
+State: each message may run in a fresh process (deployment) or a long-lived Ray actor (simulation);
+the file is the only state. It sits next to :class:`~secagg.adapters.nodestate.NodeStore`'s records
+(node config ``secagg-state-dir``; mode 0700, files 0600) and holds the plain update until the mask
+step: put the directory on a tmpfs if it must never reach a disk.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from ..errors import ParameterError, SecAggError
+from .flower import FlowerRound, round_context, run_round, session_config
+from .flower_node import (
+    _ARRAYS, _ENCODING_KEYS, _LOG, ACK_RECORD, TRAIN_RECORD, Layout, _acknowledgement_problem, _layout, _Mark,
+    _metric_names, _only, _template, secagg_mod, secagg_query,
+)
+
+__all__ = ["ACK_RECORD", "TRAIN_RECORD", "SecAggStrategy", "secagg_mod", "secagg_query"]
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """What the server sent in one training round, kept until it aggregates."""
+
+    round_number: int
+    grid: Grid
+    nodes: frozenset[int]
+    sent: ArrayRecord
+    arrays_id: str
+    layout: Layout
+    run_config: Mapping[str, Any]
+
+
+def _sent_arrays(messages: list[Message]) -> ArrayRecord:
+    """The one ArrayRecord every train message carries (identical for all, or the wrapper refuses)."""
+    first: ArrayRecord = _only(messages[0].content.array_records, "ArrayRecord", "a train message")
+    for message in messages:
+        if message.metadata.message_type.split(".")[0] != MessageType.TRAIN:
+            raise ParameterError(f"the inner strategy configured a {message.metadata.message_type!r} message to train")
+        arrays: ArrayRecord = _only(message.content.array_records, "ArrayRecord", "a train message")
+        if arrays is not first and arrays.object_id != first.object_id:
+            raise ParameterError("SecAggStrategy needs one ArrayRecord sent to every node; the inner strategy varies it")
+    return first
+
+
+def _option(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ParameterError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+class SecAggStrategy(Strategy):
+    """Wrap a Flower strategy so that it only ever aggregates securely summed updates.
+
+    Args:
+        strategy: the strategy to wrap; its ``configure_train`` must send one ArrayRecord to every
+            node. Its ``weighted_by_key`` and ``arrayrecord_key`` are used if it has them.
+        context: the ServerApp's context (its run id and run config).
+        secure_metrics: names of train metrics averaged inside the secure sum (weighted like the
+            arrays); each node must report them as numbers within the clip bound.
+        clip_bound, fractional_bits, max_weight: encoding overrides of the run config (announced to
+            the nodes; a node refuses a value contradicting its own run config).
+        stage_timeout, poll_interval: overrides of ``secagg-stage-timeout`` and ``secagg-poll-interval``.
+    Raises:
+        ParameterError: an invalid option.
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        context: Context,
+        *,
+        secure_metrics: Sequence[str] = (),
+        clip_bound: float | None = None,
+        fractional_bits: int | None = None,
+        max_weight: int | None = None,
+        stage_timeout: float | None = None,
+        poll_interval: float | None = None,
+    ) -> None:
+        self.strategy = strategy
+        self.run_id = context.run_id
+        self.weight_key = str(getattr(strategy, "weighted_by_key", "num-examples"))
+        self.arrays_key = str(getattr(strategy, "arrayrecord_key", "arrays"))
+        self.secure_metrics = _metric_names(secure_metrics, self.weight_key)
+        overrides = dict(zip(_ENCODING_KEYS, (clip_bound, fractional_bits, max_weight)))
+        self._run_config = dict(context.run_config) | {k: v for k, v in overrides.items() if v is not None}
+        self._timing = {}
+        for name, key, given in (("stage_timeout", "secagg-stage-timeout", stage_timeout),
+                                 ("poll_interval", "secagg-poll-interval", poll_interval)):
+            value = given if given is not None else self._run_config.get(key)
+            if value is not None:
+                self._timing[name] = _option(value, key)
+        self.rounds: dict[int, FlowerRound] = {}
+        """Server round -> the secure round that produced its aggregate (survivors, drops, timings)."""
+        self._pending: _Pending | None = None
+
+    def summary(self) -> None:
+        """Log the secure-aggregation settings, then the inner strategy's summary."""
+        _LOG.info("\t├──> SecAggStrategy: protocol %s, secure metrics %s, wrapping %s",
+                  self._run_config.get("secagg-protocol", "secagg+ (default)"), list(self.secure_metrics),
+                  type(self.strategy).__name__)
+        self.strategy.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """The inner strategy's train messages, each marked with :data:`TRAIN_RECORD`.
+
+        Raises:
+            ParameterError: the inner strategy sends different arrays to different nodes, or the
+                run config gives no valid session for the sampled nodes.
+        """
+        self._pending = None
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        if not messages:
+            return messages
+        sent = _sent_arrays(messages)
+        layout = _layout(sent, self.secure_metrics)
+        encoding = session_config(self._run_config, max(2, len(messages)), _template(layout)).encoding
+        announced = {"secagg-clip-bound": float(encoding.clip_bound), "secagg-fractional-bits": encoding.fractional_bits,
+                     "secagg-max-weight": encoding.max_weight}
+        mark = _Mark(server_round, self.weight_key, self.secure_metrics, announced).record()
+        for message in messages:
+            message.content[TRAIN_RECORD] = mark
+        self._pending = _Pending(server_round, grid, frozenset(m.metadata.dst_node_id for m in messages), sent,
+                                 sent.object_id, layout, self._run_config | announced)
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Run the secure round with the nodes that acknowledged; the inner strategy aggregates its sum.
+
+        Returns ``(None, None)``, as Flower's strategies do when nothing can be aggregated, if fewer
+        than two nodes acknowledged, too few for the threat model's thresholds, or fewer than the
+        threshold survived the secure round (nothing is released then).
+        """
+        pending, self._pending = self._pending, None
+        replies = list(replies)
+        if pending is None or pending.round_number != server_round:
+            if replies:
+                _LOG.warning("secagg: round %d was not configured by this strategy; nothing aggregated", server_round)
+            return None, None
+        nodes = self._acknowledged(pending, replies)
+        if len(nodes) < 2:
+            _LOG.warning("secagg round %d: %d node(s) acknowledged, a secure sum needs 2; nothing aggregated",
+                         server_round, len(nodes))
+            return None, None
+        try:  # configure_train checked the run config for all sampled nodes: what fails now is too few of them
+            config = session_config(pending.run_config, len(nodes), _template(pending.layout))
+            outcome = run_round(pending.grid, nodes, config, round_number=server_round,
+                                context=round_context(self.run_id, server_round), **self._timing)
+        except SecAggError as exc:
+            _LOG.warning("secagg round %d: %s: %s; nothing aggregated", server_round, type(exc).__name__, exc)
+            return None, None
+        self.rounds[server_round] = outcome
+        _LOG.info("secagg round %d: %d of %d nodes in the sum, dropped %s", server_round,
+                  len(outcome.survivor_nodes), len(nodes), outcome.dropped)
+        return self.strategy.aggregate_train(server_round, [self._synthetic_reply(pending, outcome)])
+
+    def _acknowledged(self, pending: _Pending, replies: list[Message]) -> list[int]:
+        nodes: dict[int, None] = {}  # ordered, with O(1) membership
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                problem: str | None = f"error {reply.error.code}: {reply.error.reason}"
+            elif node not in pending.nodes or node in nodes:
+                problem = "not sampled for this round, or a second reply"
+            else:
+                problem = _acknowledgement_problem(reply.content, pending.round_number, pending.arrays_id)
+            if problem:
+                _LOG.warning("secagg round %d: node %d left out (%s)", pending.round_number, node, problem)
+            else:
+                nodes[node] = None
+        return list(nodes)
+
+    def _synthetic_reply(self, pending: _Pending, outcome: FlowerRound) -> Message:
+        """One train reply as if from a single node: sent arrays + average update, averaged metrics."""
+        average = outcome.result.average_vector()
+        arrays: dict[str, Array] = {}
+        metrics: dict[str, int | float | list[int] | list[float]] = {}
+        offset = 0
+        for kind, key, shape in pending.layout:
+            size = math.prod(shape)
+            part = average[offset:offset + size].reshape(shape)
+            offset += size
+            if kind == _ARRAYS:
+                base = pending.sent[key].numpy()
+                dtype = base.dtype if np.issubdtype(base.dtype, np.floating) else np.dtype(np.float64)
+                arrays[key] = Array(np.asarray(base.astype(np.float64) + part, dtype=dtype))
+            else:
+                metrics[key] = float(part[0])
+        metrics[self.weight_key] = outcome.result.weight_sum
+        content = RecordDict({self.arrays_key: ArrayRecord({k: arrays[k] for k in pending.sent.keys()}),
+                              "metrics": MetricRecord(metrics)})
+        return Message(content, 0, MessageType.TRAIN)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """The inner strategy's evaluation messages, unchanged (evaluation is not aggregated securely)."""
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """The inner strategy's aggregate of the evaluation replies."""
+        return self.strategy.aggregate_evaluate(server_round, replies)
