@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +42,7 @@ from safetensors.numpy import load_file as load_numpy
 
 from fedlm.config import RunConfig
 from fedlm.errors import InputError
+from secagg.adapters.nodestate import private_directory, write_private
 
 if TYPE_CHECKING:  # torch and transformers load only where a node trains: a protocol step needs neither
     import torch
@@ -154,17 +154,11 @@ def _partition(context: Context) -> int:
     return value
 
 
-def _private_dir(path: Path) -> Path:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
-
-
 def _node_dir(context: Context, workdir: Path) -> Path:
     """This node's private directory (node config ``fedlm-node-dir``, or one under the workdir)."""
     configured = context.node_config.get("fedlm-node-dir")
     base = Path(str(configured)) if configured else workdir / "nodes" / f"client-{_partition(context)}"
-    return _private_dir(base)
+    return private_directory(base)
 
 
 def personal_file(node_dir: Path) -> Path:
@@ -172,16 +166,9 @@ def personal_file(node_dir: Path) -> Path:
     return node_dir / "personal_prompt.safetensors"
 
 
-def _write_private(path: Path, write: Any) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    write(temporary)
-    os.chmod(temporary, 0o600)
-    os.replace(temporary, path)
-
-
 def _train(message: Message, context: Context, workdir: Path) -> Message:
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     from fedlm.client import client_update
     from fedlm.model import StateDict, personal_rows, set_personal_rows, uploaded_state
@@ -212,17 +199,16 @@ def _train(message: Message, context: Context, workdir: Path) -> Message:
     update = client_update(node.model, global_state, node.prepared.clients[cid], cfg, rnd)
     if cfg.personal_tokens:
         trained = personal_rows(node.model, cfg).contiguous()
-        _write_private(personal_file(node_dir), lambda p: save_file({"personal_prompt": trained}, str(p)))
+        write_private(personal_file(node_dir), save({"personal_prompt": trained}))
         set_personal_rows(node.model, cfg, initial)
     if cfg.backend == "plain":  # no protocol: the delta in the clear
         reply = RecordDict({"arrays": ArrayRecord({k: Array(v.numpy()) for k, v in update.delta.items()}),
                             "metrics": MetricRecord({"num-examples": update.weight})})
         return Message(reply, reply_to=message)
     delta = {k: v.contiguous() for k, v in update.delta.items()}
-    _write_private(node_dir / _UPDATE, lambda p: save_file(delta, str(p), metadata={"weight": str(update.weight),
-                                                                                 "round": str(rnd)}))
+    write_private(node_dir / _UPDATE, save(delta, metadata={"weight": str(update.weight), "round": str(rnd)}))
     plan = {"round": rnd, "drop-at": drop_at, "names": list(global_state), "settings": node.settings}
-    _write_private(node_dir / _ROUND, lambda p: p.write_text(json.dumps(plan)))
+    write_private(node_dir / _ROUND, json.dumps(plan).encode())
     return Message(RecordDict({"fedlm.ack": ConfigRecord({"round": rnd})}), reply_to=message)
 
 
@@ -252,7 +238,7 @@ def _secagg(message: Message, context: Context, workdir: Path) -> Message:
     stored = load_numpy(str(update_path))
     template = {name: stored[name] for name in planned["names"]}
     scoped = Context(run_id=context.run_id, node_id=context.node_id,
-                     node_config={**context.node_config, "secagg-state-dir": str(_private_dir(node_dir / "secagg"))},
+                     node_config={**context.node_config, "secagg-state-dir": str(private_directory(node_dir / "secagg"))},
                      state=context.state, run_config=planned["settings"])
     return handle(message, scoped, template, get_update)
 

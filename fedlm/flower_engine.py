@@ -27,6 +27,7 @@ in-memory engine after the Flower run and reports the difference (``engine_check
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import replace
@@ -178,7 +179,7 @@ class FlowerRunner(RoundRunner):
         if not trained:
             return RoundOutcome(None, dropouts, aborted="no client trained")
         nodes = [self.node_of[c] for c in sorted(trained)]
-        config = fa.session_config(self.settings, len(nodes), global_state)
+        config = fa.session_config(self.settings, len(nodes), arrays)  # numpy, as each node's template
         self.grid.bytes_from.clear()
         try:
             outcome = fa.run_round(self.grid, nodes, config, round_number=rnd,
@@ -281,6 +282,9 @@ def write_workdir(cfg: RunConfig, model: torch.nn.Module, workdir: Path) -> None
 
 def _simulate(cfg: RunConfig, workdir: Path, progress: RunProgress) -> None:
     from flwr.simulation import run_simulation
+
+    # Ray then takes 127.0.0.1 as its node address and binds its services there, not on every interface.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
     app = ServerApp()
 
