@@ -1,8 +1,11 @@
 """Adapters that carry secagg's bytes over other federated-learning stacks.
 
-- :mod:`secagg.adapters.flower`: a Flower ServerApp / ClientApp pair (the only module importing flwr).
-- :mod:`secagg.adapters.nodestate`: the node-local write-ahead store that lets a client whose
-  process is restarted for every message (Flower's ClientApp model) resume a round without forking.
+- :mod:`secagg.adapters.flower`: a Flower ServerApp / ClientApp pair for every registered protocol
+  (the only module importing flwr).
+- :mod:`secagg.adapters.roundstore`: the node-local write-ahead record that lets a client whose
+  process is restarted for every message (Flower's ClientApp model) resume a round without forking;
+  :mod:`secagg.adapters.nodestate` replays a SecAgg client from it, :mod:`secagg.adapters.ckksstate`
+  keeps a CKKS client's exported state in it.
 - :mod:`secagg.adapters.flower_launcher`: starts a local Flower deployment (SuperLink, SuperNodes)
   on loopback, runs an app on it and shuts everything down.
 
