@@ -373,7 +373,8 @@ def run_round(
             _LOG.warning("secagg round %d: node %d dropped at %s (%s)", round_number, node, step, reason)
             dropped.setdefault(node, step)
         outbox = dict(server.advance())  # every envelope is built at once below anyway
-        stage_seconds[step] = round(time.monotonic() - start, 3)
+        # a stage can repeat (CKKS: another generator, another key holder): report its total time
+        stage_seconds[step] = round(stage_seconds.get(step, 0.0) + time.monotonic() - start, 3)
         step = server.stage.value
     return FlowerRound(round_number, server.result(), nodes, dropped, stage_seconds)
 
@@ -454,7 +455,10 @@ def _state_directory(context: Context) -> Path:
 
 
 def handle(message: Message, context: Context, template: Any, get_update: UpdateFn) -> Message:
-    """Answer one ``query.secagg`` message (usable from any ClientApp that registers it).
+    """Answer one ``query.secagg`` message of any protocol (usable from any ClientApp that registers it).
+
+    The node's client for the round lives in its private write-ahead record (:data:`_STORES` picks
+    the store for the run config's protocol); ``get_update`` is called once, for the upload or mask.
 
     Raises:
         SecAggError: the message is malformed or the client refused it; Flower turns the exception
