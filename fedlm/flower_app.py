@@ -42,7 +42,7 @@ from safetensors.numpy import load_file as load_numpy
 
 from fedlm.config import RunConfig
 from fedlm.errors import InputError
-from secagg.adapters.nodestate import private_directory, write_private
+from secagg.adapters.roundstore import private_directory, write_private
 
 if TYPE_CHECKING:  # torch and transformers load only where a node trains: a protocol step needs neither
     import torch

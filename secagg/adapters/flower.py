@@ -1,16 +1,25 @@
-"""Flower adapter: SecAgg / SecAgg+ rounds over Flower's Message API (written against flwr 1.42).
+"""Flower adapter: SecAgg, SecAgg+ and CKKS rounds over Flower's Message API (written against flwr 1.42).
 
 This is the only module of the package that imports ``flwr``. Flower moves bytes; secagg keeps the
-protocol. One round is:
+protocol. One round, the same loop for every registered protocol (``secagg-protocol``):
 
 1. The ServerApp lists the connected SuperNodes and maps them to client ids ``0..n-1`` in sorted
    node-id order. Every node gets an ``advertise`` message naming its client id and ``n``.
 2. Each ClientApp rebuilds the session config from the run config (identical on every party) and a
    template of the update, answers with its advertisement, and from then on answers each stage.
-3. The ServerApp feeds every reply into :class:`~secagg.SecAggServer`, closes the stage with
-   :meth:`~secagg.SecAggServer.advance` once all nodes answered or ``stage-timeout`` passed, and
-   sends the next stage's messages. A node that errs, answers late or sends a rejected message is
-   dropped; the protocol recovers as long as the threshold survives.
+3. The ServerApp feeds every reply into the protocol's server (:func:`secagg.new_server`), closes
+   the stage with ``advance()`` once all nodes answered or ``stage-timeout`` passed, and sends the
+   next stage's messages; the step names are the server's stages (SecAgg: share, mask,
+   [consistency,] unmask; CKKS: generate, upload, decrypt). A node that errs, answers late or sends a
+   rejected message is dropped; the protocol recovers as long as enough survive (SecAgg: the
+   threshold; CKKS: one committee member to generate the key, ``min_contributors`` uploads, one
+   live key holder to decrypt).
+
+CKKS key distribution runs over the same messages: the server sends the committee's key list to
+one member (``generate``), which answers with the public context and the secret context sealed to
+each other member; the ``upload`` step carries the public context and each member's sealed secret
+context to every node; the ``decrypt`` step goes to one key holder at a time. The committee is the
+first ``secagg-ckks-committee`` client ids, i.e. the nodes with the smallest node ids.
 
 Message layout (``message_type = "query.secagg"``, both directions): a :class:`ConfigRecord`
 ``"secagg.meta"`` with ``version``, ``step``, ``round``, ``client-id``, ``num-clients``, and an
@@ -20,14 +29,15 @@ chunks, so large masked inputs pass without Flower's per-record limits; nothing 
 
 Client state across messages: Flower 1.42 starts a new ``flwr-clientapp`` process for every
 message, and only ``Context.state`` persists. It is not used for the protocol state, for two reasons:
-it would put secrets (private keys, seeds, neighbours' shares) into a Flower record, and Flower
-pushes a ClientApp's reply *before* its updated context, so a reply can leave the node while the
-state that produced it is not saved yet. A client answering a stage twice from the same state
-(a fork) can reveal both kinds of share of one neighbour. The ClientApp therefore uses
-:class:`~secagg.adapters.nodestate.NodeStore`: a private node-local file holding a per-round replay
-key and the (public) server messages, committed under a lock before the reply is returned; each
-process rebuilds the client by deterministic replay. Set its directory with the node config key
-``secagg-state-dir`` (default: ``$XDG_RUNTIME_DIR/secagg-flower`` or ``~/.cache/secagg/flower``).
+it would put secrets (private keys, seeds, neighbours' shares, a CKKS secret key) into a Flower
+record, and Flower pushes a ClientApp's reply *before* its updated context, so a reply can leave the
+node while the state that produced it is not saved yet. A client answering a stage twice from the
+same state (a fork) can reveal both kinds of share of one neighbour, or encrypt its input twice. The
+ClientApp therefore keeps a private node-local write-ahead record (:mod:`.roundstore`), committed
+under a lock before the reply is returned: :class:`~.nodestate.NodeStore` rebuilds a masking client
+by deterministic replay, :class:`~.ckksstate.CkksNodeStore` imports a CKKS client's saved state. Set
+its directory with the node config key ``secagg-state-dir`` (default: ``$XDG_RUNTIME_DIR/secagg-flower``
+or ``~/.cache/secagg/flower``).
 
 Usage, in the module a Flower App's ``pyproject.toml`` points at::
 
@@ -39,9 +49,12 @@ importable on the SuperLink and every SuperNode. ``examples/flower_app`` is a co
 :mod:`secagg.adapters.flower_launcher` runs it on a local deployment.
 
 Run config keys (all optional; the app's ``pyproject.toml`` must declare the ones it overrides):
-``secagg-protocol`` ("secagg+" or "secagg"), ``secagg-corrupt-fraction``,
-``secagg-dropout-fraction``, ``secagg-clip-bound``, ``secagg-fractional-bits``,
-``secagg-max-weight``; server only: ``secagg-num-nodes`` (wait for this many), ``secagg-node-timeout``,
+``secagg-protocol`` ("secagg+", "secagg" or "ckks"), ``secagg-clip-bound``, ``secagg-fractional-bits``
+(CKKS: the grid 2^-f; absent: the finest its noise bound allows), ``secagg-max-weight``; masking only:
+``secagg-corrupt-fraction``, ``secagg-dropout-fraction``; CKKS only: ``secagg-ckks-preset``
+("addition-128", "precision-128"), ``secagg-ckks-committee`` (key holders, default 3),
+``secagg-ckks-min-contributors`` (the fewest uploads a key holder decrypts a sum of, default 2);
+server only: ``secagg-num-nodes`` (wait for this many), ``secagg-node-timeout``,
 ``secagg-stage-timeout``, ``secagg-poll-interval``, ``secagg-rounds``, ``secagg-result-path``
 (a JSON report of every round).
 """
@@ -56,7 +69,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Union
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -66,9 +79,13 @@ from .. import defaults
 from ..encoding import FixedPoint, Schema
 from ..errors import MalformedMessage, ParameterError, SecAggError
 from ..params import SecAggConfig, ThreatModel
-from ..protocols.secagg import AggregateResult, SecAggServer
+from ..protocols.ckks import PRESETS, CkksConfig, CkksResult
+from ..protocols.registry import PROTOCOLS, new_server, protocol_of
+from ..protocols.secagg import AggregateResult
 from ..wire import Header
-from .nodestate import NodeStore, RoundSpec
+from .ckksstate import CkksNodeStore
+from .nodestate import NodeStore
+from .roundstore import RoundSpec, RoundStore, SessionConfig
 
 __all__ = [
     "MESSAGE_TYPE",
@@ -89,11 +106,16 @@ ENVELOPE_VERSION = 1
 STYPE = "secagg/wire-v1"
 _META, _PAYLOAD, _ARRAY = "secagg.meta", "secagg.payload", "bytes"
 _META_KEYS = {"version", "step", "round", "client-id", "num-clients"}
-_STEPS = ("advertise", "share", "mask", "consistency", "unmask")
+_STEPS = frozenset(stage for protocol in PROTOCOLS.values() for stage in protocol.message_stages)
+_STORES: dict[str, type[RoundStore]] = {name: store for store in (NodeStore, CkksNodeStore) for name in store.protocols}
 _LOG = logging.getLogger("flwr").getChild("secagg")  # Flower streams its own logger's records
 
 UpdateFn = Callable[[Context, int], "tuple[Any, int]"]
-"""``(context, round_number) -> (update, integer weight)``, called once per round at the mask step."""
+"""``(context, round_number) -> (update, integer weight)``, called once per round, at the step that
+takes the input (SecAgg: mask; CKKS: upload)."""
+RoundResult = Union[AggregateResult, CkksResult]
+"""What a round releases: every protocol's result has ``weighted_sum``, ``weight_sum``, ``survivors``,
+``error_bound`` and ``average()``."""
 
 
 # -- message packing ----------------------------------------------------------------------------------
@@ -169,15 +191,17 @@ def _setting(run_config: Mapping[str, Any], key: str, kind: type, default: Any) 
     return value
 
 
-def session_config(run_config: Mapping[str, Any], num_clients: int, template: Any) -> SecAggConfig:
-    """The SecAgg config both sides derive from the run config, ``n`` and the update template.
+def session_config(run_config: Mapping[str, Any], num_clients: int, template: Any) -> SessionConfig:
+    """The session config both sides derive from the run config, ``n`` and the update template.
 
-    The threat model is semi-honest: the malicious variant needs a PKI of client signing keys,
-    which this adapter does not provision yet.
+    For SecAgg / SecAgg+ the threat model is semi-honest: the malicious variant needs a PKI of client
+    signing keys, which this adapter does not provision yet. For CKKS see :func:`_ckks_config`.
     Raises:
-        ParameterError: a setting is invalid or unsafe.
+        ParameterError: a setting is invalid or unsafe, or the protocol is unknown.
     """
     protocol = _setting(run_config, "secagg-protocol", str, "secagg+")
+    if protocol == "ckks":
+        return _ckks_config(run_config, num_clients, template)
     threat = ThreatModel.semi_honest(
         _setting(run_config, "secagg-corrupt-fraction", float, 0.1),
         _setting(run_config, "secagg-dropout-fraction", float, 0.2),
@@ -191,6 +215,31 @@ def session_config(run_config: Mapping[str, Any], num_clients: int, template: An
     return SecAggConfig.for_protocol(protocol, num_clients, Schema.of(template), threat, encoding)
 
 
+def _ckks_config(run_config: Mapping[str, Any], num_clients: int, template: Any) -> CkksConfig:
+    """The CKKS config: preset, committee (the first ``secagg-ckks-committee`` client ids, at most n),
+    minimum contributors, clip bound, maximum weight and grid from the run config.
+
+    The masking protocols' ``secagg-corrupt-fraction`` and ``secagg-dropout-fraction`` do not apply:
+    CKKS's guarantee rests on no key holder colluding with the server (SECURITY.md, CKKS section).
+    Raises:
+        ParameterError: unknown preset, a committee of fewer than one, or unsafe parameters.
+    """
+    preset = _setting(run_config, "secagg-ckks-preset", str, defaults.CKKS_PRESET)
+    if preset not in PRESETS:
+        raise ParameterError(f"run config 'secagg-ckks-preset' must be one of {sorted(PRESETS)}, got {preset!r}")
+    committee = _setting(run_config, "secagg-ckks-committee", int, defaults.CKKS_COMMITTEE_SIZE)
+    if committee < 1:
+        raise ParameterError(f"run config 'secagg-ckks-committee' must be at least 1, got {committee}")
+    bits = run_config.get("secagg-fractional-bits")
+    return CkksConfig(
+        num_clients, Schema.of(template), PRESETS[preset], tuple(range(min(committee, num_clients))),
+        clip_bound=_setting(run_config, "secagg-clip-bound", float, defaults.CLIP_BOUND),
+        max_weight=_setting(run_config, "secagg-max-weight", int, 1),
+        min_contributors=_setting(run_config, "secagg-ckks-min-contributors", int, 2),
+        fractional_bits=None if bits is None else _setting(run_config, "secagg-fractional-bits", int, 0),
+    )
+
+
 def round_context(run_id: int, round_number: int) -> bytes:
     """Bytes bound into the session: each party derives them itself from the run and the round."""
     return hashlib.sha256(b"secagg/v1/flower-round\x00" + struct.pack("<QQ", run_id, round_number)).digest()
@@ -199,10 +248,10 @@ def round_context(run_id: int, round_number: int) -> bytes:
 # -- server side ----------------------------------------------------------------------------------------
 @dataclass
 class FlowerRound:
-    """One finished round: the aggregate and what each Flower node did."""
+    """One finished round of any protocol: the aggregate and what each Flower node did."""
 
     round_number: int
-    result: AggregateResult
+    result: RoundResult
     nodes: dict[int, int]
     dropped: dict[int, str] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -212,22 +261,38 @@ class FlowerRound:
         return [self.nodes[c] for c in self.result.survivors]
 
     def report(self) -> dict[str, Any]:
-        """A JSON-ready summary (the contract of ``secagg-result-path``)."""
-        cfg = self.result.config
-        return {
+        """A JSON-ready summary (the contract of ``secagg-result-path``; fields are added, never renamed).
+
+        Every protocol reports ``threshold`` (CKKS: the fewest uploads a key holder decrypts a sum of),
+        ``degree`` (None for CKKS), ``survivors`` and ``dropped`` (node ids), ``weight_sum``,
+        ``error_bound`` (of ``average``, against the exact weighted average of the survivors' clipped
+        inputs) and ``average``; CKKS adds ``preset``, ``committee`` and ``decrypted_by`` (node ids)
+        and ``grid_bits``.
+        """
+        result = self.result
+        report: dict[str, Any] = {
             "round": self.round_number,
-            "protocol": cfg.protocol,
-            "num_clients": cfg.num_clients,
-            "threshold": cfg.threshold,
-            "degree": cfg.degree,
+            "protocol": result.config.protocol,
+            "num_clients": result.config.num_clients,
+        }
+        if isinstance(result, CkksResult):
+            report |= {"threshold": result.config.min_contributors, "degree": None}
+        else:
+            report |= {"threshold": result.config.threshold, "degree": result.config.degree}
+        report |= {
             "nodes": {str(c): n for c, n in self.nodes.items()},
             "survivors": self.survivor_nodes,
             "dropped": {str(n): s for n, s in self.dropped.items()},
-            "weight_sum": self.result.weight_sum,
-            "error_bound": self.result.error_bound,
-            "average": self.result.average_vector().tolist(),
+            "weight_sum": result.weight_sum,
+            "error_bound": result.error_bound,
+            "average": result.average_vector().tolist(),
             "stage_seconds": self.stage_seconds,
         }
+        if isinstance(result, CkksResult):
+            cfg = result.config
+            report |= {"preset": cfg.preset.name, "committee": [self.nodes[c] for c in cfg.committee],
+                       "decrypted_by": self.nodes[result.decrypted_by], "grid_bits": cfg.grid_bits}
+        return report
 
 
 def _exchange(
@@ -256,7 +321,7 @@ def _exchange(
     return replies, failures
 
 
-def _deliver(server: SecAggServer, step: str, node: int, client: int, content: RecordDict) -> str | None:
+def _deliver(server: Any, step: str, node: int, client: int, content: RecordDict) -> str | None:
     """Feed one reply to the server; the reason it was refused, or None."""
     try:
         envelope = unpack(content)
@@ -273,22 +338,24 @@ def _deliver(server: SecAggServer, step: str, node: int, client: int, content: R
 def run_round(
     grid: Grid,
     node_ids: list[int],
-    config: SecAggConfig,
+    config: SessionConfig,
     *,
     round_number: int,
     context: bytes,
     stage_timeout: float = 30.0,
     poll_interval: float = 0.2,
 ) -> FlowerRound:
-    """Run one secure-aggregation round with the ClientApps on ``node_ids`` (sorted -> ids 0..n-1).
+    """Run one secure-aggregation round of ``config``'s protocol with the ClientApps on ``node_ids``
+    (sorted -> ids 0..n-1).
 
     Raises:
-        InsufficientParties: fewer than the threshold survived a stage; nothing is released.
+        InsufficientParties: too few nodes survived a stage; nothing is released.
+        ParameterError: ``config`` is not a registered protocol's, or not for ``len(node_ids)`` clients.
     """
     nodes = {client: node for client, node in enumerate(sorted(node_ids))}
     if len(nodes) != config.num_clients:
         raise ParameterError(f"{len(nodes)} nodes for a session of {config.num_clients} clients")
-    server = SecAggServer(config, round_number=round_number, context=context)
+    server = new_server(config, round_number=round_number, context=context)
     ids = {node: client for client, node in nodes.items()}
     dropped: dict[int, str] = {}
     stage_seconds: dict[str, float] = {}
@@ -306,7 +373,8 @@ def run_round(
             _LOG.warning("secagg round %d: node %d dropped at %s (%s)", round_number, node, step, reason)
             dropped.setdefault(node, step)
         outbox = dict(server.advance())  # every envelope is built at once below anyway
-        stage_seconds[step] = round(time.monotonic() - start, 3)
+        # a stage can repeat (CKKS: another generator, another key holder): report its total time
+        stage_seconds[step] = round(stage_seconds.get(step, 0.0) + time.monotonic() - start, 3)
         step = server.stage.value
     return FlowerRound(round_number, server.result(), nodes, dropped, stage_seconds)
 
@@ -387,7 +455,10 @@ def _state_directory(context: Context) -> Path:
 
 
 def handle(message: Message, context: Context, template: Any, get_update: UpdateFn) -> Message:
-    """Answer one ``query.secagg`` message (usable from any ClientApp that registers it).
+    """Answer one ``query.secagg`` message of any protocol (usable from any ClientApp that registers it).
+
+    The node's client for the round lives in its private write-ahead record (:data:`_STORES` picks
+    the store for the run config's protocol); ``get_update`` is called once, for the upload or mask.
 
     Raises:
         SecAggError: the message is malformed or the client refused it; Flower turns the exception
@@ -395,8 +466,11 @@ def handle(message: Message, context: Context, template: Any, get_update: Update
     """
     envelope = unpack(message.content)
     config = session_config(context.run_config, envelope.num_clients, template)
+    protocol = protocol_of(config)
+    if envelope.step not in protocol.server_stages(config):
+        raise MalformedMessage(f"{envelope.step!r} is not a step of a {protocol.name} round")
     spec = RoundSpec(config, envelope.client_id, envelope.round_number, round_context(context.run_id, envelope.round_number))
-    store = NodeStore(_state_directory(context), f"run{context.run_id}-node{context.node_id}")
+    store = _STORES[protocol.name](_state_directory(context), f"run{context.run_id}-node{context.node_id}")
     if envelope.step == "advertise":
         if envelope.payload:
             raise MalformedMessage("the advertise request carries no payload")

@@ -4,6 +4,10 @@ It drives Flower's own executables (``flower-superlink``, ``flower-supernode``, 
 never imports ``flwr``. Everything binds to loopback on free ports, lives in a temporary directory
 (its own ``FLWR_HOME`` per process, so ``~/.flwr`` is never touched) and is stopped at the end,
 including the processes Flower spawns itself (SuperExec, ``flwr-serverapp``, ``flwr-clientapp``).
+A SuperNode killed during the run (a test killing a node for real) leaves its SuperExec and
+ClientApp orphaned, outside the process tree: the launcher records every process of the tree while
+the run goes on, so those are stopped too, and reaps dead children at once so that Flower's
+parent-process monitors notice them.
 
 Usage::
 
@@ -29,7 +33,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -46,6 +50,9 @@ class LocalRun:
     result: Any
     seconds: float
     workdir: Path
+    exited: dict[str, int] = field(default_factory=dict)
+    """Processes the launcher started (``superlink``, ``node<i>``) that had exited before the run
+    ended, with their return codes (``-9``: SIGKILL); ``flwr run`` itself is not listed."""
 
 
 def free_ports(count: int) -> list[int]:
@@ -115,18 +122,34 @@ def _descendants(roots: Sequence[int]) -> dict[int, int]:
     return found
 
 
-def _signal(pid: int, start: int, signum: int) -> None:
+def _alive(pid: int, start: int) -> bool:
+    """Whether ``pid`` is still the process that started at ``start`` (not a recycled pid)."""
     info = _stat(pid)
-    if info is not None and info[1] == start:  # the same process, not a recycled pid
+    return info is not None and info[1] == start
+
+
+def _signal(pid: int, start: int, signum: int) -> None:
+    if _alive(pid, start):
         try:
             os.kill(pid, signum)
         except ProcessLookupError:
             pass
 
 
-def _stop(processes: Sequence[subprocess.Popen[bytes]]) -> None:
-    """Freeze the whole tree (so nothing spawns meanwhile), then kill it and reap our children."""
+def _record_tree(processes: Sequence[subprocess.Popen[bytes]], seen: dict[int, int]) -> None:
+    """Add every process under ours, and under those already seen (orphans included), to ``seen``."""
+    roots = [p.pid for p in processes] + [pid for pid, start in seen.items() if _alive(pid, start)]
+    seen.update(_descendants(roots))
+
+
+def _stop(processes: Sequence[subprocess.Popen[bytes]], seen: Mapping[int, int] | None = None) -> None:
+    """Freeze the whole tree and every process ``seen`` in it that still lives (so nothing spawns
+    meanwhile), then kill them all and reap our children."""
     frozen: dict[int, int] = {}
+    for pid, start in (seen or {}).items():
+        if _alive(pid, start):
+            _signal(pid, start, signal.SIGSTOP)
+            frozen[pid] = start
     for _ in range(10):
         tree = _descendants([p.pid for p in processes] + list(frozen))
         new = {pid: start for pid, start in tree.items() if pid not in frozen}
@@ -213,9 +236,12 @@ def run_local(
             process = subprocess.Popen(command, cwd=workdir, env=environment(name), stdout=log,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         processes.append(process)
+        names[process.pid] = name
         return process
 
     processes: list[subprocess.Popen[bytes]] = []
+    names: dict[int, str] = {}
+    seen: dict[int, int] = {}  # every process of the tree so far: pid -> start time
     try:
         superlink = spawn("superlink", [
             _executable(bin_dir, "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(ports[0]),
@@ -236,20 +262,24 @@ def run_local(
             _executable(bin_dir, "flwr"), "run", str(Path(app_dir).resolve()), _CONNECTION, "--stream",
             "--run-config", str(overrides),
         ])
-        try:
-            runner.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(f"the Flower run did not finish in {timeout:g}s; log tail:\n"
-                               f"{_tail(workdir / 'flwr-run.log')}") from None
+        while runner.poll() is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Flower run did not finish in {timeout:g}s; log tail:\n"
+                                   f"{_tail(workdir / 'flwr-run.log')}")
+            _record_tree(processes, seen)
+            for process in processes:
+                process.poll()  # reap a killed SuperNode, so its SuperExec's parent monitor sees it gone
+            time.sleep(0.25)
         grace = min(deadline, time.monotonic() + 10.0)  # the log stream can end before the app's last write
         while not result_path.exists() and time.monotonic() < grace:
             time.sleep(0.2)
         if not result_path.exists():
             raise RuntimeError(f"the app wrote no result (flwr run exited {runner.returncode}); log tail:\n"
                                f"{_tail(workdir / 'flwr-run.log')}")
-        return LocalRun(json.loads(result_path.read_text()), time.monotonic() - start, workdir)
+        exited = {names[p.pid]: p.returncode for p in processes if p.poll() is not None and p is not runner}
+        return LocalRun(json.loads(result_path.read_text()), time.monotonic() - start, workdir, exited)
     finally:
-        _stop(processes)
+        _stop(processes, seen)
         if not keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 

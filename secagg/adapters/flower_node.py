@@ -29,7 +29,7 @@ from ..encoding import Schema
 from ..errors import MalformedMessage, ParameterError, ProtocolAbort
 from ..wire import Reader, Writer
 from .flower import MESSAGE_TYPE, _state_directory, handle, unpack
-from .nodestate import private_directory, private_lock, write_private
+from .roundstore import private_directory, private_lock, write_private
 
 __all__ = ["ACK_RECORD", "TRAIN_RECORD", "secagg_mod", "secagg_query"]
 

@@ -44,10 +44,18 @@ class Protocol:
     """config (or None: the protocol's semi-honest config) -> the dropout stages, in protocol order."""
     report_fields: tuple[str, ...] = ()
     """Fields this protocol adds to the common ``secagg simulate`` report."""
+    message_stages: tuple[str, ...] = ()
+    """Every server stage, in any variant of the protocol, whose message a client answers, in protocol
+    order: the step names a transport may carry (:meth:`server_stages` gives one config's)."""
 
     def stage_names(self, config: Any) -> tuple[str, ...]:
         """The dropout stage names of ``config`` (``None``: of the protocol's semi-honest config)."""
         return tuple(s.name for s in self.dropout_stages(config))
+
+    def server_stages(self, config: Any) -> tuple[str, ...]:
+        """The server stages of ``config`` (``None``: of the semi-honest config) at which a client sends,
+        in protocol order, each once: the values ``server.stage.value`` takes while the round runs."""
+        return tuple(dict.fromkeys(s.server_stage for s in self.dropout_stages(config)))
 
     def check_dropouts(self, config: Any, dropouts: dict[int, str]) -> None:
         """Refuse a dropout schedule that names a stage this protocol (and config) does not have.
@@ -62,12 +70,13 @@ class Protocol:
                                      f"use one of {list(valid)}")
 
 
+_MASKING_STAGES = ("advertise", "share", "mask", "consistency", "unmask")
+
+
 def _masking_stages(config: SecAggConfig | None) -> tuple[DropoutStage, ...]:
     """SecAgg / SecAgg+ (``None``: a semi-honest config); the malicious variant adds consistency."""
-    names = ["advertise", "share", "mask", "unmask"]
-    if config is not None and config.threat.is_malicious:
-        names.insert(3, "consistency")
-    return tuple(DropoutStage(n, n) for n in names)
+    malicious = config is not None and config.threat.is_malicious
+    return tuple(DropoutStage(n, n) for n in _MASKING_STAGES if malicious or n != "consistency")
 
 
 def _ckks_stages(config: CkksConfig | None) -> tuple[DropoutStage, ...]:
@@ -82,12 +91,14 @@ def _ckks_stages(config: CkksConfig | None) -> tuple[DropoutStage, ...]:
 _MASKING_FIELDS = ("threshold", "degree", "quorum", "modulus_bits", "word_bytes", "ring_bits")
 
 PROTOCOLS: dict[str, Protocol] = {
-    name: Protocol(name, SecAggConfig, SecAggClient, SecAggServer, AggregateResult, _masking_stages, _MASKING_FIELDS)
+    name: Protocol(name, SecAggConfig, SecAggClient, SecAggServer, AggregateResult, _masking_stages, _MASKING_FIELDS,
+                   _MASKING_STAGES)
     for name in ("secagg", "secagg+")
 }
 PROTOCOLS["ckks"] = Protocol(
     "ckks", CkksConfig, CkksClient, CkksServer, CkksResult, _ckks_stages,
     ("preset", "committee", "ciphertext_bytes_per_client", "decrypted_by"),
+    ("advertise", "generate", "upload", "decrypt"),
 )
 
 DROPOUT_STAGES: dict[str, tuple[str, ...]] = {name: p.stage_names(None) for name, p in PROTOCOLS.items()}

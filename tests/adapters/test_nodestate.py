@@ -113,7 +113,7 @@ def test_a_retried_message_gets_the_same_reply_and_the_round_completes(tmp_path)
     # The last stage can still be retried after the round completed on the node; the key is gone.
     assert _store(tmp_path, 0).status(0) == "closed"
     record = _Record.decode(_state(tmp_path, 0))
-    assert record.key == bytes(32)
+    assert record.secret == b""
     message, reply = record.steps[-1]
     assert _store(tmp_path, 0).respond(RoundSpec(config, 0, 0, CTX), message, _no_input) == reply
 
@@ -210,7 +210,7 @@ def test_a_new_round_erases_rounds_left_open(tmp_path) -> None:
     store.advertise(RoundSpec(config, 0, 1, CTX))
     assert (store.status(0), store.status(1)) == ("closed", "active")
     record = _Record.decode(store._path(0).read_bytes())
-    assert record.key == bytes(32) and record.steps == () and record.advertisement == b""
+    assert record.secret == b"" and record.steps == () and record.advertisement == b""
 
 
 def test_a_new_round_erases_the_answers_of_a_completed_round(tmp_path) -> None:
@@ -219,7 +219,7 @@ def test_a_new_round_erases_the_answers_of_a_completed_round(tmp_path) -> None:
     assert _Record.decode(_state(tmp_path, 0)).steps  # kept for a retry of the last request
     _store(tmp_path, 0).advertise(RoundSpec(config, 0, 1, CTX))
     record = _Record.decode(_state(tmp_path, 0))
-    assert record.key == bytes(32) and record.steps == () and _store(tmp_path, 0).status(0) == "closed"
+    assert record.secret == b"" and record.steps == () and _store(tmp_path, 0).status(0) == "closed"
 
 
 def test_input_is_requested_once_at_the_mask_step(tmp_path) -> None:

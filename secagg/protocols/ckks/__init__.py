@@ -12,12 +12,14 @@ from .config import CkksConfig
 from .parallel import ChunkPool
 from .presets import ADDITION_128, PRECISION_128, PRESETS, CkksPreset
 from .server import CkksResult, CkksServer
+from .state import CkksClientState
 
 __all__ = [
     "CkksConfig",
     "CkksClient",
     "CkksServer",
     "CkksResult",
+    "CkksClientState",
     "CkksPreset",
     "ChunkPool",
     "Stage",

@@ -7,6 +7,11 @@ decryption request with a ciphertext that does not parse as one of the session's
 stage, round or session raises without changing state: a key holder keeps its key. A hostile or
 inconsistent one aborts the client for good (stage ``ABORTED``).
 
+Between two messages a client can be handed to another process: :meth:`CkksClient.export_state`
+and :meth:`CkksClient.import_state` (canonical bytes, :mod:`.state`; they hold the round's secrets
+unencrypted). Whoever does so must make sure one state is resumed at most once per message, or the
+client could answer a stage twice (:mod:`secagg.adapters.nodestate` does this on disk).
+
 Threat model. The server is honest-but-curious: it relays messages faithfully and never holds the
 secret key, so alone it learns only ciphertexts and the released aggregate. Key holders (the
 committee) are clients that receive the secret context end-to-end encrypted (X25519 + AES-GCM,
@@ -41,6 +46,7 @@ from ..base import ClientParty
 from ..channel import LABEL_SERVER_CHANNEL, channel_context
 from . import he
 from . import messages as m
+from . import state as st
 from .common import (LABEL_SECRET_CONTEXT, PROTOCOL_ID, Stage, check_grid_sum, limits_for, seal_context, session_id,
                      setup_id)
 from .config import CkksConfig
@@ -114,6 +120,84 @@ class CkksClient(ClientParty[Stage]):
     def holds_key(self) -> bool:
         """True while this client holds the secret context and can decrypt."""
         return self._secret is not None
+
+    # -- handing the round to another process ---------------------------------------------------
+    def export_state(self) -> st.CkksClientState:
+        """Everything this client needs to go on with the round, as canonical bytes (:mod:`.state`).
+
+        The bytes hold the round's secrets unencrypted; the input is never part of them (set it on
+        the imported client before the message that uploads). Exporting changes nothing here: resume
+        *either* this client or one imported from the state, never both, or a stage could be
+        answered twice.
+
+        Raises:
+            ProtocolAbort: the client is done or aborted: there is nothing to resume.
+        """
+        if self.done or self.aborted or self._keypair is None:
+            raise ProtocolAbort(f"client {self.client_id} is in stage {self._stage.value}: nothing to resume")
+        generated_secret, generated_public = self._generated or (b"", b"")
+        return st.CkksClientState(st.encode(st.Snapshot(
+            self.config.digest(), self.client_id, self.round, self._setup, self._stage, self._session,
+            self._server_key, self._keypair.private_bytes(), generated_secret, generated_public,
+            self._secret or b"", self.sent_bytes,
+        )))
+
+    @classmethod
+    def import_state(
+        cls,
+        config: CkksConfig,
+        client_id: int,
+        state: st.CkksClientState,
+        *,
+        round_number: int = 0,
+        context: bytes = b"",
+        random: RandomSource = system_random,
+        pool: ChunkPool | None = None,
+    ) -> CkksClient:
+        """The client :meth:`export_state` saved, ready for its next message (arguments as for the
+        constructor, which must be those of the exported client).
+
+        Guarantees the state is one of this config, client, round and context, that the fields it
+        holds are exactly those of its stage, and that every context in it parses as the session's.
+        Not guaranteed: that the bytes are the latest state exported (the caller's storage decides).
+
+        Raises:
+            MalformedMessage: not a state of this session, client and round, or not a consistent one.
+            IntegrityError: a key or context in the state is invalid for the session.
+        """
+        client = cls(config, client_id, round_number=round_number, context=context, random=random, pool=pool)
+        snap = st.decode(state.data, client._limits.max_context)
+        if (snap.config_digest, snap.client_id, snap.round_number, snap.setup) != (
+            config.digest(), client_id, round_number, client._setup
+        ):
+            raise MalformedMessage("the CKKS client state belongs to another session, client or round")
+        client._restore(snap)
+        return client
+
+    def _restore(self, snap: st.Snapshot) -> None:
+        """Take over a decoded state whose fields fit its stage (MalformedMessage otherwise)."""
+        fields = (snap.session, snap.server_key, snap.private_key, snap.generated_secret, snap.generated_public,
+                  snap.secret)
+        present = tuple(bool(f) for f in fields)
+        fresh = (False, False, True, False, False, False)
+        allowed = {
+            Stage.ADVERTISE: {fresh},
+            Stage.GENERATE: {fresh} if self._member else set(),
+            Stage.CONTEXT: {fresh, (False, True, True, True, True, False)} if self._member else {fresh},
+            Stage.DECRYPT: {(True, True, True, False, False, True)} if self._member else set(),
+        }
+        if present not in allowed[snap.stage]:
+            raise MalformedMessage(f"the CKKS client state does not fit its stage {snap.stage.value}")
+        cfg = self.config
+        for blob, secret in ((snap.generated_secret, True), (snap.generated_public, False), (snap.secret, True)):
+            if blob:
+                he.load_context(blob, cfg.preset, cfg.log_scale, secret=secret)
+        self._keypair = AgreementKeyPair.from_private_bytes(snap.private_key)
+        if snap.server_key:
+            self._open_channel(snap.server_key)
+        self._stage, self._session, self.sent_bytes = snap.stage, snap.session, snap.sent_bytes
+        self._generated = (snap.generated_secret, snap.generated_public) if snap.generated_secret else None
+        self._secret = snap.secret or None
 
     # -- protocol ---------------------------------------------------------------------------------
     def advertise(self) -> bytes:
