@@ -109,7 +109,7 @@ def node_model(cfg: RunConfig, prepared: "Prepared", workdir: Path) -> "torch.nn
     """The run's model as the driver saved it (after warm-up, wrapped for the mode)."""
     from safetensors.torch import load_file
 
-    from fedlm.loop import assemble_model  # the one way the model is built
+    from fedlm.rounds import assemble_model  # the one way the model is built
 
     model = assemble_model(cfg, prepared)
     model.load_state_dict(load_file(str(workdir / MODEL_FILE)))

@@ -49,7 +49,7 @@ from fedlm.config import RunConfig
 from fedlm.errors import InputError
 from fedlm.flower_app import (HELLO, MODEL_FILE, PLAIN_DROP, RUN_FILE, load_run_config, make_client_app, node_model,
                               personal_file, prepare, secagg_settings)
-from fedlm.loop import Federated, RoundOutcome, RoundRunner, federate, max_abs_diff
+from fedlm.rounds import Federated, RoundOutcome, RoundRunner, federate, max_abs_diff
 from fedlm.model import StateDict, load_uploaded_state, uploaded_state
 from fedlm.personal import PersonalPrompts
 from fedlm.prepare import Prepared
@@ -364,7 +364,7 @@ def _compare(cfg: RunConfig, prepared: Prepared, workdir: Path, records: list[di
     state is what makes the check exact; two free-running runs drift apart after the first round,
     since local AdamW steps amplify a one-ulp difference in the starting model.
     """
-    from fedlm.loop import InMemoryRunner
+    from fedlm.rounds import InMemoryRunner
     from fedlm.report import FLOAT32_SLACK
 
     progress.message("--flower-compare: replaying every round on the in-memory engine")

@@ -21,11 +21,11 @@ RDP adds over rounds; (epsilon, delta) comes from dp_accounting's RDP conversion
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
 import numpy as np
-from dp_accounting.rdp import rdp_privacy_accountant
 
 from ..errors import ParameterError
 from .rotation import rotated_dim
@@ -33,7 +33,19 @@ from .spec import DpSpec
 
 __all__ = ["ORDERS", "rdp", "epsilon", "epsilon_of_rounds"]
 
-ORDERS: tuple[float, ...] = tuple(float(a) for a in rdp_privacy_accountant.DEFAULT_RDP_ORDERS)
+def __getattr__(name: str) -> object:
+    """``ORDERS``: dp-accounting's default RDP orders, loaded on first use (dp-accounting pulls in scipy,
+    most of ``import secagg``'s time, which a protocol step on a Flower node never needs)."""
+    if name == "ORDERS":
+        return _orders()
+    raise AttributeError(name)
+
+
+@functools.cache
+def _orders() -> tuple[float, ...]:
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    return tuple(float(a) for a in rdp_privacy_accountant.DEFAULT_RDP_ORDERS)
 """The RDP orders used by :func:`epsilon` (dp_accounting's defaults)."""
 
 
@@ -81,7 +93,9 @@ def _to_epsilon(total_rdp: np.ndarray, delta: float) -> float:
     finite = np.isfinite(total_rdp)
     if not finite.any():
         return math.inf
-    orders = [a for a, ok in zip(ORDERS, finite) if ok]
+    orders = [a for a, ok in zip(_orders(), finite) if ok]
+    from dp_accounting.rdp import rdp_privacy_accountant
+
     eps, _ = rdp_privacy_accountant.compute_epsilon(orders, list(total_rdp[finite]), delta)
     return float(eps)
 
@@ -96,7 +110,7 @@ def epsilon(spec: DpSpec, dim: int, survivors: int, rounds: int, delta: float) -
         raise ParameterError("rounds must be a non-negative integer")
     if rounds == 0:
         return 0.0
-    return _to_epsilon(rounds * rdp(spec, dim, survivors, ORDERS), delta)
+    return _to_epsilon(rounds * rdp(spec, dim, survivors, _orders()), delta)
 
 
 def epsilon_of_rounds(spec: DpSpec, dim: int, survivors_per_round: Sequence[int], delta: float) -> float:
@@ -110,5 +124,5 @@ def epsilon_of_rounds(spec: DpSpec, dim: int, survivors_per_round: Sequence[int]
         counts[int(n)] = counts.get(int(n), 0) + 1
     if not counts:
         return 0.0
-    total = sum(times * rdp(spec, dim, n, ORDERS) for n, times in counts.items())
+    total = sum(times * rdp(spec, dim, n, _orders()) for n, times in counts.items())
     return _to_epsilon(np.asarray(total, dtype=np.float64), delta)

@@ -12,9 +12,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import dp_accounting
-from dp_accounting import mechanism_calibration
-from dp_accounting.rdp import rdp_privacy_accountant
 
 from ..errors import ParameterError
 from .accounting import epsilon as spec_epsilon
@@ -169,6 +166,10 @@ def _plan_bits(p: _Problem, bits: int) -> DpSpec | None:
 
 
 def _gaussian_multiplier(target: float, delta: float, rounds: int) -> float:
+    import dp_accounting  # scipy with it: loaded only when a plan is made
+    from dp_accounting import mechanism_calibration
+    from dp_accounting.rdp import rdp_privacy_accountant
+
     def event(z: float) -> dp_accounting.DpEvent:
         return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), rounds)
 

@@ -56,7 +56,7 @@ def _serve(grid: LocalGrid, workdir: Path) -> dict[str, Any]:
     return json.loads((workdir / RESULT_FILE).read_text())
 
 
-@pytest.mark.parametrize("backend", ["secagg+", "secagg"])
+@pytest.mark.parametrize("backend", ["secagg+", "secagg", "ckks"])
 def test_rounds_over_flower_messages_match_the_in_memory_engine_round_by_round(tmp_path, monkeypatch, backend):
     """Injected dropouts at protocol stages; every round's secure average is within the bounds of both
     the in-memory engine's (replayed from the same state with the same survivors) and plain FedAvg."""
@@ -71,7 +71,7 @@ def test_rounds_over_flower_messages_match_the_in_memory_engine_round_by_round(t
     for r in done:
         assert r["train_loss"] is None and r["max_abs_diff_vs_plain"] is None  # the server never sees them
         assert set(r["survivors"]) <= set(r["sampled"]) and r["bytes_up_per_client"] > 0
-        assert not set(r["survivors"]) & {d["client"] for d in r["dropped"] if d["stage"] in ("advertise", "share",
+        assert not set(r["survivors"]) & {d["client"] for d in r["dropped"] if d["stage"] in ("advertise", "share", "upload",
                                                                                                "mask")}
     check = _compare(cfg, prepared, workdir, records, RunProgress())
     assert check["within_bound"] is True and len(check["rounds"]) == len(done)
