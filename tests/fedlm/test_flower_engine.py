@@ -177,5 +177,26 @@ def test_fedlm_on_flowers_simulation_runtime(tmp_path):
 @pytest.mark.slow
 def test_fedlm_on_a_local_flower_deployment(tmp_path):
     """The CLI on a SuperLink and 4 SuperNodes on 127.0.0.1, started and stopped by fedlm."""
-    _check_report(_fedlm(tmp_path, "--backend", "secagg+", "--flower-runtime", "local-deployment",
-                         timeout=500), "local-deployment")
+    _check_report(_fedlm(tmp_path, "--backend", "secagg+", "--flower-runtime", "local-deployment", "--rounds", "1",
+                         timeout=400), "local-deployment")
+
+
+@pytest.mark.parametrize("overrides", [
+    {"mode": "prompt", "personal_tokens": 2},
+    {"task": "sft", "mode": "full", "sft_examples": 40, "eval_examples": 4, "seq_len": 64},
+    {"mode": "pretrain"},
+], ids=["prompt-personal", "sft-full", "pretrain"])
+def test_every_mode_and_task_runs_over_flower_messages(tmp_path, monkeypatch, overrides):
+    """Personal prompt rows stay on the nodes (their files), SFT rounds are scored per task."""
+    stamp_task_identity(monkeypatch, RUN_ID)
+    cfg, _, workdir = _workdir(tmp_path, dropout=0.0, rounds=1, **overrides)
+    (record,) = _serve(_grid(workdir), workdir)["records"]
+    assert not record["aborted"] and record["survivors"] == [0, 1, 2, 3]
+    if cfg.personal_tokens:
+        from safetensors.torch import load_file
+
+        rows = [load_file(str(workdir / "nodes" / f"client-{c}" / "personal_prompt.safetensors"))["personal_prompt"]
+                for c in range(4)]
+        assert all(r.shape[0] == 2 for r in rows) and not all(bool((r == rows[0]).all()) for r in rows[1:])
+    if cfg.task == "sft":
+        assert set(record["task_eval"]) and all("accuracy" in v for v in record["task_eval"].values())
