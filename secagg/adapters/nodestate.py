@@ -44,14 +44,14 @@ import stat
 import struct
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 from ..errors import MalformedMessage, ParameterError, ProtocolAbort
-from ..hazmat.keys import derive_key
+from ..hazmat.keys import SigningKey, derive_key
 from ..hazmat.prg import MaskStream
 from ..hazmat.random import system_random
 from ..params import SecAggConfig
@@ -72,12 +72,18 @@ _SCOPE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 @dataclass(frozen=True)
 class RoundSpec:
-    """The public parameters of this node's part in one round (identical on every replay)."""
+    """The parameters of this node's part in one round (identical on every replay).
+
+    ``identity`` and ``registry`` are the malicious variant's identity key and registry; Ed25519
+    signatures are deterministic, so a replayed signed reply equals the recorded one.
+    """
 
     config: SecAggConfig
     client_id: int
     round_number: int
     context: bytes
+    identity: SigningKey | None = field(default=None, repr=False)
+    registry: Mapping[int, bytes] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -270,7 +276,7 @@ class NodeStore:
                                                              record.num_clients) + record.config_digest
         client = SecAggClient(
             spec.config, spec.client_id, round_number=spec.round_number, context=spec.context,
-            random=_ReplayRandom(record.key, binding),
+            random=_ReplayRandom(record.key, binding), identity=spec.identity, registry=spec.registry,
         )
         advertisement = client.advertise()
         if record.advertisement and advertisement != record.advertisement:
