@@ -474,8 +474,8 @@ def handle(message: Message, context: Context, template: Any, get_update: Update
     if node is not None:
         session = bind_registry(session, node.registry)
     if envelope.step == "identify":
-        if node is None or envelope.num_clients != len(node.registry):
-            raise ProtocolAbort("identify needs this node's identity and a population of its registry's size")
+        if node is None or envelope.num_clients != len(node.registry) or envelope.payload:
+            raise ProtocolAbort("identify needs this node's identity, its registry's size and no payload")
         claim = Envelope("identify", envelope.round_number, node.client_id, envelope.num_clients,
                          node.claim(session, context.node_id))
         return Message(pack(claim), reply_to=message)

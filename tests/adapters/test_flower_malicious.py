@@ -168,7 +168,7 @@ def _ask(example, context: Context, envelope: fa.Envelope) -> fa.Envelope:
     ("low-corrupt-fraction", ProtocolAbort, "requires at least 0.1"),
     ("no-identity", ParameterError, "needs this node's identity"),
     ("key-without-registry", ParameterError, "set both node config keys"),
-    ("identify-without-identity", ProtocolAbort, "identify needs this node's identity"),
+    ("identify-without-identity", ProtocolAbort, "identify needs this node.s identity"),
 ])
 def test_a_node_refuses_what_its_identity_rules_out(example, tmp_path, case, error, match) -> None:
     keys, registry = enrol(tmp_path / "pki", 6)
@@ -295,7 +295,7 @@ def test_malicious_round_on_a_local_flower_deployment(example, tmp_path) -> None
               identity.REGISTRY: str(registry)} for i in range(4)]
     nodes[3] |= {"drop-at": "mask", "drop-mode": "crash"}
     run_config = {"secagg-threat": "malicious", "secagg-num-nodes": 4, "secagg-dropout-fraction": 0.25,
-                  "secagg-stage-timeout": 30.0, "secagg-registry": str(registry)}
+                  "secagg-stage-timeout": 30.0, "secagg-poll-interval": 0.2, "secagg-registry": str(registry)}
     run = run_local(APP_DIR, nodes, run_config, timeout=120.0)
     (report,) = run.result
     assert list(report["dropped"].values()) == ["mask"] and len(report["survivors"]) == 3
@@ -316,7 +316,7 @@ def test_hostile_serverapp_learns_nothing_on_a_local_flower_deployment(hostile, 
     nodes = [{"partition-id": i, identity.IDENTITY_KEY: str(keys[i]), identity.REGISTRY: str(registry)}
              for i in range(4)]
     run_config = {"hostile-attack": "restricted-delivery", "secagg-registry": str(registry),
-                  "hostile-corrupt-keys": str(keys[4]), "secagg-num-nodes": 4}
+                  "hostile-corrupt-keys": str(keys[4]), "secagg-num-nodes": 4, "secagg-poll-interval": 0.2}
     run = run_local(HOSTILE_DIR, nodes, run_config, timeout=120.0)
     report = run.result | {"partition_of": {c: c for c in range(4)},
                            "run_config": dict(HOSTILE_CONFIG) | run_config}
