@@ -296,7 +296,7 @@ def test_malicious_round_on_a_local_flower_deployment(example, tmp_path) -> None
     nodes[3] |= {"drop-at": "mask", "drop-mode": "crash"}
     run_config = {"secagg-threat": "malicious", "secagg-num-nodes": 4, "secagg-dropout-fraction": 0.25,
                   "secagg-stage-timeout": 30.0, "secagg-poll-interval": 0.2, "secagg-registry": str(registry)}
-    run = run_local(APP_DIR, nodes, run_config, timeout=120.0)
+    run = run_local(APP_DIR, nodes, run_config, timeout=180.0)
     (report,) = run.result
     assert list(report["dropped"].values()) == ["mask"] and len(report["survivors"]) == 3
     assert (report["threshold"], report["weight_sum"]) == (3, 1 + 2 + 3)
@@ -317,7 +317,7 @@ def test_hostile_serverapp_learns_nothing_on_a_local_flower_deployment(hostile, 
              for i in range(4)]
     run_config = {"hostile-attack": "restricted-delivery", "secagg-registry": str(registry),
                   "hostile-corrupt-keys": str(keys[4]), "secagg-num-nodes": 4, "secagg-poll-interval": 0.2}
-    run = run_local(HOSTILE_DIR, nodes, run_config, timeout=120.0)
+    run = run_local(HOSTILE_DIR, nodes, run_config, timeout=180.0)
     report = run.result | {"partition_of": {c: c for c in range(4)},
                            "run_config": dict(HOSTILE_CONFIG) | run_config}
     assert (report["threat"], report["threshold"], report["quorum"], report["victim"]) == ("malicious", 4, 4, 0)
