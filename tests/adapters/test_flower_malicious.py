@@ -194,6 +194,15 @@ def test_a_node_refuses_what_its_identity_rules_out(example, tmp_path, case, err
     assert NodeStore(tmp_path / "node0", f"run{RUN_ID}-node{NODE_IDS[0]}").status(0) == "absent"
 
 
+def test_the_same_node_advertises_as_its_own_entry(example, tmp_path) -> None:
+    """The control of the refusals above: the unchanged request is answered and starts a round."""
+    keys, registry = enrol(tmp_path / "pki", 6)
+    context = Context(RUN_ID, NODE_IDS[0], _node_config(tmp_path, 0, keys[0], registry), RecordDict(), dict(MALICIOUS))
+    reply = _ask(example, context, fa.Envelope("advertise", 0, 0, 6, b""))
+    assert (reply.step, reply.client_id) == ("advertise", 0) and len(reply.payload) > 64
+    assert NodeStore(tmp_path / "node0", f"run{RUN_ID}-node{NODE_IDS[0]}").status(0) == "active"
+
+
 def test_a_node_claims_its_own_entry_deterministically(example, tmp_path) -> None:
     keys, registry_path = enrol(tmp_path / "pki", 6)
     context = Context(RUN_ID, NODE_IDS[3], _node_config(tmp_path, 3, keys[3], registry_path), RecordDict(),
