@@ -1,4 +1,4 @@
-"""The ``secagg`` command line: ``secagg params``, ``simulate``, ``audit``, ``dp`` and ``bench``.
+"""The ``secagg`` command line: ``secagg params``, ``simulate``, ``audit``, ``dp``, ``identity`` and ``bench``.
 
 The flags and JSON field names are a contract with users' scripts: add, never rename.
 """
@@ -12,6 +12,7 @@ from typing import Any, NoReturn, Sequence
 
 import numpy as np
 
+from .adapters import identity as identity_cli
 from .audit import cli as audit_cli
 from .dp import cli as dp_cli
 from . import defaults
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     audit_cli.register(sub)
     dp_cli.register(sub)
+    identity_cli.register(sub)
     _register_bench(sub)
     return parser
 
@@ -155,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = audit_cli.run(args)
         elif args.command == "dp":
             report = dp_cli.run(args)
+        elif args.command == "identity":
+            report = identity_cli.run(args)
         else:
             report = _params(args) if args.command == "params" else _simulate(args)
     except SecAggError as exc:

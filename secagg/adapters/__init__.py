@@ -9,6 +9,8 @@
   process is restarted for every message (Flower's ClientApp model) resume a round without forking;
   :mod:`secagg.adapters.nodestate` replays a SecAgg client from it, :mod:`secagg.adapters.ckksstate`
   keeps a CKKS client's exported state in it.
+- :mod:`secagg.adapters.identity`: node identity keys and the registry that the malicious-server
+  variant needs across nodes (``secagg identity new|registry|show``); no flwr import.
 - :mod:`secagg.adapters.flower_launcher`: starts a local Flower deployment (SuperLink, SuperNodes)
   on loopback, runs an app on it and shuts everything down.
 

@@ -48,15 +48,23 @@ Usage, in the module a Flower App's ``pyproject.toml`` points at::
 importable on the SuperLink and every SuperNode. ``examples/flower_app`` is a complete app and
 :mod:`secagg.adapters.flower_launcher` runs it on a local deployment.
 
+Malicious-server variant (``secagg-threat = "malicious"``): clients sign their keys and the survivor
+set with Ed25519 identity keys from a registry (:mod:`secagg.adapters.identity`, which says why Flower's
+node ids and node authentication cannot serve). Each node's config names its key and the registry
+(``secagg-identity-key``, ``secagg-registry``); the ServerApp's run config names the same registry
+(``secagg-registry``). A round then opens with an ``identify`` step: each node answers with its
+registry id and a signed claim, and the server maps nodes to client ids by these claims
+(``client-id`` is 0 in the identify request). The consistency round is one more step.
+
 Run config keys (all optional; the app's ``pyproject.toml`` must declare the ones it overrides):
 ``secagg-protocol`` ("secagg+", "secagg" or "ckks"), ``secagg-clip-bound``, ``secagg-fractional-bits``
 (CKKS: the grid 2^-f; absent: the finest its noise bound allows), ``secagg-max-weight``; masking only:
-``secagg-corrupt-fraction``, ``secagg-dropout-fraction``; CKKS only: ``secagg-ckks-preset``
-("addition-128", "precision-128"), ``secagg-ckks-committee`` (key holders, default 3),
-``secagg-ckks-min-contributors`` (the fewest uploads a key holder decrypts a sum of, default 2);
-server only: ``secagg-num-nodes`` (wait for this many), ``secagg-node-timeout``,
+``secagg-threat`` ("semi-honest" or "malicious"), ``secagg-corrupt-fraction``, ``secagg-dropout-fraction``;
+CKKS only: ``secagg-ckks-preset`` ("addition-128", "precision-128"), ``secagg-ckks-committee`` (key
+holders, default 3), ``secagg-ckks-min-contributors`` (the fewest uploads a key holder decrypts a sum
+of, default 2); server only: ``secagg-num-nodes`` (wait for this many), ``secagg-node-timeout``,
 ``secagg-stage-timeout``, ``secagg-poll-interval``, ``secagg-rounds``, ``secagg-result-path``
-(a JSON report of every round).
+(a JSON report of every round), ``secagg-registry`` (malicious only).
 """
 
 from __future__ import annotations
@@ -77,13 +85,14 @@ from flwr.serverapp import Grid, ServerApp
 
 from .. import defaults
 from ..encoding import FixedPoint, Schema
-from ..errors import MalformedMessage, ParameterError, SecAggError
+from ..errors import MalformedMessage, ParameterError, ProtocolAbort, SecAggError
 from ..params import SecAggConfig, ThreatModel
 from ..protocols.ckks import PRESETS, CkksConfig, CkksResult
 from ..protocols.registry import PROTOCOLS, new_server, protocol_of
 from ..protocols.secagg import AggregateResult
 from ..wire import Header
 from .ckksstate import CkksNodeStore
+from .identity import REGISTRY, NodeIdentity, Registry, admit, bind_registry
 from .nodestate import NodeStore
 from .roundstore import RoundSpec, RoundStore, SessionConfig
 
@@ -106,8 +115,9 @@ ENVELOPE_VERSION = 1
 STYPE = "secagg/wire-v1"
 _META, _PAYLOAD, _ARRAY = "secagg.meta", "secagg.payload", "bytes"
 _META_KEYS = {"version", "step", "round", "client-id", "num-clients"}
-_STEPS = frozenset(stage for protocol in PROTOCOLS.values() for stage in protocol.message_stages)
+_STEPS = frozenset({"identify"} | {stage for protocol in PROTOCOLS.values() for stage in protocol.message_stages})
 _STORES: dict[str, type[RoundStore]] = {name: store for store in (NodeStore, CkksNodeStore) for name in store.protocols}
+_THREATS = {"semi-honest": ThreatModel.semi_honest, "malicious": ThreatModel.malicious}
 _LOG = logging.getLogger("flwr").getChild("secagg")  # Flower streams its own logger's records
 
 UpdateFn = Callable[[Context, int], "tuple[Any, int]"]
@@ -194,15 +204,19 @@ def _setting(run_config: Mapping[str, Any], key: str, kind: type, default: Any) 
 def session_config(run_config: Mapping[str, Any], num_clients: int, template: Any) -> SessionConfig:
     """The session config both sides derive from the run config, ``n`` and the update template.
 
-    For SecAgg / SecAgg+ the threat model is semi-honest: the malicious variant needs a PKI of client
-    signing keys, which this adapter does not provision yet. For CKKS see :func:`_ckks_config`.
+    For SecAgg / SecAgg+, ``secagg-threat`` picks the threat model ("semi-honest", the default, or
+    "malicious"; the latter needs identities, see :mod:`secagg.adapters.identity`, and ``n`` is then the
+    registry's size). For CKKS see :func:`_ckks_config`.
     Raises:
         ParameterError: a setting is invalid or unsafe, or the protocol is unknown.
     """
     protocol = _setting(run_config, "secagg-protocol", str, "secagg+")
     if protocol == "ckks":
         return _ckks_config(run_config, num_clients, template)
-    threat = ThreatModel.semi_honest(
+    threat_name = _setting(run_config, "secagg-threat", str, "semi-honest")
+    if threat_name not in _THREATS:
+        raise ParameterError(f"run config 'secagg-threat' must be one of {sorted(_THREATS)}, got {threat_name!r}")
+    threat = _THREATS[threat_name](
         _setting(run_config, "secagg-corrupt-fraction", float, 0.1),
         _setting(run_config, "secagg-dropout-fraction", float, 0.2),
     )
@@ -335,6 +349,39 @@ def _deliver(server: Any, step: str, node: int, client: int, content: RecordDict
     return None
 
 
+def _identify(
+    grid: Grid, node_ids: list[int], registry: Registry, context: bytes, round_number: int, timeout: float, poll: float
+) -> tuple[dict[int, int], dict[int, str]]:
+    """The identify step: client id -> node for each node whose signed claim verifies, and failures.
+
+    A client id claimed by two nodes (one key given to both) goes to neither.
+    """
+    n = len(registry)
+    outbox = {node: pack(Envelope("identify", round_number, 0, n, b"")) for node in node_ids}
+    replies, failures = _exchange(grid, outbox, timeout, poll, str(round_number))
+    claims: dict[int, list[int]] = {}
+    for node, content in sorted(replies.items()):
+        try:
+            envelope = unpack(content)
+            if (envelope.step, envelope.round_number, envelope.num_clients) != ("identify", round_number, n):
+                raise ProtocolAbort("reply for another step, round or population")
+            registry.verify_claim(context, node, envelope.client_id, envelope.payload)
+        except SecAggError as exc:
+            failures[node] = f"rejected: {type(exc).__name__}: {exc}"
+            continue
+        claims.setdefault(envelope.client_id, []).append(node)
+    for client, claimants in claims.items():
+        if len(claimants) > 1:
+            failures.update({node: f"client {client} is claimed by several nodes" for node in claimants})
+    return {client: claimants[0] for client, claimants in claims.items() if len(claimants) == 1}, failures
+
+
+def _drop(dropped: dict[int, str], failures: Mapping[int, str], round_number: int, step: str) -> None:
+    for node, reason in sorted(failures.items()):
+        _LOG.warning("secagg round %d: node %d dropped at %s (%s)", round_number, node, step, reason)
+        dropped.setdefault(node, step)
+
+
 def run_round(
     grid: Grid,
     node_ids: list[int],
@@ -344,21 +391,42 @@ def run_round(
     context: bytes,
     stage_timeout: float = 30.0,
     poll_interval: float = 0.2,
+    registry: Registry | None = None,
+    server: Any = None,
 ) -> FlowerRound:
-    """Run one secure-aggregation round of ``config``'s protocol with the ClientApps on ``node_ids``
-    (sorted -> ids 0..n-1).
+    """Run one secure-aggregation round of ``config``'s protocol with the ClientApps on ``node_ids``.
 
+    Semi-honest ``config``: the sorted node ids become client ids 0..n-1. Malicious: ``registry``
+    (of ``config.num_clients`` clients) is required, the identify step maps nodes to the registry's
+    ids (a node without a valid claim is dropped there; a registry entry without a node is absent,
+    which the thresholds count as a dropout), and ``context`` is bound to the registry
+    (:func:`~secagg.adapters.identity.bind_registry`).
+    ``server`` drives another server party instead of a new honest :class:`~secagg.SecAggServer`; it
+    must be built for the same config, round and (bound) context. The audit harness's deviating
+    server uses it to attack real nodes; nothing else should.
     Raises:
-        InsufficientParties: too few nodes survived a stage; nothing is released.
-        ParameterError: ``config`` is not a registered protocol's, or not for ``len(node_ids)`` clients.
+        ParameterError: ``config`` is not a registered protocol's, or the nodes or the registry do not fit it.
+        InsufficientParties: fewer than the threshold survived a stage; nothing is released.
     """
-    nodes = {client: node for client, node in enumerate(sorted(node_ids))}
-    if len(nodes) != config.num_clients:
-        raise ParameterError(f"{len(nodes)} nodes for a session of {config.num_clients} clients")
-    server = new_server(config, round_number=round_number, context=context)
-    ids = {node: client for client, node in nodes.items()}
     dropped: dict[int, str] = {}
     stage_seconds: dict[str, float] = {}
+    if isinstance(config, SecAggConfig) and config.threat.is_malicious:
+        if registry is None or len(registry) != config.num_clients:
+            raise ParameterError(f"a malicious-model round needs the registry of its {config.num_clients} clients")
+        start, context = time.monotonic(), bind_registry(context, registry)
+        nodes, failures = _identify(grid, node_ids, registry, context, round_number, stage_timeout, poll_interval)
+        _drop(dropped, failures, round_number, "identify")
+        stage_seconds["identify"] = round(time.monotonic() - start, 3)
+    else:
+        if registry is not None:
+            raise ParameterError("a registry is for malicious-model rounds (secagg-threat = \"malicious\")")
+        nodes = {client: node for client, node in enumerate(sorted(node_ids))}
+        if len(nodes) != config.num_clients:
+            raise ParameterError(f"{len(nodes)} nodes for a session of {config.num_clients} clients")
+    if server is None:
+        options = {"registry": registry.as_dict()} if registry else {}
+        server = new_server(config, round_number=round_number, context=context, **options)
+    ids = {node: client for client, node in nodes.items()}
     step = "advertise"
     outbox = {c: b"" for c in nodes}
     while not server.done:  # the router's loop (secagg.router.run_round), over Flower messages
@@ -369,9 +437,7 @@ def run_round(
             refused = _deliver(server, step, node, ids[node], content)
             if refused:
                 failures[node] = refused
-        for node, reason in sorted(failures.items()):
-            _LOG.warning("secagg round %d: node %d dropped at %s (%s)", round_number, node, step, reason)
-            dropped.setdefault(node, step)
+        _drop(dropped, failures, round_number, step)
         outbox = dict(server.advance())  # every envelope is built at once below anyway
         # a stage can repeat (CKKS: another generator, another key holder): report its total time
         stage_seconds[step] = round(stage_seconds.get(step, 0.0) + time.monotonic() - start, 3)
@@ -402,21 +468,25 @@ def serve(grid: Grid, context: Context, template: Any, on_result: Callable[[int,
 
     Every node connected once the minimum is reached takes part. After each round the JSON reports
     of all rounds so far are written to ``secagg-result-path`` (if set) and ``on_result`` is called.
+    Malicious-model runs read the registry named by ``secagg-registry``; ``n`` is its size.
     Raises:
+        ParameterError: a setting is invalid (e.g. the registry file).
         InsufficientParties: a round lost too many nodes (its report holds the error).
     """
     cfg = context.run_config
     nodes = _wait_for_nodes(grid, _setting(cfg, "secagg-num-nodes", int, 2), _setting(cfg, "secagg-node-timeout", float, 60.0))
+    registry_path = _setting(cfg, REGISTRY, str, "")
+    registry = Registry.read(registry_path) if registry_path else None
     result_path = _setting(cfg, "secagg-result-path", str, "")
     reports: list[dict[str, Any]] = []
     rounds = []
     for round_number in range(_setting(cfg, "secagg-rounds", int, 1)):
-        config = session_config(cfg, len(nodes), template)
+        config = session_config(cfg, len(registry) if registry else len(nodes), template)
         try:
             outcome = run_round(
                 grid, nodes, config, round_number=round_number, context=round_context(context.run_id, round_number),
                 stage_timeout=_setting(cfg, "secagg-stage-timeout", float, 30.0),
-                poll_interval=_setting(cfg, "secagg-poll-interval", float, 0.2),
+                poll_interval=_setting(cfg, "secagg-poll-interval", float, 0.2), registry=registry,
             )
         except SecAggError as exc:
             reports.append({"round": round_number, "error": f"{type(exc).__name__}: {exc}"})
@@ -460,16 +530,34 @@ def handle(message: Message, context: Context, template: Any, get_update: Update
     The node's client for the round lives in its private write-ahead record (:data:`_STORES` picks
     the store for the run config's protocol); ``get_update`` is called once, for the upload or mask.
 
+    A node with an identity (node config ``secagg-identity-key`` and ``secagg-registry``) answers the
+    identify step and takes part only in malicious-model rounds, as its own registry entry
+    (:func:`secagg.adapters.identity.admit`); a node without one, only in semi-honest rounds.
     Raises:
         SecAggError: the message is malformed or the client refused it; Flower turns the exception
             into an error reply, which the server treats as this node dropping out.
     """
     envelope = unpack(message.content)
+    node = NodeIdentity.from_node_config(context.node_config)
+    session = round_context(context.run_id, envelope.round_number)
+    if node is not None:
+        session = bind_registry(session, node.registry)
+    if envelope.step == "identify":
+        if node is None or envelope.num_clients != len(node.registry) or envelope.payload:
+            raise ProtocolAbort("identify needs this node's identity, its registry's size and no payload")
+        claim = Envelope("identify", envelope.round_number, node.client_id, envelope.num_clients,
+                         node.claim(session, context.node_id))
+        return Message(pack(claim), reply_to=message)
     config = session_config(context.run_config, envelope.num_clients, template)
     protocol = protocol_of(config)
     if envelope.step not in protocol.server_stages(config):
         raise MalformedMessage(f"{envelope.step!r} is not a step of a {protocol.name} round")
-    spec = RoundSpec(config, envelope.client_id, envelope.round_number, round_context(context.run_id, envelope.round_number))
+    if isinstance(config, SecAggConfig):
+        admit(node, config, envelope.client_id)
+    elif node is not None:
+        raise ProtocolAbort("this node holds an identity key and joins malicious-model rounds only")
+    spec = RoundSpec(config, envelope.client_id, envelope.round_number, session,
+                     identity=node.key if node else None, registry=node.registry.as_dict() if node else None)
     store = _STORES[protocol.name](_state_directory(context), f"run{context.run_id}-node{context.node_id}")
     if envelope.step == "advertise":
         if envelope.payload:

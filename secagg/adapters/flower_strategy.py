@@ -91,6 +91,7 @@ from flwr.serverapp.strategy import Strategy
 
 from ..errors import ParameterError, SecAggError
 from .flower import FlowerRound, round_context, run_round, session_config
+from .identity import REGISTRY, Registry
 from .flower_node import (
     _ARRAYS, _ENCODING_KEYS, _LOG, ACK_RECORD, TRAIN_RECORD, Layout, _acknowledgement_problem, _layout, _Mark,
     _metric_names, _only, _template, secagg_mod, secagg_query,
@@ -165,7 +166,7 @@ class SecAggStrategy(Strategy):
         self.secure_metrics = _metric_names(secure_metrics, self.weight_key)
         overrides = dict(zip(_ENCODING_KEYS, (clip_bound, fractional_bits, max_weight)))
         self._run_config = dict(context.run_config) | {k: v for k, v in overrides.items() if v is not None}
-        self._timing = {}
+        self._timing: dict[str, float] = {}
         for name, key, given in (("stage_timeout", "secagg-stage-timeout", stage_timeout),
                                  ("poll_interval", "secagg-poll-interval", poll_interval)):
             value = given if given is not None else self._run_config.get(key)
@@ -224,9 +225,14 @@ class SecAggStrategy(Strategy):
                          server_round, len(nodes))
             return None, None
         try:  # configure_train checked the run config for all sampled nodes: what fails now is too few of them
-            config = session_config(pending.run_config, len(nodes), _template(pending.layout))
+            path = pending.run_config.get(REGISTRY)  # malicious-model rounds: n is the registry's size
+            registry = Registry.read(str(path)) if path else None
+            config = session_config(pending.run_config, len(registry) if registry else len(nodes),
+                                    _template(pending.layout))
             outcome = run_round(pending.grid, nodes, config, round_number=server_round,
-                                context=round_context(self.run_id, server_round), **self._timing)
+                                context=round_context(self.run_id, server_round),
+                                stage_timeout=self._timing.get("stage_timeout", 30.0),
+                                poll_interval=self._timing.get("poll_interval", 0.2), registry=registry)
         except SecAggError as exc:
             _LOG.warning("secagg round %d: %s: %s; nothing aggregated", server_round, type(exc).__name__, exc)
             return None, None

@@ -101,7 +101,7 @@ class NodeStore(RoundStore):
                                                              record.num_clients) + record.config_digest
         client = SecAggClient(
             spec.config, spec.client_id, round_number=spec.round_number, context=spec.context,
-            random=_ReplayRandom(record.secret, binding),
+            random=_ReplayRandom(record.secret, binding), identity=spec.identity, registry=spec.registry,
         )
         advertisement = client.advertise()
         if record.advertisement and advertisement != record.advertisement:

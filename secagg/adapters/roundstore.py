@@ -41,11 +41,12 @@ import re
 import stat
 import time
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable, Iterator, Mapping, Union
 
 from ..errors import MalformedMessage, ParameterError, ProtocolAbort
+from ..hazmat.keys import SigningKey
 from ..params import PROTOCOL_IDS, SecAggConfig
 from ..protocols.ckks import CkksConfig
 from ..wire import Header, Reader, Writer
@@ -72,6 +73,10 @@ class RoundSpec:
     client_id: int
     round_number: int
     context: bytes
+    identity: SigningKey | None = field(default=None, repr=False)
+    """The malicious variant's identity key of this node (never in a repr; never stored)."""
+    registry: Mapping[int, bytes] | None = field(default=None, repr=False)
+    """The malicious variant's registry: client id -> Ed25519 public key."""
 
 
 @dataclass(frozen=True, slots=True, repr=False)

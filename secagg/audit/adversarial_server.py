@@ -127,6 +127,15 @@ class AdversarialServer:
         return self._own if self._own is not None else self.honest.stage
 
     @property
+    def done(self) -> bool:
+        """True once the round is over for the attacker: finished, or aborted (``result()`` then raises)."""
+        return self.stage in (Stage.DONE, Stage.ABORTED)
+
+    @property
+    def round(self) -> int:
+        return self.honest.round
+
+    @property
     def graph(self) -> dict[int, tuple[int, ...]]:
         return dict(self.view.graph)
 

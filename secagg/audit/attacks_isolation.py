@@ -10,13 +10,17 @@ attacker gets a victim with many corrupt neighbours: re-drawing the graph (grind
 the key list (withholding honest advertisements). SECURITY.md, lemma "isolation", says when each
 must fail; :mod:`secagg.audit.search` searches the same space exhaustively for small n.
 
-Corrupt clients run real client code with a randomness source the attacker can replay, so it knows
-their mask keys without reading their memory.
+Corrupt clients run real client code with a randomness source the attacker can replay
+(:func:`corrupt_random`), so it knows their mask keys without reading their memory.
+:class:`Isolation` is restricted delivery as a script for any driver of an
+:class:`~secagg.audit.adversarial_server.AdversarialServer`: the harness's :func:`play` here, and a
+Flower ServerApp attacking real nodes (``secagg.adapters.flower.run_round(..., server=...)``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Collection
 
 import numpy as np
 
@@ -30,25 +34,25 @@ from .adversary import CONTEXT, AdversarialServer, Cast, Deviation, ReplayableRa
 from .outcomes import DETECTED, SUCCEEDED, Observation, observe
 
 __all__ = ["restricted_delivery", "graph_grinding", "advertise_dropout_amplification", "mirrored_key",
-           "bad_share_abort", "ReplayableRandom"]
+           "bad_share_abort", "ReplayableRandom", "Isolation", "corrupt_ids", "corrupt_random"]
 
 GRINDING_ATTEMPTS = 48
 GRINDING_CONTEXTS = 24
 
 
-def _corrupt_ids(config: SecAggConfig) -> list[int]:
+def corrupt_ids(config: SecAggConfig) -> list[int]:
     """The last c = ``config.corrupt_bound`` ids: exactly the corrupt clients the config assumes."""
     return list(range(config.num_clients - config.corrupt_bound, config.num_clients))
 
 
-def _corrupt_random(cid: int) -> ReplayableRandom:
-    """The randomness a corrupt client runs with, which the attacker can replay."""
+def corrupt_random(cid: int) -> ReplayableRandom:
+    """The randomness corrupt client ``cid`` runs with, which the attacker can replay (fresh each call)."""
     return ReplayableRandom(b"corrupt-%d" % cid)
 
 
 def _corrupt_keys(cid: int) -> tuple[AgreementKeyPair, AgreementKeyPair]:
     """Replay a corrupt client's randomness: its encryption key pair first, then its mask key pair."""
-    replay = _corrupt_random(cid)
+    replay = corrupt_random(cid)
     return AgreementKeyPair.generate(replay), AgreementKeyPair.generate(replay)
 
 
@@ -84,8 +88,32 @@ def _plan(server: AdversarialServer, corrupt: set[int], candidates: list[int]) -
     return _Plan(victim, bad, tuple(sorted(chosen)))
 
 
-def _restrict(plan: _Plan) -> Deviation:
-    def deviation(server: AdversarialServer, outbox: dict[int, bytes]) -> dict[int, bytes]:
+class Isolation:
+    """Restricted delivery as a server script, whatever moves the messages.
+
+    When the share stage closes it picks the victim (:func:`_plan`: the honest client of the key
+    list with the most corrupt neighbours), hands it only t - 1 peers' share ciphertexts and makes
+    the server hold back the masked inputs of the honest ones among them, so they look dropped.
+    Corrupt clients must run with :func:`corrupt_random` (the attacker replays their mask keys).
+    It guarantees nothing about the outcome: :meth:`recover` says what the attacker got.
+
+    Args:
+        corrupt: the corrupt client ids (usually :func:`corrupt_ids`).
+    """
+
+    def __init__(self, corrupt: Collection[int]) -> None:
+        self.corrupt = frozenset(corrupt)
+        self.plan: _Plan | None = None
+
+    @property
+    def script(self) -> dict[str, Deviation]:
+        """The script to give :class:`AdversarialServer` (``script=``)."""
+        return {"share": self._restrict}
+
+    def _restrict(self, server: AdversarialServer, outbox: dict[int, bytes]) -> dict[int, bytes]:
+        plan = self.plan = _plan(server, set(self.corrupt), [u for u in sorted(server.view.keys) if u not in self.corrupt])
+        server.forget_masked(plan.dropped_honest)  # claim they never arrived; ``server.masked`` keeps them
+
         def change(body: m.Body) -> m.Body:
             assert isinstance(body, m.ShareDelivery)
             keep = [i for i, p in enumerate(body.peers) if p in plan.shown]
@@ -94,19 +122,24 @@ def _restrict(plan: _Plan) -> Deviation:
 
         return server.rewrite(outbox, {plan.victim}, change)
 
-    return deviation
+    def recover(self, server: AdversarialServer) -> np.ndarray | None:
+        """The victim's input (encoded ring words) unmasked from what clients released, or None."""
+        if self.plan is None:
+            return None
+        known = {c: _corrupt_mask_key(c) for c in self.plan.corrupt_neighbours}
+        return server.recover_isolated(self.plan.victim, self.plan.shown, known)
 
 
 def _isolate(config: SecAggConfig, *, attempts: int = 1, contexts: int = 1, withhold: bool = False) -> Observation:
     """Restricted delivery after grinding: ``contexts`` caller contexts (model digests the server
     may perturb) times ``attempts`` server channel keys, optionally over shrunken key lists."""
-    corrupt = _corrupt_ids(config)
+    corrupt = corrupt_ids(config)
     best: tuple[int, AdversarialServer, dict[int, bytes], list[int], Cast] | None = None
     graphs, draws = set(), 0
     for index in range(contexts):
         context = CONTEXT if index == 0 else CONTEXT + b"/perturbed-%d" % index
         parties = cast(config, range(config.num_clients), context=context,
-                       randoms={c: _corrupt_random(c) for c in corrupt})
+                       randoms={c: corrupt_random(c) for c in corrupt})
         adverts = {cid: client.advertise() for cid, client in parties.clients.items()}
         for listed in _key_lists(config, sorted(adverts), corrupt, withhold):
             for _ in range(attempts):
@@ -122,13 +155,14 @@ def _isolate(config: SecAggConfig, *, attempts: int = 1, contexts: int = 1, with
                     best = (score, server, opened, listed, parties)
     assert best is not None
     _, server, opened, listed, parties = best
-    plan = _plan(server, set(corrupt), [u for u in listed if u not in corrupt])
-    server.script = {"share": _restrict(plan)}
-    server.forget_masked(plan.dropped_honest)  # claim they never arrived; ``server.masked`` keeps them
+    attack = Isolation(corrupt)
+    server.script = attack.script
     members = {cid: parties.clients[cid] for cid in listed}
     log = play(server, members, opened=opened)
-    known = {c: _corrupt_mask_key(c) for c in plan.corrupt_neighbours}
-    guess = server.recover_isolated(plan.victim, plan.shown, known)
+    plan, guess = attack.plan, attack.recover(server)
+    if plan is None:  # the round ended before the share stage closed: no victim was ever isolated
+        return observe(log, [], {"key-list", "survivors", "unmask-request", "delivery"},
+                       note=f"the round ended before the shares were delivered; key list of {len(listed)}")
     leaked = [plan.victim] if guess is not None and np.array_equal(guess, parties.inputs[plan.victim]) else []
     note = (f"victim {plan.victim}: {len(plan.corrupt_neighbours)} corrupt neighbours, shown "
             f"{len(plan.shown)} peers, honest peers dropped {list(plan.dropped_honest)}; "
@@ -180,7 +214,7 @@ def mirrored_key(config: SecAggConfig) -> Observation:
     harness checks the first step: whether the mirrored key gets into a key list honest clients
     accept (goal reached), or is refused by the server's decoder or by every client.
     """
-    corrupt, honest = _corrupt_ids(config)[-1], 0
+    corrupt, honest = corrupt_ids(config)[-1], 0
     identities = {i: SigningKey.generate() for i in range(config.num_clients)}
     parties = cast(config, range(config.num_clients), context=CONTEXT, identities=identities)
     seen: dict[int, tuple[bytes, bytes]] = {}  # client -> (encryption key, mask key) as advertised
@@ -226,7 +260,7 @@ def bad_share_abort(config: SecAggConfig) -> Observation:
     be found and left out, and the aggregate must still be exact.
     """
     corrupt = 0  # the lowest id: the old retry tried only subsets that contain holder 0
-    parties = cast(config, range(config.num_clients), context=CONTEXT, randoms={corrupt: _corrupt_random(corrupt)})
+    parties = cast(config, range(config.num_clients), context=CONTEXT, randoms={corrupt: corrupt_random(corrupt)})
     server = AdversarialServer(config, context=CONTEXT, registry=parties.registry)
 
     def garble(cid: int, data: bytes) -> bytes:

@@ -16,10 +16,10 @@ from ..errors import SecAggError
 from ..params import SecAggConfig
 from ..protocols.secagg import SecAggClient, Stage
 from ..protocols.secagg import messages as m
-from .adversary import CONTEXT, AdversarialServer, Play, cast, play, plain_sum, replace_body
+from .adversary import CONTEXT, AdversarialServer, Deviation, Play, cast, play, plain_sum, replace_body
 from .outcomes import Observation, leaked_inputs, observe
 
-__all__ = ["both_alive_and_dropped", "inconsistent_survivor_sets", "false_dropout_claim"]
+__all__ = ["VICTIM", "both_alive_and_dropped", "inconsistent_survivor_sets", "inconsistent_view", "false_dropout_claim"]
 
 VICTIM = 0
 
@@ -98,14 +98,18 @@ def _split_requests(server: AdversarialServer, outbox: dict[int, bytes]) -> dict
     return out
 
 
+def inconsistent_view(config: SecAggConfig) -> dict[str, Deviation]:
+    """The server script of :func:`inconsistent_survivor_sets`, for any driver of an
+    :class:`AdversarialServer` (afterwards ``server.recover(VICTIM)`` says whether it worked)."""
+    if config.threat.is_malicious:
+        return {"mask": _survivor_lists, "consistency": _split_requests}
+    return {"mask": _tell_some_victim_dropped}
+
+
 def inconsistent_survivor_sets(config: SecAggConfig) -> Observation:
     """Half of the victim's neighbours hear it dropped, the rest that it survived."""
     parties = cast(config, range(config.num_clients))
-    if config.threat.is_malicious:
-        script = {"mask": _survivor_lists, "consistency": _split_requests}
-    else:
-        script = {"mask": _tell_some_victim_dropped}
-    server = AdversarialServer(config, context=CONTEXT, registry=parties.registry, script=script)
+    server = AdversarialServer(config, context=CONTEXT, registry=parties.registry, script=inconsistent_view(config))
     log = play(server, parties.clients)
     return observe(log, leaked_inputs(server, parties, [VICTIM]), {"unmask-request", "survivors"})
 

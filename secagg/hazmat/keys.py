@@ -146,6 +146,16 @@ class SigningKey:
     def generate(cls, random: RandomSource = system_random) -> SigningKey:
         return cls(Ed25519PrivateKey.from_private_bytes(random(32)))
 
+    @classmethod
+    def from_private_bytes(cls, data: bytes) -> SigningKey:
+        """Rebuild an identity key from its 32-byte raw Ed25519 private key (the RFC 8032 seed).
+
+        Security assumption: ``data`` came from a uniform 32-byte source and stayed secret.
+        """
+        if len(data) != 32:
+            raise ParameterError("Ed25519 private keys are 32 bytes")
+        return cls(Ed25519PrivateKey.from_private_bytes(data))
+
     @property
     def public_bytes(self) -> bytes:
         return self._private.public_key().public_bytes(_RAW, _RAW_PUB)

@@ -1,0 +1,1 @@
+"""TEST ONLY: a hostile ServerApp for secagg's Flower tests (see app.py)."""
