@@ -31,12 +31,15 @@ test-fast: $(STAMP)
 test-flower: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -s tests/adapters -m flower
 
-# The full run (several minutes): every table, ratio and plot README's Benchmarks section quotes.
+# The full run (several minutes): every table, ratio and plot README's Benchmarks section quotes, then the
+# secure-aggregation overhead per Flower round (plain FedAvg vs ours vs Flower's SecAgg+, ~3 min).
 bench: $(STAMP)
 	mkdir -p benchmarks/results
 	OMP_NUM_THREADS=1 $(BIN)/secagg bench --json benchmarks/results/bench.json --plots benchmarks/results \
 		--text benchmarks/results/bench.txt
 	$(BIN)/python -m benchmarks.packing
+	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.flower_overhead --json benchmarks/results/flower_overhead.json \
+		--text benchmarks/results/flower_overhead.txt
 
 # A small version of every section (seconds); CI runs it to keep the benchmark working. No timing is checked.
 bench-quick: $(STAMP)

@@ -67,3 +67,22 @@ def test_flower_even_share_count_crash_is_reported_not_raised() -> None:
     assert crashed.client_errors and all("IndexError" in e for e in crashed.client_errors)
     ok = run_flower_round(6, 100, 5, 2, [1])
     assert ok.completed and ok.max_abs_error is not None and ok.max_abs_error < 1e-4
+
+
+def test_flower_overhead_quick_run_completes_and_sums_exactly(tmp_path: Path) -> None:
+    """``benchmarks.flower_overhead --quick``: every system runs both rounds with and without a dropped
+    node over the serialising grid, and each final model matches the exact one."""
+    pytest.importorskip("flwr")
+    pytest.importorskip("tenseal")
+    from benchmarks.flower_overhead import FLOWER, PLAIN, main as overhead
+
+    report_path = tmp_path / "overhead.json"
+    assert overhead(["--quick", "--json", str(report_path), "--text", str(tmp_path / "overhead.txt")]) == 0
+    rows = json.loads(report_path.read_text())["rows"]
+    assert {r["system"] for r in rows} >= {PLAIN, "ours secagg+", "ours secagg", "ours ckks", FLOWER}
+    assert {r["drop"] for r in rows} == {False, True}
+    for row in rows:
+        assert row["completed"] and row["max_abs_error"] < 1e-4, row
+        assert row["seconds"] > 0 and row["vs_plain"] > 0 and row["vs_flower"] > 0
+        assert row["upload_bytes"] > 0 and row["download_bytes"] > 0
+    assert "vs Flower" in (tmp_path / "overhead.txt").read_text()
