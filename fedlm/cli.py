@@ -69,7 +69,7 @@ def _add_field(parser: argparse.ArgumentParser, name: str, type_name: str,
     if name in ("data", "lora_targets"):
         parser.add_argument(flag, nargs="+", default=list(default or []),
                             metavar="FILE" if name == "data" else "NAME", help=help_text)
-    elif name == "freeze_a":
+    elif name in ("freeze_a", "flower_compare"):
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
                             help=help_text)
     elif type_name == "bool":
@@ -160,6 +160,14 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
         console.print(f"distributed DP: epsilon {dp['epsilon']:.3f} of {dp['target_epsilon']} (delta {dp['delta']:g}), "
                       f"noise multiplier {dp['noise_multiplier']:.2f}, {dp['bits']}-bit ring, noise/signal "
                       f"{dp['noise_to_signal']:.1f}" + (f"; {dp['stopped']}" if dp["stopped"] else ""), highlight=False)
+    elif report["engine"] == "flower":
+        check = report.get("engine_check")
+        if check is None or check["within_bound"] is None:
+            console.print("Flower engine: no in-memory check" + (f" ({check['skipped']})" if check else ""))
+        else:
+            verdict = "[green]yes[/]" if check["within_bound"] else "[red]NO[/]"
+            console.print(f"Flower == in-memory engine, round by round, within the quantisation bounds: {verdict} "
+                          f"(max |diff| {check['max_abs_diff']:.3e} over {len(check['rounds'])} rounds)")
     else:
         verdict = {True: "[green]yes[/]", False: "[red]NO[/]", None: "n/a (nothing to compare)"}[
             report["secure_equals_plain"]]

@@ -52,8 +52,9 @@ class RunConfig:
                      "ClientApps (each client a SuperNode) driven by a Flower ServerApp.")
     flower_runtime: str = _f("simulation", "--engine flower: simulation (Flower's simulation runtime, Ray) or "
                              "local-deployment (a SuperLink and one SuperNode per client on 127.0.0.1).")
-    flower_compare: bool = _f(False, "--engine flower: also run the in-memory engine with the same seed and "
-                              "report the largest difference between the two global models (engine_check).")
+    flower_compare: bool = _f(True, "--engine flower: replay every round on the in-memory engine from the Flower "
+                              "run's global state with the same survivors and report the difference (engine_check); "
+                              "--no-flower-compare skips it.")
     rounds: int = _f(10, "Number of federated rounds.")
     clients: int = _f(10, "Number of clients holding data.")
     clients_per_round: int = _f(5, "Clients sampled each round.")

@@ -152,7 +152,7 @@ def _fedlm(tmp_path: Path, *flags: str, timeout: float) -> dict[str, Any]:
                "--clients-per-round", "4", "--rounds", "2", "--warmup-steps", "20", "--local-steps", "2",
                "--hidden-size", "32", "--num-layers", "1", "--num-heads", "2", "--vocab-size", "320",
                "--seq-len", "32", "--batch-size", "4", "--eval-batches", "2", "--max-chars-per-domain", "20000",
-               "--dropout", "0.3", "--flower-compare", "--quiet", "--out", str(out), *flags]
+               "--dropout", "0.3", "--quiet", "--out", str(out), *flags]
     completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, timeout=timeout, check=False)
     assert completed.returncode == 0, completed.stderr.decode(errors="replace")[-3000:]
     return json.loads((out / "report.json").read_text())
