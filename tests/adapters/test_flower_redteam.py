@@ -314,3 +314,74 @@ def test_control_honest_round_through_the_same_helpers(tmp_path) -> None:
     assert all(ACK_RECORD in r.content for r in _send(grid, messages).values())
     outcome = _secure_round(grid, NODES[:4], RUN_CONFIG, arrays, 1)
     assert outcome.result.weight_sum == 1 + 2 + 3 + 4 and not outcome.dropped
+
+
+# =====================================================================================================
+# F3b (HIGH, availability, fedlm --engine flower). fedlm's FlowerRunner.round catches only
+# InsufficientParties; a hostile client's negative weight (ProtocolAbort from average()) -- or bad
+# shares beyond the correction radius (IntegrityError), which SECURITY.md says "the caller retries
+# without" -- escapes runner.round, and fedlm.rounds.federate does not catch it: the whole run dies.
+# =====================================================================================================
+@FINDING
+def test_REDTEAM_fedlm_flower_runner_dies_on_one_hostile_client(tmp_path) -> None:
+    pytest.importorskip("torch")
+    import torch
+    from types import SimpleNamespace
+
+    from fedlm.flower_engine import FlowerRunner, _CountingGrid
+
+    template = {"w": np.zeros(4, dtype=np.float32)}
+    settings = {"secagg-protocol": "secagg", "secagg-max-weight": 4}
+
+    def node_app() -> ClientApp:
+        app = ClientApp()
+
+        @app.train()
+        def train(message: Message, context: Context) -> Message:
+            return Message(RecordDict({"fedlm.ack": ConfigRecord({"round": 1})}), reply_to=message)
+
+        @app.query("secagg")
+        def step(message: Message, context: Context) -> Message:
+            scoped = Context(context.run_id, context.node_id, context.node_config, context.state, settings)
+            return fa.handle(message, scoped, template, lambda c, r: ({"w": np.full(4, 0.1, np.float32)}, 1))
+
+        return app
+
+    class Hostile(_HostileWeight):
+        def __init__(self) -> None:
+            self.inner, self.node, self.word = node_app(), NODES[3], lambda enc: 1 << (enc.modulus_bits - 1)
+
+    grid = _grid(tmp_path, range(4), app=Hostile(), run_config=settings)
+    runner = object.__new__(FlowerRunner)
+    runner.grid, runner.cfg, runner.settings, runner.run_id = _CountingGrid(grid), SimpleNamespace(backend="secagg"), settings, RUN_ID
+    runner.stage_timeout, runner.train_timeout, runner.keep_rounds = 5.0, 5.0, None
+    runner.node_of = {c: NODES[c] for c in range(4)}
+    runner.client_of = {n: c for c, n in runner.node_of.items()}
+    runner._server_stage = {}
+    try:
+        outcome = runner.round({"w": torch.zeros(4)}, 1, [0, 1, 2, 3], {})
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"one hostile client ended fedlm's server loop: {type(exc).__name__}: {exc}")
+    assert outcome.result is None  # an aborted round, as for InsufficientParties
+
+
+# =====================================================================================================
+# F7 (MEDIUM, design/doc). A node without an identity takes every threshold from the run config and n
+# from the server's envelope. In a deployment the run config is written by the server side (SECURITY.md,
+# "Across Flower nodes": the SuperLink operator "writes the run config"), yet README / flower_strategy say
+# "Protocol and thresholds come from each node's own run config" and fedlm_app says the server "cannot
+# choose" its settings. A run config with secagg-corrupt-fraction = 0 gives t = 2 out of n = 50: two
+# colluding clients then reconstruct every honest secret. The node-config floor
+# (secagg-min-corrupt-fraction) applies to identity-holding nodes only.
+# =====================================================================================================
+@FINDING
+def test_REDTEAM_a_semi_honest_node_accepts_t_equals_2_from_the_server(tmp_path) -> None:
+    template = {"w": np.zeros(3, dtype=np.float32)}
+    node_config = {"secagg-state-dir": str(tmp_path / "n"), "secagg-min-corrupt-fraction": 0.1}
+    run_config = {"secagg-protocol": "secagg", "secagg-corrupt-fraction": 0.0, "secagg-dropout-fraction": 0.0}
+    context = Context(RUN_ID, NODES[0], node_config, RecordDict(), run_config)
+    message = Message(fa.pack(fa.Envelope("advertise", 0, 0, 50, b"")), NODES[0], fa.MESSAGE_TYPE)
+    message.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+    assert fa.session_config(run_config, 50, template).threshold == 2
+    with pytest.raises(Exception):  # the node should refuse a threshold its own floor rules out
+        fa.handle(message, context, template, lambda c, r: (template, 1))
