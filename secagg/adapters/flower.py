@@ -254,9 +254,14 @@ def _ckks_config(run_config: Mapping[str, Any], num_clients: int, template: Any)
     )
 
 
-def round_context(run_id: int, round_number: int) -> bytes:
-    """Bytes bound into the session: each party derives them itself from the run and the round."""
-    return hashlib.sha256(b"secagg/v1/flower-round\x00" + struct.pack("<QQ", run_id, round_number)).digest()
+def round_context(run_id: int, round_number: int, model: bytes = b"") -> bytes:
+    """Bytes bound into the session: each party derives them itself from the run, the round and (when
+    given) a digest of the model it trained from, so a node sent another model than the rest is in
+    another session and the round cannot complete with it (the model-inconsistency attack)."""
+    if len(model) > 64:
+        raise ParameterError("the model digest is at most 64 bytes")
+    return hashlib.sha256(b"secagg/v1/flower-round\x00" + struct.pack("<QQB", run_id, round_number, len(model))
+                          + model).digest()
 
 
 # -- server side ----------------------------------------------------------------------------------------
