@@ -172,6 +172,7 @@ def _train(message: Message, context: Context, workdir: Path) -> Message:
 
     from fedlm.client import client_update
     from fedlm.model import StateDict, personal_rows, set_personal_rows, uploaded_state
+    from fedlm.rounds import state_digest
 
     node = _node(str(workdir))
     cfg, cid = node.cfg, _partition(context)
@@ -207,7 +208,8 @@ def _train(message: Message, context: Context, workdir: Path) -> Message:
         return Message(reply, reply_to=message)
     delta = {k: v.contiguous() for k, v in update.delta.items()}
     write_private(node_dir / _UPDATE, save(delta, metadata={"weight": str(update.weight), "round": str(rnd)}))
-    plan = {"round": rnd, "drop-at": drop_at, "names": list(global_state), "settings": node.settings}
+    plan = {"round": rnd, "drop-at": drop_at, "names": list(global_state), "settings": node.settings,
+            "model": state_digest(global_state).hex()}  # bound into the session: one model for all
     write_private(node_dir / _ROUND, json.dumps(plan).encode())
     return Message(RecordDict({"fedlm.ack": ConfigRecord({"round": rnd})}), reply_to=message)
 
@@ -240,7 +242,7 @@ def _secagg(message: Message, context: Context, workdir: Path) -> Message:
     scoped = Context(run_id=context.run_id, node_id=context.node_id,
                      node_config={**context.node_config, "secagg-state-dir": str(private_directory(node_dir / "secagg"))},
                      state=context.state, run_config=planned["settings"])
-    return handle(message, scoped, template, get_update)
+    return handle(message, scoped, template, get_update, model=bytes.fromhex(planned["model"]))
 
 
 def _hello(message: Message, context: Context) -> Message:

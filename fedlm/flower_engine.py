@@ -43,7 +43,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.serverapp import Grid, ServerApp
 from safetensors.torch import load_file, save_file
 
-from secagg import InsufficientParties, SecAggError
+from secagg import SecAggError
 from secagg.adapters import flower as fa
 from secagg.protocols.registry import PROTOCOLS
 
@@ -52,7 +52,7 @@ from fedlm.config import RunConfig
 from fedlm.errors import InputError
 from fedlm.flower_app import (HELLO, MODEL_FILE, PLAIN_DROP, RUN_FILE, load_run_config, make_client_app, node_model,
                               personal_file, prepare, secagg_settings)
-from fedlm.rounds import Federated, RoundOutcome, RoundRunner, federate, max_abs_diff
+from fedlm.rounds import Federated, RoundOutcome, RoundRunner, federate, max_abs_diff, state_digest
 from fedlm.model import StateDict, load_uploaded_state, uploaded_state
 from fedlm.personal import PersonalPrompts
 from fedlm.prepare import Prepared
@@ -186,15 +186,15 @@ class FlowerRunner(RoundRunner):
         self.grid.bytes_from.clear()
         try:
             outcome = fa.run_round(self.grid, nodes, config, round_number=rnd,
-                                   context=fa.round_context(self.run_id, rnd), stage_timeout=self.stage_timeout,
-                                   poll_interval=0.05)
-        except InsufficientParties as exc:
-            return RoundOutcome(None, dropouts, aborted=str(exc))
+                                   context=fa.round_context(self.run_id, rnd, state_digest(global_state)),
+                                   stage_timeout=self.stage_timeout, poll_interval=0.05)
+            # float64, as the in-memory engine hands it to the server optimiser, so both engines round alike
+            average = {k: torch.as_tensor(np.asarray(v)).reshape(global_state[k].shape)
+                       for k, v in outcome.result.average().items()}
+        except SecAggError as exc:  # too few survivors, or a hostile input refused: nothing is released
+            return RoundOutcome(None, dropouts, aborted=f"{type(exc).__name__}: {exc}")
         survivors = sorted(self.client_of[n] for n in outcome.survivor_nodes)
         dropped = {**failed, **{self.client_of[n]: step for n, step in outcome.dropped.items()}}
-        # As the in-memory engine hands it to the server optimiser (float64), so both engines round alike.
-        average = {k: torch.as_tensor(np.asarray(v)).reshape(global_state[k].shape)
-                   for k, v in outcome.result.average().items()}
         if self.keep_rounds is not None:  # the engine check replays each round from these
             save_file({**{f"before/{k}": v.contiguous() for k, v in global_state.items()},
                        **{f"average/{k}": v.contiguous() for k, v in average.items()}},

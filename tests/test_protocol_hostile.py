@@ -146,3 +146,47 @@ def test_a_client_sending_a_crafted_bad_share_cannot_corrupt_the_sum() -> None:
     encoded = encoded_inputs(config, clients)
     trace = run_round(server, clients, {5: "mask"})
     assert np.array_equal(trace.result.ring_sum, ring_sum(config, encoded, [0, 1, 2, 3, 4]))
+
+
+# -- a client masking an invalid encoding: the server refuses the released sum --------------------------
+def _hostile_words(config, word_of):  # type: ignore[no-untyped-def]
+    words = np.zeros(config.dim, dtype=config.encoding.dtype)
+    word_of(words, config.encoding)
+    return words
+
+
+@pytest.mark.parametrize("name, word_of", [
+    ("weight above W", lambda w, e: w.__setitem__(-1, e.max_weight + 1)),
+    ("negative weight", lambda w, e: w.__setitem__(-1, (1 << e.modulus_bits) - 1)),
+    ("value beyond the clip", lambda w, e: (w.__setitem__(-1, 1), w.__setitem__(0, (1 << (e.modulus_bits - 1)) - 1))),
+])
+def test_a_sum_no_valid_encodings_add_up_to_is_refused(monkeypatch, name, word_of) -> None:
+    """The hostile program skips its own check_encoded; the server's range check on the unmasked sum
+    (weights in [|S|, |S| W], values within weight_sum * c) refuses it, and releases nothing."""
+    from secagg import run_round
+    from secagg.encoding import FixedPoint
+
+    config = small_config(5, 8)
+    server, clients = make_parties(config)
+    for i in range(4):  # honest inputs at 0: the hostile word alone decides the range
+        clients[i].set_encoded_input(config.encoding.encode(np.zeros(8)))
+    monkeypatch.setattr(FixedPoint, "check_encoded", lambda self, words: 1)
+    clients[4].set_encoded_input(_hostile_words(config, word_of))
+    with pytest.raises(IntegrityError, match="not a sum of valid inputs"):
+        run_round(server, clients)
+    assert server.aborted and not server.done
+
+
+def test_a_sum_of_valid_encodings_at_the_bounds_is_released() -> None:
+    """The control just inside the bounds: every client at weight W and every value at +c."""
+    from secagg import run_round
+    from secagg.encoding import FixedPoint
+
+    schema_config = small_config(5, 8)
+    encoding = FixedPoint(clip_bound=4.0, fractional_bits=12, max_weight=3, max_clients=5)
+    config = type(schema_config).secagg(5, schema_config.schema, schema_config.threat, encoding)
+    server, clients = make_parties(config)
+    for client in clients.values():
+        client.set_encoded_input(encoding.encode(np.full(8, 4.0), weight=3))
+    trace = run_round(server, clients)
+    assert trace.result.weight_sum == 15 and np.allclose(trace.result.average_vector(), 4.0)

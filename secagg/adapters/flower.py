@@ -529,8 +529,12 @@ def _state_directory(context: Context) -> Path:
     return Path(runtime) / "secagg-flower" if runtime else Path.home() / ".cache" / "secagg" / "flower"
 
 
-def handle(message: Message, context: Context, template: Any, get_update: UpdateFn) -> Message:
+def handle(message: Message, context: Context, template: Any, get_update: UpdateFn, *, model: bytes = b"") -> Message:
     """Answer one ``query.secagg`` message of any protocol (usable from any ClientApp that registers it).
+
+    ``model``: a digest of the model this node trained its update from, bound into the session
+    (:func:`round_context`); the server must bind the digest of the model it sent, so a node sent
+    another model than the rest is in another session and drops out.
 
     The node's client for the round lives in its private write-ahead record (:data:`_STORES` picks
     the store for the run config's protocol); ``get_update`` is called once, for the upload or mask.
@@ -544,7 +548,7 @@ def handle(message: Message, context: Context, template: Any, get_update: Update
     """
     envelope = unpack(message.content)
     node = NodeIdentity.from_node_config(context.node_config)
-    session = round_context(context.run_id, envelope.round_number)
+    session = round_context(context.run_id, envelope.round_number, model)
     if node is not None:
         session = bind_registry(session, node.registry)
     if envelope.step == "identify":
@@ -558,12 +562,13 @@ def handle(message: Message, context: Context, template: Any, get_update: Update
     if envelope.step not in protocol.server_stages(config):
         raise MalformedMessage(f"{envelope.step!r} is not a step of a {protocol.name} round")
     if isinstance(config, SecAggConfig):
-        admit(node, config, envelope.client_id)
+        admit(node, config, envelope.client_id, context.node_config)
     elif node is not None:
         raise ProtocolAbort("this node holds an identity key and joins malicious-model rounds only")
     spec = RoundSpec(config, envelope.client_id, envelope.round_number, session,
                      identity=node.key if node else None, registry=node.registry.as_dict() if node else None)
-    store = _STORES[protocol.name](_state_directory(context), f"run{context.run_id}-node{context.node_id}")
+    store = _STORES[protocol.name](_state_directory(context), f"run{context.run_id}-node{context.node_id}",
+                                   siblings=f"run*-node{context.node_id}")
     if envelope.step == "advertise":
         if envelope.payload:
             raise MalformedMessage("the advertise request carries no payload")

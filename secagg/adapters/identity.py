@@ -51,6 +51,7 @@ from ..params import SecAggConfig
 
 __all__ = [
     "IDENTITY_KEY", "REGISTRY", "MIN_CORRUPT", "DEFAULT_MIN_CORRUPT", "NodeIdentity", "Registry", "admit",
+    "corrupt_floor",
     "bind_registry", "new_identity", "read_identity_key", "read_public_key", "write_registry", "register", "run",
 ]
 
@@ -282,12 +283,10 @@ class NodeIdentity:
             return None
         if not (key_path and registry_path):
             raise ParameterError(f"set both node config keys {IDENTITY_KEY!r} and {REGISTRY!r}, or neither")
-        floor = node_config.get(MIN_CORRUPT, DEFAULT_MIN_CORRUPT)
-        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1:
-            raise ParameterError(f"node config {MIN_CORRUPT!r} must be a fraction in [0, 1)")
+        floor = corrupt_floor(node_config)
         key = read_identity_key(str(key_path))
         registry = Registry.read(str(registry_path))
-        return cls(key, registry, registry.client_of(key.public_bytes), float(floor))
+        return cls(key, registry, registry.client_of(key.public_bytes), floor)
 
     def claim(self, context: bytes, node_id: int) -> bytes:
         """Sign that Flower node ``node_id`` holds this client's key in the session ``context``.
@@ -303,8 +302,23 @@ class NodeIdentity:
         return f"NodeIdentity(client_id={self.client_id}, registry={self.registry.digest().hex()[:16]}...)"
 
 
-def admit(node: NodeIdentity | None, config: SecAggConfig, client_id: int) -> None:
-    """The node's rules for taking part in a round as ``client_id`` under ``config``.
+def corrupt_floor(node_config: Mapping[str, Any]) -> float:
+    """The least corrupt fraction this node lets a run assume (node config ``secagg-min-corrupt-fraction``,
+    default 0.1): the thresholds come from the run config, which the server side writes.
+
+    Raises:
+        ParameterError: the value is not a fraction in [0, 1).
+    """
+    floor = node_config.get(MIN_CORRUPT, DEFAULT_MIN_CORRUPT)
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1:
+        raise ParameterError(f"node config {MIN_CORRUPT!r} must be a fraction in [0, 1)")
+    return float(floor)
+
+
+def admit(node: NodeIdentity | None, config: SecAggConfig, client_id: int,
+          node_config: Mapping[str, Any] | None = None) -> None:
+    """The node's rules for taking part in a round as ``client_id`` under ``config`` (``node_config``: the
+    node's own, for its corrupt-fraction floor when it has no identity).
 
     A node without an identity joins semi-honest rounds only. A node with one joins malicious-model
     rounds only (a semi-honest run config would be a downgrade by whoever wrote it), over exactly its
@@ -318,6 +332,9 @@ def admit(node: NodeIdentity | None, config: SecAggConfig, client_id: int) -> No
         if config.threat.is_malicious:
             raise ParameterError(f"a malicious-model round needs this node's identity: set the node config keys "
                                  f"{IDENTITY_KEY!r} and {REGISTRY!r}")
+        floor = corrupt_floor(node_config or {})
+        if config.threat.corrupt_fraction < floor:  # a semi-honest node checks the thresholds' premise too
+            raise ProtocolAbort(f"the run assumes a corrupt fraction below this node's floor {floor} ({MIN_CORRUPT})")
         return
     if not config.threat.is_malicious:
         raise ProtocolAbort("this node holds an identity key and joins malicious-model rounds only")

@@ -63,6 +63,7 @@ _VERSION = 3
 _ACTIVE, _CLOSED, _COMPLETE = 1, 2, 3  # complete: the secret is erased, the answers are kept for retries
 _MAX_BLOB = 1 << 31
 _SCOPE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+_SIBLINGS = re.compile(r"[A-Za-z0-9_.*-]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -228,12 +229,18 @@ class RoundStore:
     protocols: tuple[str, ...] = ()
     """The protocols whose clients this store keeps; a spec of another one is refused."""
 
-    def __init__(self, directory: str | Path, scope: str, lock_timeout: float = 60.0) -> None:
+    def __init__(self, directory: str | Path, scope: str, lock_timeout: float = 60.0,
+                 siblings: str | None = None) -> None:
         if not _SCOPE.fullmatch(scope):
             raise ParameterError(f"scope must match {_SCOPE.pattern}, got {scope!r}")
+        if siblings is not None and not _SIBLINGS.fullmatch(siblings):
+            raise ParameterError(f"siblings must match {_SIBLINGS.pattern}, got {siblings!r}")
         self.directory = private_directory(Path(directory))
         self.scope = scope
         self.lock_timeout = lock_timeout
+        self.siblings = siblings
+        """A glob of other scopes of this node (e.g. its other runs): starting a round here closes
+        their open rounds too, so a run that ended mid-round does not keep its secret on disk."""
 
     # -- what a subclass supplies ---------------------------------------------------------------------
     def _start(self, spec: RoundSpec, record: _Record) -> tuple[bytes, bytes]:
@@ -264,6 +271,7 @@ class RoundStore:
                     raise ProtocolAbort(f"round {spec.round_number} was already started on this node")
                 return record.advertisement
             self._close_stale()
+            self._close_siblings()
             config = spec.config
             record = _Record(
                 _ACTIVE, PROTOCOL_IDS[config.protocol], spec.round_number, spec.client_id, config.num_clients,
@@ -343,6 +351,28 @@ class RoundStore:
                 continue  # now a tombstone
             if record.status != _CLOSED:
                 self._commit(record.closed())
+
+    def _close_siblings(self) -> None:
+        """Close every open round of the sibling scopes (under each one's lock; a sibling busy for a
+        second is left alone). One run at a time per node: a concurrent run's open round is closed too,
+        so that run loses this node (availability, never privacy)."""
+        if self.siblings is None:
+            return
+        for lock in sorted(self.directory.glob(f"{self.siblings}.lock")):
+            scope = lock.name[: -len(".lock")]
+            if scope == self.scope or not _SCOPE.fullmatch(scope):
+                continue
+            try:
+                with private_lock(lock, 1.0):
+                    for path in self.directory.glob(f"{scope}-round*.state"):
+                        try:
+                            record = _Record.decode(path.read_bytes())
+                        except MalformedMessage:
+                            continue  # its own store tombstones it when it reads it
+                        if record.status != _CLOSED:
+                            write_private(path, record.closed().encode())
+            except ProtocolAbort:
+                continue
 
     def _matches(self, record: _Record, spec: RoundSpec) -> bool:
         config = spec.config

@@ -20,6 +20,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from secagg import ProtocolAbort
+from secagg.encoding import FixedPoint
+
 pytest.importorskip("flwr")
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
@@ -195,21 +198,22 @@ class _HostileWeight:
         word = self.word
 
         def set_input(client: SecAggClient, update: Any, weight: int = 1) -> None:
-            original(client, update, weight)
             enc = client.config.encoding
             words = np.zeros(client.config.dim, dtype=enc.dtype)
             words[-1] = word(enc)
-            client._encoded, client._values, client._weight = words, None, 1
+            client.set_encoded_input(words)  # an invalid encoding: the hostile program skips the check
 
+        check = FixedPoint.check_encoded
         SecAggClient.set_input = set_input  # type: ignore[method-assign]
+        FixedPoint.check_encoded = lambda encoding, words: 1  # type: ignore[method-assign, assignment]
         try:
             return self.inner(message, context)
         finally:
             SecAggClient.set_input = original  # type: ignore[method-assign]
+            FixedPoint.check_encoded = check  # type: ignore[method-assign]
 
 
-@FINDING
-def test_REDTEAM_a_hostile_client_with_a_negative_weight_crashes_the_strategy(tmp_path) -> None:
+def test_a_hostile_client_with_a_negative_weight_does_not_crash_the_strategy(tmp_path) -> None:
     hostile = _HostileWeight(NODES[3], lambda enc: 1 << (enc.modulus_bits - 1))  # decodes to -2^(b-1)
     grid = _grid(tmp_path, range(4), app=hostile)
     strategy = _strategy()
@@ -220,8 +224,7 @@ def test_REDTEAM_a_hostile_client_with_a_negative_weight_crashes_the_strategy(tm
     assert 1 not in strategy.rounds  # the round must be dropped, not aggregated
 
 
-@FINDING
-def test_REDTEAM_a_hostile_client_weight_beyond_max_weight_is_not_detected(tmp_path) -> None:
+def test_a_hostile_client_weight_beyond_max_weight_is_refused(tmp_path) -> None:
     hostile = _HostileWeight(NODES[3], lambda enc: 1 << (enc.modulus_bits - 2))  # huge positive weight
     grid = _grid(tmp_path, range(4), app=hostile)
     strategy = _strategy()
@@ -292,8 +295,7 @@ def test_REDTEAM_same_arrays_in_a_new_round_let_the_server_subtract_out_a_node(t
 # closes it (the store's scope is run+node). A server that stops after the mask step in its last round
 # leaves every node holding a record from which a later disk compromise recovers that node's input.
 # =====================================================================================================
-@FINDING
-def test_REDTEAM_an_abandoned_rounds_secret_outlives_the_run(tmp_path) -> None:
+def test_an_abandoned_rounds_secret_is_closed_when_the_node_starts_another_run(tmp_path) -> None:
     from secagg.params import SecAggConfig
 
     template = {"w": np.zeros(4)}
@@ -301,7 +303,7 @@ def test_REDTEAM_an_abandoned_rounds_secret_outlives_the_run(tmp_path) -> None:
     assert isinstance(config, SecAggConfig)
     spec = RoundSpec(config, 0, 5, fa.round_context(1, 5))
     NodeStore(tmp_path, "run1-node9").advertise(spec)  # run 1's last round, abandoned after advertise
-    NodeStore(tmp_path, "run2-node9").advertise(RoundSpec(config, 0, 0, fa.round_context(2, 0)))  # next run
+    NodeStore(tmp_path, "run2-node9", siblings="run*-node9").advertise(RoundSpec(config, 0, 0, fa.round_context(2, 0)))
     assert NodeStore(tmp_path, "run1-node9").status(5) == "closed", "run 1's replay key is still on disk"
 
 
@@ -322,8 +324,7 @@ def test_control_honest_round_through_the_same_helpers(tmp_path) -> None:
 # shares beyond the correction radius (IntegrityError), which SECURITY.md says "the caller retries
 # without" -- escapes runner.round, and fedlm.rounds.federate does not catch it: the whole run dies.
 # =====================================================================================================
-@FINDING
-def test_REDTEAM_fedlm_flower_runner_dies_on_one_hostile_client(tmp_path) -> None:
+def test_fedlm_flower_runner_survives_one_hostile_client(tmp_path) -> None:
     pytest.importorskip("torch")
     import torch
     from types import SimpleNamespace
@@ -374,8 +375,7 @@ def test_REDTEAM_fedlm_flower_runner_dies_on_one_hostile_client(tmp_path) -> Non
 # colluding clients then reconstruct every honest secret. The node-config floor
 # (secagg-min-corrupt-fraction) applies to identity-holding nodes only.
 # =====================================================================================================
-@FINDING
-def test_REDTEAM_a_semi_honest_node_accepts_t_equals_2_from_the_server(tmp_path) -> None:
+def test_a_semi_honest_node_refuses_a_corrupt_fraction_below_its_floor(tmp_path) -> None:
     template = {"w": np.zeros(3, dtype=np.float32)}
     node_config = {"secagg-state-dir": str(tmp_path / "n"), "secagg-min-corrupt-fraction": 0.1}
     run_config = {"secagg-protocol": "secagg", "secagg-corrupt-fraction": 0.0, "secagg-dropout-fraction": 0.0}
@@ -383,5 +383,5 @@ def test_REDTEAM_a_semi_honest_node_accepts_t_equals_2_from_the_server(tmp_path)
     message = Message(fa.pack(fa.Envelope("advertise", 0, 0, 50, b"")), NODES[0], fa.MESSAGE_TYPE)
     message.metadata.__dict__["_message_id"] = uuid.uuid4().hex
     assert fa.session_config(run_config, 50, template).threshold == 2
-    with pytest.raises(Exception):  # the node should refuse a threshold its own floor rules out
+    with pytest.raises(ProtocolAbort, match="floor"):  # a threshold its own floor rules out
         fa.handle(message, context, template, lambda c, r: (template, 1))

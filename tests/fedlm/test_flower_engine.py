@@ -200,3 +200,29 @@ def test_every_mode_and_task_runs_over_flower_messages(tmp_path, monkeypatch, ov
         assert all(r.shape[0] == 2 for r in rows) and not all(bool((r == rows[0]).all()) for r in rows[1:])
     if cfg.task == "sft":
         assert set(record["task_eval"]) and all("accuracy" in v for v in record["task_eval"].values())
+
+
+def test_a_node_sent_another_model_is_in_another_session_and_drops_out(tmp_path, monkeypatch):
+    """The model-inconsistency attack: the server sends one node a different global state. Each node
+    binds a digest of the state it trained from into the session, so the victim's messages belong to
+    another session and are refused: the round completes without it."""
+    from flwr.app import Array, ArrayRecord
+
+    stamp_task_identity(monkeypatch, RUN_ID)
+    _, _, workdir = _workdir(tmp_path, dropout=0.0, rounds=1)
+    grid = _grid(workdir)
+    app = grid.app
+
+    def other_model(message: Message, context: Context) -> Message:
+        if message.metadata.message_type == "train" and context.node_id == NODES[2]:
+            arrays = message.content["arrays"]
+            changed = {k: Array(a.numpy() + 0.01) for k, a in arrays.items()}
+            message = Message(RecordDict({"arrays": ArrayRecord(changed), "config": message.content["config"]}),
+                              NODES[2], "train")
+            message.metadata.__dict__["_message_id"] = "x" * 64
+        return app(message, context)
+
+    grid.app = other_model
+    (record,) = _serve(grid, workdir)["records"]
+    assert not record["aborted"] and record["survivors"] == [0, 1, 3]
+    assert record["dropped"] == [{"client": 2, "stage": "advertise"}]

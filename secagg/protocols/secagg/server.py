@@ -19,6 +19,7 @@ import numpy as np
 from ...errors import InsufficientParties, IntegrityError, MalformedMessage, ParameterError, ProtocolAbort
 from ...hazmat import shamir
 from ...hazmat.keys import verify_signature
+from ...encoding import FixedPoint
 from ...params import SecAggConfig
 from ...hazmat.random import RandomSource, system_random
 from ...results import WeightedSum
@@ -384,7 +385,18 @@ class SecAggServer(ServerParty[Stage, AggregateResult]):
         return {}
 
     def _finish(self) -> None:
-        weighted, weight_sum = self.config.encoding.decode(self._accumulator, self._setup)
+        encoding = self.config.encoding
+        weighted, weight_sum = encoding.decode(self._accumulator, self._setup)
+        n = len(self._survivors)
+        # A client masks any ring words it likes; what no valid encodings sum to is refused, as CKKS's
+        # check_grid_sum refuses a grid sum out of range: weights lie in [1, W], values in [-c, c].
+        out_of_range = not n <= weight_sum <= n * encoding.max_weight
+        if not out_of_range and isinstance(encoding, FixedPoint) and weighted.size:
+            out_of_range = float(np.abs(weighted).max()) > weight_sum * encoding.clip_bound + n / 2.0**encoding.fractional_bits
+        if out_of_range:
+            self._stage = Stage.ABORTED
+            raise IntegrityError("the unmasked sum is not a sum of valid inputs (a client masked an invalid "
+                                 "encoding); nothing is released")
         ring = self._accumulator & self._accumulator.dtype.type(self.config.encoding.ring_mask)
         self._result = AggregateResult(self.config, ring, weighted, weight_sum, self._survivors, self.dropped)
         self._stage = Stage.DONE
