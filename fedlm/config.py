@@ -151,9 +151,6 @@ class RunConfig:
             raise ValueError(f"engine={self.engine!r}: choose one of {ENGINES}")
         if self.flower_runtime not in FLOWER_RUNTIMES:
             raise ValueError(f"flower_runtime={self.flower_runtime!r}: choose one of {FLOWER_RUNTIMES}")
-        if self.engine == "flower" and self.dp_epsilon is not None:
-            raise ValueError("--dp-epsilon runs on --engine in-memory only for now (the Flower adapter does not "
-                             "carry the DP encoding yet)")
         if self.engine == "flower" and self.resume is not None:
             raise ValueError("--resume runs on --engine in-memory only for now")
 

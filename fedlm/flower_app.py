@@ -208,7 +208,7 @@ def _train(message: Message, context: Context, workdir: Path) -> Message:
         return Message(reply, reply_to=message)
     delta = {k: v.contiguous() for k, v in update.delta.items()}
     write_private(node_dir / _UPDATE, save(delta, metadata={"weight": str(update.weight), "round": str(rnd)}))
-    plan = {"round": rnd, "drop-at": drop_at, "names": list(global_state), "settings": node.settings,
+    plan = {"round": rnd, "drop-at": drop_at, "names": list(global_state), "settings": node.settings, "dp": cfg.dp,
             "model": state_digest(global_state).hex()}  # bound into the session: one model for all
     write_private(node_dir / _ROUND, json.dumps(plan).encode())
     return Message(RecordDict({"fedlm.ack": ConfigRecord({"round": rnd})}), reply_to=message)
@@ -242,7 +242,24 @@ def _secagg(message: Message, context: Context, workdir: Path) -> Message:
     scoped = Context(run_id=context.run_id, node_id=context.node_id,
                      node_config={**context.node_config, "secagg-state-dir": str(private_directory(node_dir / "secagg"))},
                      state=context.state, run_config=planned["settings"])
-    return handle(message, scoped, template, get_update, model=bytes.fromhex(planned["model"]))
+    config_for = _dp_session(workdir, template) if planned.get("dp") else None
+    return handle(message, scoped, template, get_update, model=bytes.fromhex(planned["model"]), config_for=config_for)
+
+
+def _dp_session(workdir: Path, template: dict[str, np.ndarray]) -> Any:
+    """Under distributed DP, the session config for n clients as fedlm's backend makes it (the DP
+    encoding with the run's noise plan and survivor floor), derived by the node from the run's
+    configuration: the plan is deterministic, so it is the server's too."""
+    from secagg import Schema
+
+    from fedlm.backends import SecureBackend, make_backend
+
+    cfg = load_run_config(workdir)
+    schema = Schema.of(template)
+    backend = make_backend(cfg, 1, None)
+    assert isinstance(backend, SecureBackend)
+    backend.config_for(cfg.clients_per_round, schema)  # plans the noise, as the server did
+    return lambda n: backend.config_for(n, schema)
 
 
 def _hello(message: Message, context: Context) -> Message:

@@ -43,11 +43,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.serverapp import Grid, ServerApp
 from safetensors.torch import load_file, save_file
 
-from secagg import SecAggError
+from secagg import SecAggError, Schema
 from secagg.adapters import flower as fa
 from secagg.protocols.registry import PROTOCOLS
 
-from fedlm.backends import AggregationResult, Backend, fedavg, make_backend
+from fedlm.backends import AggregationResult, Backend, SecureBackend, fedavg, make_backend
 from fedlm.config import RunConfig
 from fedlm.errors import InputError
 from fedlm.flower_app import (HELLO, MODEL_FILE, PLAIN_DROP, RUN_FILE, load_run_config, make_client_app, node_model,
@@ -121,8 +121,12 @@ class FlowerRunner(RoundRunner):
     """
 
     def __init__(self, grid: Grid, cfg: RunConfig, settings: dict[str, Any], run_id: int,
-                 stage_timeout: float = STAGE_TIMEOUT, train_timeout: float = TRAIN_TIMEOUT) -> None:
+                 stage_timeout: float = STAGE_TIMEOUT, train_timeout: float = TRAIN_TIMEOUT,
+                 backend: Backend | None = None) -> None:
         self.grid, self.cfg, self.settings, self.run_id = _CountingGrid(grid), cfg, settings, run_id
+        self.backend = backend
+        """Under DP, the backend whose noise plan and survivor floor make each round's config (every
+        node derives the same from the run's configuration)."""
         self.stage_timeout, self.train_timeout = stage_timeout, train_timeout
         self.keep_rounds: Path | None = None
         self.node_of = self._discover(cfg.clients)
@@ -182,7 +186,10 @@ class FlowerRunner(RoundRunner):
         if not trained:
             return RoundOutcome(None, dropouts, aborted="no client trained")
         nodes = [self.node_of[c] for c in sorted(trained)]
-        config = fa.session_config(self.settings, len(nodes), arrays)  # numpy, as each node's template
+        if self.cfg.dp and isinstance(self.backend, SecureBackend):
+            config = self.backend.config_for(len(nodes), Schema.of(arrays))
+        else:
+            config = fa.session_config(self.settings, len(nodes), arrays)  # numpy, as each node's template
         self.grid.bytes_from.clear()
         try:
             outcome = fa.run_round(self.grid, nodes, config, round_number=rnd,
@@ -244,14 +251,16 @@ def serve(grid: Grid, context: Context, workdir: Path, progress: RunProgress | N
     model = node_model(cfg, prepared, workdir)
     max_weight = max(c.num_examples for c in prepared.clients)
     backend = make_backend(cfg, max_weight, uploaded_state(model, cfg))
-    runner = FlowerRunner(grid, cfg, secagg_settings(cfg, max_weight), context.run_id)
+    runner = FlowerRunner(grid, cfg, secagg_settings(cfg, max_weight), context.run_id, backend=backend)
     if cfg.flower_compare:
         runner.keep_rounds = workdir / "rounds"
         runner.keep_rounds.mkdir(exist_ok=True)
-    fed = federate(cfg, prepared, model, backend, runner, workdir / "server", progress or RunProgress())
+    # The DP ledger and checkpoints go where the in-memory engine writes them: OUT, the workdir's parent.
+    fed = federate(cfg, prepared, model, backend, runner, workdir.parent, progress or RunProgress())
     save_file({k: v.contiguous() for k, v in fed.global_state.items()}, str(workdir / FINAL_FILE))
     result = {"records": fed.records, "initial": fed.initial,
-              "nodes": {str(c): n for c, n in sorted(runner.node_of.items())}}
+              "nodes": {str(c): n for c, n in sorted(runner.node_of.items())},
+              "dp": None if fed.budget is None else {**fed.budget.report(), "stopped": fed.dp_stop}}
     temporary = workdir / (RESULT_FILE + ".tmp")
     temporary.write_text(json.dumps(result), encoding="utf-8")
     temporary.replace(workdir / RESULT_FILE)
@@ -349,6 +358,8 @@ def run_on_flower(cfg: RunConfig, prepared: Prepared, model: torch.nn.Module, ba
     extra: dict[str, Any] = {"flower": {"runtime": cfg.flower_runtime, "supernodes": cfg.clients,
                                         "nodes": result["nodes"], "seconds": seconds,
                                         "workdir": str(workdir)}}
+    if result.get("dp") is not None:
+        extra["dp"], extra["epsilon"] = result["dp"], result["dp"]["epsilon"]
     if cfg.flower_compare:
         extra["engine_check"] = _compare(cfg, prepared, workdir, result["records"], progress)
     fed = Federated(global_state, result["records"], result["initial"], None, None)
@@ -370,9 +381,10 @@ def _compare(cfg: RunConfig, prepared: Prepared, workdir: Path, records: list[di
     from fedlm.rounds import InMemoryRunner
     from fedlm.report import FLOAT32_SLACK
 
-    if cfg.personal_tokens:
-        return {"reference": None, "within_bound": None,
-                "skipped": "personal prompt rows live on the nodes; the in-memory engine cannot replay them"}
+    if cfg.personal_tokens or cfg.dp:
+        why = ("personal prompt rows live on the nodes; the in-memory engine cannot replay them" if cfg.personal_tokens
+               else "under DP each engine's average carries its own noise: no quantisation bound relates them")
+        return {"reference": None, "within_bound": None, "skipped": why}
     progress.message("engine check: replaying every round on the in-memory engine")
     reference_cfg = replace(cfg, engine="in-memory", save_every=0)
     model = node_model(reference_cfg, prepared, workdir)

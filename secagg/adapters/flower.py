@@ -529,9 +529,13 @@ def _state_directory(context: Context) -> Path:
     return Path(runtime) / "secagg-flower" if runtime else Path.home() / ".cache" / "secagg" / "flower"
 
 
-def handle(message: Message, context: Context, template: Any, get_update: UpdateFn, *, model: bytes = b"") -> Message:
+def handle(message: Message, context: Context, template: Any, get_update: UpdateFn, *, model: bytes = b"",
+           config_for: Callable[[int], SessionConfig] | None = None) -> Message:
     """Answer one ``query.secagg`` message of any protocol (usable from any ClientApp that registers it).
 
+    ``config_for(n)``: the session config for n clients when the app derives it itself (fedlm does:
+    its distributed-DP encoding), else :func:`session_config` from the node's run config; either way
+    the node derives it, never the server.
     ``model``: a digest of the model this node trained its update from, bound into the session
     (:func:`round_context`); the server must bind the digest of the model it sent, so a node sent
     another model than the rest is in another session and drops out.
@@ -557,7 +561,10 @@ def handle(message: Message, context: Context, template: Any, get_update: Update
         claim = Envelope("identify", envelope.round_number, node.client_id, envelope.num_clients,
                          node.claim(session, context.node_id))
         return Message(pack(claim), reply_to=message)
-    config = session_config(context.run_config, envelope.num_clients, template)
+    if config_for is not None:
+        config = config_for(envelope.num_clients)
+    else:
+        config = session_config(context.run_config, envelope.num_clients, template)
     protocol = protocol_of(config)
     if envelope.step not in protocol.server_stages(config):
         raise MalformedMessage(f"{envelope.step!r} is not a step of a {protocol.name} round")

@@ -226,3 +226,17 @@ def test_a_node_sent_another_model_is_in_another_session_and_drops_out(tmp_path,
     (record,) = _serve(grid, workdir)["records"]
     assert not record["aborted"] and record["survivors"] == [0, 1, 3]
     assert record["dropped"] == [{"client": 2, "stage": "advertise"}]
+
+
+def test_distributed_dp_over_flower_messages(tmp_path, monkeypatch):
+    """Under --dp-epsilon each node derives the DP encoding (noise plan, survivor floor) itself and the
+    server charges every released round; the replay check is skipped and says why."""
+    stamp_task_identity(monkeypatch, RUN_ID)
+    cfg, prepared, workdir = _workdir(tmp_path, dropout=0.0, rounds=2, dp_epsilon=50.0, mode="prompt")
+    result = _serve(_grid(workdir), workdir)
+    done = [r for r in result["records"] if not r["aborted"]]
+    assert len(done) == 2 and all(r["survivors"] == [0, 1, 2, 3] for r in done)
+    assert 0 < done[0]["epsilon"] < done[1]["epsilon"] <= 50.0
+    assert result["dp"]["epsilon"] == done[1]["epsilon"] and result["dp"]["min_survivors"] >= 1
+    check = _compare(cfg, prepared, workdir, result["records"], RunProgress())
+    assert check["within_bound"] is None and "DP" in check["skipped"]
