@@ -302,6 +302,22 @@ def test_hostile_server_learns_nothing_from_malicious_model_nodes(hostile, tmp_p
         assert report["victim"] == 0 and report["shown"] == [1, 2, 4] and report["dropped_honest"] == [1, 2]
         assert report["released"] == {"self-mask-seed": {}, "mask-key": {}} and report["survivor_signatures"] == []
     assert report["round_error"].startswith(("InsufficientParties", "ProtocolAbort"))
+    assert_refused_for_the_right_reason(report, attack)
+
+
+REFUSALS = {  # the stage at which honest nodes refuse each attack, and their reason
+    "restricted-delivery": ("consistency", "InsufficientParties", "the quorum is"),
+    "inconsistent-survivor-sets": ("unmask", "ProtocolAbort", "survivor signatures"),
+}
+
+
+def assert_refused_for_the_right_reason(report: dict[str, Any], attack: str) -> None:
+    """Not just "the round failed": at least two honest nodes refused, at the stage and for the reason
+    the defence gives, and no honest node left earlier for an unrelated one."""
+    stage, error, reason = REFUSALS[attack]
+    assert len(report["drops"]) >= 2, report["drops"]
+    for node, dropped_at, why in report["drops"]:
+        assert dropped_at == stage and error in why and reason in why, (node, dropped_at, why)
 
 
 # -- a real deployment --------------------------------------------------------------------------------------------------
@@ -348,4 +364,5 @@ def test_hostile_serverapp_learns_nothing_on_a_local_flower_deployment(hostile, 
     assert report["recovered"] is None and nothing_released_for_the_victim(report)
     assert report["released"] == {"self-mask-seed": {}, "mask-key": {}} and report["survivor_signatures"] == []
     assert report["round_error"].startswith("InsufficientParties")
+    assert_refused_for_the_right_reason(report, "restricted-delivery")
     print(f"\nhostile Flower round: {run.seconds:.1f}s wall; {report['round_error']}")

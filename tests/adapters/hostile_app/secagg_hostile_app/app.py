@@ -21,6 +21,7 @@ nodes released for whom, the survivor-set signatures, and the victim's input if 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections import defaultdict
 from typing import Any, Iterable
@@ -143,6 +144,19 @@ def _released(server: AdversarialServer) -> dict[str, dict[str, list[int]]]:
     return {kind: {owner: sorted(holders) for owner, holders in by.items()} for kind, by in out.items()}
 
 
+class _DropLog(logging.Handler):
+    """Collects the round loop's "node N dropped at STAGE (REASON)" warnings."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.entries: list[tuple[int, str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("secagg round %d: node %d dropped at %s"):
+            _, node, stage, reason = record.args  # type: ignore[misc]
+            self.entries.append((int(node), str(stage), str(reason)))
+
+
 def attack(grid: Grid, context: Context) -> dict[str, Any]:
     """Run round 0 under the configured attack and report what the attacker obtained."""
     cfg = context.run_config
@@ -165,12 +179,16 @@ def attack(grid: Grid, context: Context) -> dict[str, Any]:
     server = AdversarialServer(config, script=script, context=bind_registry(base, registry) if registry else base,
                                registry=registry.as_dict() if registry else None)
     error = ""
+    drops = _DropLog()
+    fa._LOG.addHandler(drops)
     try:
         fa.run_round(CollusionGrid(grid, fake), [*nodes, *fake], config, round_number=0, context=base,
                      stage_timeout=float(cfg["secagg-stage-timeout"]), poll_interval=float(cfg["secagg-poll-interval"]),
                      registry=registry, server=server)
     except SecAggError as exc:
         error = f"{type(exc).__name__}: {exc}"
+    finally:
+        fa._LOG.removeHandler(drops)
     plan = isolation.plan
     recovered = isolation.recover(server) if cfg["hostile-attack"] == "restricted-delivery" else server.recover(VICTIM)
     return {
@@ -187,6 +205,8 @@ def attack(grid: Grid, context: Context) -> dict[str, Any]:
         "survivor_signatures": sorted(server.signatures),
         "recovered": None if recovered is None else [int(w) for w in recovered],
         "round_error": error,
+        # why each real node left the round: (Flower node id, stage, reason), from the round loop's log
+        "drops": [[node, stage, reason] for node, stage, reason in drops.entries if node not in fake],
     }
 
 
