@@ -131,8 +131,7 @@ class Schema:
             out[offset : offset + spec.size] = arr
             offset += spec.size
         if not np.isfinite(out).all():
-            bad = int(np.argmin(np.isfinite(out)))
-            raise ParameterError(f"update holds NaN or infinity (first at flat index {bad})")
+            raise ParameterError("update holds NaN or infinity")  # not where: that is about the values
         return out
 
     def unflatten(self, vector: np.ndarray) -> Any:
@@ -282,10 +281,16 @@ class FixedPoint:
         return (1 << self.modulus_bits) - 1
 
     def check_weight(self, weight: int) -> int:
+        """``weight`` as an int if it is an integer in ``[1, max_weight]``.
+
+        Raises:
+            ParameterError: it is not; the message names the bound, never the weight (a client's
+                error text may reach the server, e.g. in a Flower error reply).
+        """
         if isinstance(weight, bool) or not isinstance(weight, (int, np.integer)):
             raise ParameterError("weights must be integers")
         if not 1 <= int(weight) <= self.max_weight:
-            raise ParameterError(f"weight {weight} outside [1, {self.max_weight}]")
+            raise ParameterError(f"a weight is outside [1, max_weight = {self.max_weight}]")  # never the weight
         return int(weight)
 
     def quantize_into(self, values: np.ndarray, weight: int, noise: MaskStream, out: np.ndarray) -> None:
@@ -303,8 +308,7 @@ class FixedPoint:
         for start in range(0, values.shape[0], _BLOCK):
             part = values[start : start + _BLOCK]
             if not np.isfinite(part).all():
-                bad = start + int(np.argmin(np.isfinite(part)))
-                raise ParameterError(f"cannot encode NaN or infinity (first at index {bad} of this chunk)")
+                raise ParameterError("cannot encode NaN or infinity")
             scaled = np.clip(part, -self.clip_bound, self.clip_bound)
             scaled *= 2.0**self.fractional_bits  # exact: a power-of-two scaling of at most 2^48
             bits = np.empty(part.shape[0], dtype=np.uint32)
@@ -337,14 +341,14 @@ class FixedPoint:
             raise ParameterError("encoded input holds values outside the ring")
         weight = int(words[-1])
         if not 1 <= weight <= self.max_weight:
-            raise ParameterError(f"encoded weight {weight} outside [1, {self.max_weight}]")
+            raise ParameterError(f"the encoded weight is outside [1, max_weight = {self.max_weight}]")
         bound = math.ceil(Fraction(self.clip_bound) * weight * (1 << self.fractional_bits))
         signed = words[:-1].astype(np.uint64).astype(np.int64)
         if self.modulus_bits < 64:
             signed[signed >= (1 << (self.modulus_bits - 1))] -= 1 << self.modulus_bits
         if signed.size and (int(signed.min()) < -bound or int(signed.max()) > bound):
-            raise ParameterError(f"an encoded value exceeds weight * clip_bound = {weight} * {self.clip_bound} "
-                                 "(encode with config.encoding.encode, which clips)")
+            raise ParameterError(f"an encoded value exceeds weight * clip_bound (clip_bound = {self.clip_bound}; "
+                                 "encode with config.encoding.encode, which clips)")
         return weight
 
     def decode(self, total: np.ndarray, seed: bytes = b"") -> tuple[np.ndarray, int]:

@@ -105,7 +105,7 @@ class DpEncoding:
 
     def check_weight(self, weight: int) -> int:
         if isinstance(weight, bool) or not isinstance(weight, (int, np.integer)) or int(weight) != 1:
-            raise ParameterError(f"under distributed DP every weight is 1 (client-level DP), got {weight}")
+            raise ParameterError("under distributed DP every weight is 1 (client-level DP)")  # never the weight
         return 1
 
     def encode(self, values: np.ndarray, seed: bytes, random: RandomSource = system_random) -> np.ndarray:
