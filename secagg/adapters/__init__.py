@@ -2,9 +2,10 @@
 
 - :mod:`secagg.adapters.flower`: a Flower ServerApp / ClientApp pair and the secure round over Flower
   messages, for every registered protocol.
-- :mod:`secagg.adapters.flower_strategy`: ``SecAggStrategy(FedAvg(...))`` and ``secagg_mod``: any Flower
-  Message-API strategy aggregating secure sums (node side in :mod:`secagg.adapters.flower_node`).
-  These three are the only modules of secagg importing flwr.
+- :mod:`secagg.adapters.flower_strategy`: ``SecAggStrategy(FedAvg(...))`` and ``make_secagg_mod(...)``: any
+  Flower Message-API strategy aggregating secure sums (node side in :mod:`secagg.adapters.flower_node`,
+  its private files in :mod:`secagg.adapters.updatestore`). These three are the only modules of secagg
+  importing flwr.
 - :mod:`secagg.adapters.roundstore`: the node-local write-ahead record that lets a client whose
   process is restarted for every message (Flower's ClientApp model) resume a round without forking;
   :mod:`secagg.adapters.nodestate` replays a SecAgg client from it, :mod:`secagg.adapters.ckksstate`

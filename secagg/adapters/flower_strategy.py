@@ -9,16 +9,20 @@ Two pieces, following Flower's wrapper-and-mod convention (like its central-DP w
   arrays plus the average update, and the averaged secure metrics) and lets the inner strategy
   aggregate that, so FedAvg returns the weighted average and FedAdam applies its server optimiser
   to it.
-- :func:`secagg_mod` on every ClientApp: it runs the user's train function, keeps the result in a
-  private node-local file, replies with an acknowledgement, and answers the secure round from the
-  file. :func:`secagg_query` answers the round's messages too, for apps that attach the mod to
-  their train function only.
+- :func:`~secagg.adapters.flower_node.make_secagg_mod` builds the mod for every ClientApp from the
+  node's own settings (weight key, secure metrics, max weight): it runs the user's train function,
+  keeps the result in a private node-local file, replies with an acknowledgement, and answers the
+  secure round from the file. :func:`secagg_query` answers the round's messages too, for apps that
+  attach the mod to their train function only.
 
 What the server learns per round: the weighted sum over survivors of (trained arrays - arrays
-sent), each coordinate clipped to the clip bound; the weighted sums of the ``secure_metrics``; the
-sum of the weights (``num-examples``, or the strategy's ``weighted_by_key``) and who survived. It
-never sees one node's arrays, metrics or weight in a train reply: those carry nothing else, and
-metrics not named in ``secure_metrics`` stay on the node. Evaluation is Flower's own, in the clear:
+sent), each coordinate clipped to the clip bound; the weighted sums of the node's secure metrics;
+the sum of the weights (each clipped to the max weight) and who survived. It never sees one node's
+arrays, metrics or weight in a train reply: those carry nothing else, and metrics the node does not
+name as secure stay on the node. The server chooses nothing about which of a node's values go into
+the sum or how large they may be: weight key, secure metrics and max weight are the node's own
+(:func:`make_secagg_mod`'s arguments); the server's mark states its own settings only so that a node
+with others refuses before training, whatever its data. Evaluation is Flower's own, in the clear:
 an evaluate reply shows that node's metrics and its ``num-examples`` (which may equal its train
 weight) to the server.
 
@@ -29,16 +33,17 @@ Usage (a complete app; ``secagg`` must be importable on the SuperLink and every 
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAdam
 
-    from secagg.adapters.flower_strategy import SecAggStrategy, secagg_mod, secagg_query
+    from secagg.adapters.flower_strategy import SecAggStrategy, make_secagg_mod, secagg_query
 
+    SECURE = {"secure_metrics": ["train_loss"], "max_weight": 10_000}  # the same on both sides
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy = SecAggStrategy(FedAdam(), context, secure_metrics=["train_loss"])
+        strategy = SecAggStrategy(FedAdam(), context, **SECURE)
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=3)
 
-    client_app = ClientApp(mods=[secagg_mod])
+    client_app = ClientApp(mods=[make_secagg_mod(**SECURE)])  # weight key: "num-examples" on both sides
     client_app.query("secagg")(secagg_query)  # Flower routes a message only to a registered function
 
     @client_app.train()
@@ -49,33 +54,52 @@ Usage (a complete app; ``secagg`` must be importable on the SuperLink and every 
         return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}),
                        reply_to=message)
 
-Settings. The session (protocol, thresholds, encoding) is built by :func:`~secagg.adapters.flower.
-session_config` from the run config keys ``secagg-protocol``, ``secagg-corrupt-fraction``,
-``secagg-dropout-fraction`` (security-relevant: every node reads them from its own run config only),
-``secagg-clip-bound``, ``secagg-fractional-bits`` and ``secagg-max-weight`` (the encoding). The
-encoding only sets the range and precision of what the server is entitled to learn anyway, so the
-server announces the values it uses in each train message (overridable in the constructor, e.g.
-``max_weight=`` for ``num-examples`` above 1): a node adopts an announced value for a key its own run
-config leaves unset and refuses a value that contradicts its own. ``secagg-stage-timeout`` and
-``secagg-poll-interval`` are the server's alone. ``flwr.simulation.run_simulation`` gives both sides
-an empty run config: the defaults then apply, with the server's constructor overrides.
+Settings. A node's weight key, secure metrics and max weight are :func:`make_secagg_mod`'s arguments
+(default: ``num-examples``, none, 1); the server's are the inner strategy's ``weighted_by_key``, the
+constructor's ``secure_metrics`` and ``max_weight`` (or the run config's ``secagg-max-weight``). A
+node whose settings differ refuses the train message before training. A weight above the node's
+max weight is clipped to it (a warning in the node's own log), so a node never drops out because
+of where its weight lies. The session (protocol, thresholds) is built by
+:func:`~secagg.adapters.flower.session_config` from the run config keys ``secagg-protocol``,
+``secagg-corrupt-fraction``, ``secagg-dropout-fraction`` (every node reads them from its own run
+config), ``secagg-clip-bound`` and ``secagg-fractional-bits``. Clip bound and fractional bits only set
+the range and precision of what the server is entitled to learn anyway, so the server announces the
+values it uses in each train message (overridable in the constructor): a node adopts an announced
+value for a key its own run config leaves unset and refuses a value that contradicts its own; it
+never refuses because of its data. ``secagg-stage-timeout`` and ``secagg-poll-interval`` are the
+server's alone. ``flwr.simulation.run_simulation`` gives both sides an empty run config: the defaults
+then apply, with the server's constructor overrides.
 
 Rules a node enforces: a train message without the secure mark is refused (a server cannot
 downgrade a node that installed the mod to plain FedAvg); the reply must hold exactly one
-ArrayRecord with the received keys and shapes and one MetricRecord with an integer weight in
-``[1, max_weight]`` and every secure metric as a finite number; a train message for a round this
-node already stored (or an older one) is refused, unless it is a retry of the same round with the
-same arrays, which gets the same acknowledgement and trains nothing; the stored update is handed
-to the protocol once, at the mask step, and erased from the file before it is masked.
+ArrayRecord with the received keys and shapes and one MetricRecord with an integer weight >= 1 and
+every secure metric as a finite number; a train message for a round this node already stored (or an
+older one) is refused, unless it is a retry of the same round with the same content, which gets the
+same acknowledgement and trains nothing; the stored update is handed to the protocol once, at the
+mask step, and erased from the file before it is masked; a node trains at most once from a given
+model per run once it has released an update from it (a server resending the same arrays cannot
+subtract one node out of two sums of the same updates). The round's session binds the digest of
+the whole train message (the arrays, their names, shapes and dtypes, and the train config): a node
+sent other arrays or another config than the rest is in another session and drops out, so the round
+completes only among nodes that trained from the same message. No error or log of the node names
+one of its values (Flower sends a ClientApp's exception text to the server); the train function's
+own exceptions and error replies are replaced by ones without their text.
+
+Not guaranteed across rounds: each round releases one sum; sums over different survivor sets or
+from different (even slightly different) models can be differenced to isolate a node's update.
+That is secure aggregation's known limitation without differential privacy (SECURITY.md).
 
 Rounds: the secure round of server round r is secagg round r, and a node refuses a train message for
 a round at or below the last one it stored; so one run drives one ``SecAggStrategy.start`` (a second
-``start`` in the same run, counting from round 1 again, would be refused by every node).
+``start`` in the same run, counting from round 1 again, would be refused by every node). A round
+that aggregates nothing leaves the model unchanged: nodes that released an update in it refuse to
+train from it again, so the next round runs without them.
 
 State: each message may run in a fresh process (deployment) or a long-lived Ray actor (simulation);
-the file is the only state. It sits next to :class:`~secagg.adapters.nodestate.NodeStore`'s records
-(node config ``secagg-state-dir``; mode 0700, files 0600) and holds the plain update until the mask
-step: put the directory on a tmpfs if it must never reach a disk.
+the files are the only state (:mod:`~secagg.adapters.updatestore`). They sit next to
+:class:`~secagg.adapters.nodestate.NodeStore`'s records (node config ``secagg-state-dir``; mode 0700,
+files 0600) and hold the plain update until the mask step: put the directory on a tmpfs if it must
+never reach a disk.
 """
 
 from __future__ import annotations
@@ -92,12 +116,13 @@ from flwr.serverapp.strategy import Strategy
 from ..errors import ParameterError, SecAggError
 from .flower import FlowerRound, round_context, run_round, session_config
 from .identity import REGISTRY, Registry
+from .updatestore import Layout
 from .flower_node import (
-    _ARRAYS, _ENCODING_KEYS, _LOG, ACK_RECORD, TRAIN_RECORD, Layout, _acknowledgement_problem, _layout, _Mark,
-    _metric_names, _only, _template, secagg_mod, secagg_query,
+    _ARRAYS, _LOG, ACK_RECORD, TRAIN_RECORD, UpdateSettings, _acknowledgement_problem, _layout, _Mark,
+    _only, _template, make_secagg_mod, secagg_mod, secagg_query, train_digests,
 )
 
-__all__ = ["ACK_RECORD", "TRAIN_RECORD", "SecAggStrategy", "secagg_mod", "secagg_query"]
+__all__ = ["ACK_RECORD", "TRAIN_RECORD", "SecAggStrategy", "make_secagg_mod", "secagg_mod", "secagg_query"]
 
 
 @dataclass(frozen=True)
@@ -108,21 +133,27 @@ class _Pending:
     grid: Grid
     nodes: frozenset[int]
     sent: ArrayRecord
-    arrays_id: str
+    digest: bytes
     layout: Layout
     run_config: Mapping[str, Any]
 
 
-def _sent_arrays(messages: list[Message]) -> ArrayRecord:
-    """The one ArrayRecord every train message carries (identical for all, or the wrapper refuses)."""
-    first: ArrayRecord = _only(messages[0].content.array_records, "ArrayRecord", "a train message")
+def _sent(messages: list[Message]) -> tuple[ArrayRecord, bytes]:
+    """The one ArrayRecord every train message carries and the digest of the (identical) train content.
+
+    Raises:
+        ParameterError: a message is not a train message, or the contents differ between nodes.
+    """
+    digests: dict[int, tuple[bytes, bytes]] = {}
     for message in messages:
         if message.metadata.message_type.split(".")[0] != MessageType.TRAIN:
             raise ParameterError(f"the inner strategy configured a {message.metadata.message_type!r} message to train")
-        arrays: ArrayRecord = _only(message.content.array_records, "ArrayRecord", "a train message")
-        if arrays is not first and arrays.object_id != first.object_id:
-            raise ParameterError("SecAggStrategy needs one ArrayRecord sent to every node; the inner strategy varies it")
-    return first
+        if id(message.content) not in digests:  # FedAvg & co. share one RecordDict: hashed once
+            digests[id(message.content)] = train_digests(message.content)
+    if len(set(digests.values())) != 1:
+        raise ParameterError("SecAggStrategy needs one ArrayRecord and one train config sent to every node; "
+                             "the inner strategy varies them")
+    return _only(messages[0].content.array_records, "ArrayRecord", "a train message"), next(iter(digests.values()))[1]
 
 
 def _option(value: Any, name: str) -> float:
@@ -135,13 +166,16 @@ class SecAggStrategy(Strategy):
     """Wrap a Flower strategy so that it only ever aggregates securely summed updates.
 
     Args:
-        strategy: the strategy to wrap; its ``configure_train`` must send one ArrayRecord to every
-            node. Its ``weighted_by_key`` and ``arrayrecord_key`` are used if it has them.
+        strategy: the strategy to wrap; its ``configure_train`` must send one ArrayRecord and one
+            train config to every node. Its ``weighted_by_key`` and ``arrayrecord_key`` are used if
+            it has them.
         context: the ServerApp's context (its run id and run config).
         secure_metrics: names of train metrics averaged inside the secure sum (weighted like the
-            arrays); each node must report them as numbers within the clip bound.
-        clip_bound, fractional_bits, max_weight: encoding overrides of the run config (announced to
-            the nodes; a node refuses a value contradicting its own run config).
+            arrays); they, the weight key and ``max_weight`` must equal the nodes' own settings
+            (:func:`make_secagg_mod`), or the nodes refuse to train.
+        clip_bound, fractional_bits: encoding overrides of the run config (announced to the nodes;
+            a node refuses a value contradicting its own run config).
+        max_weight: overrides the run config's ``secagg-max-weight`` (default 1).
         stage_timeout, poll_interval: overrides of ``secagg-stage-timeout`` and ``secagg-poll-interval``.
     Raises:
         ParameterError: an invalid option.
@@ -161,11 +195,15 @@ class SecAggStrategy(Strategy):
     ) -> None:
         self.strategy = strategy
         self.run_id = context.run_id
-        self.weight_key = str(getattr(strategy, "weighted_by_key", "num-examples"))
         self.arrays_key = str(getattr(strategy, "arrayrecord_key", "arrays"))
-        self.secure_metrics = _metric_names(secure_metrics, self.weight_key)
-        overrides = dict(zip(_ENCODING_KEYS, (clip_bound, fractional_bits, max_weight)))
+        overrides = {"secagg-clip-bound": clip_bound, "secagg-fractional-bits": fractional_bits,
+                     "secagg-max-weight": max_weight}
         self._run_config = dict(context.run_config) | {k: v for k, v in overrides.items() if v is not None}
+        weight: Any = self._run_config.get("secagg-max-weight", 1)  # UpdateSettings checks it is an int
+        self.settings = UpdateSettings.of(str(getattr(strategy, "weighted_by_key", "num-examples")), secure_metrics,
+                                          weight)
+        """The settings every node's mod must have (weight key, secure metrics, max weight)."""
+        self.weight_key, self.secure_metrics = self.settings.weight_key, self.settings.secure_metrics
         self._timing: dict[str, float] = {}
         for name, key, given in (("stage_timeout", "secagg-stage-timeout", stage_timeout),
                                  ("poll_interval", "secagg-poll-interval", poll_interval)):
@@ -178,40 +216,42 @@ class SecAggStrategy(Strategy):
 
     def summary(self) -> None:
         """Log the secure-aggregation settings, then the inner strategy's summary."""
-        _LOG.info("\t├──> SecAggStrategy: protocol %s, secure metrics %s, wrapping %s",
+        _LOG.info("\t├──> SecAggStrategy: protocol %s, secure metrics %s, max weight %d, wrapping %s",
                   self._run_config.get("secagg-protocol", "secagg+ (default)"), list(self.secure_metrics),
-                  type(self.strategy).__name__)
+                  self.settings.max_weight, type(self.strategy).__name__)
         self.strategy.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """The inner strategy's train messages, each marked with :data:`TRAIN_RECORD`.
 
         Raises:
-            ParameterError: the inner strategy sends different arrays to different nodes, or the
-                run config gives no valid session for the sampled nodes.
+            ParameterError: the inner strategy sends different arrays or configs to different nodes,
+                or the run config gives no valid session for the sampled nodes.
         """
         self._pending = None
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         if not messages:
             return messages
-        sent = _sent_arrays(messages)
+        sent, digest = _sent(messages)
         layout = _layout(sent, self.secure_metrics)
         encoding = session_config(self._run_config, max(2, len(messages)), _template(layout)).encoding
-        announced = {"secagg-clip-bound": float(encoding.clip_bound), "secagg-fractional-bits": encoding.fractional_bits,
-                     "secagg-max-weight": encoding.max_weight}
-        mark = _Mark(server_round, self.weight_key, self.secure_metrics, announced).record()
+        announced = {"secagg-clip-bound": float(encoding.clip_bound), "secagg-fractional-bits": encoding.fractional_bits}
+        mark = _Mark(server_round, self.settings, announced).record()
         for message in messages:
             message.content[TRAIN_RECORD] = mark
+        run_config = self._run_config | announced | {"secagg-max-weight": self.settings.max_weight}
         self._pending = _Pending(server_round, grid, frozenset(m.metadata.dst_node_id for m in messages), sent,
-                                 sent.object_id, layout, self._run_config | announced)
+                                 digest, layout, run_config)
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Run the secure round with the nodes that acknowledged; the inner strategy aggregates its sum.
 
         Returns ``(None, None)``, as Flower's strategies do when nothing can be aggregated, if fewer
-        than two nodes acknowledged, too few for the threat model's thresholds, or fewer than the
-        threshold survived the secure round (nothing is released then).
+        than two nodes acknowledged, too few for the threat model's thresholds, fewer than the
+        threshold survived the secure round (nothing is released then), or the released sum is
+        refused (any :class:`~secagg.SecAggError`, e.g. a hostile client's weight): the error is
+        logged and the run goes on.
         """
         pending, self._pending = self._pending, None
         replies = list(replies)
@@ -230,16 +270,19 @@ class SecAggStrategy(Strategy):
             config = session_config(pending.run_config, len(registry) if registry else len(nodes),
                                     _template(pending.layout))
             outcome = run_round(pending.grid, nodes, config, round_number=server_round,
-                                context=round_context(self.run_id, server_round),
+                                context=round_context(self.run_id, server_round, pending.digest),
                                 stage_timeout=self._timing.get("stage_timeout", 30.0),
                                 poll_interval=self._timing.get("poll_interval", 0.2), registry=registry)
+            reply = self._synthetic_reply(pending, outcome)
         except SecAggError as exc:
-            _LOG.warning("secagg round %d: %s: %s; nothing aggregated", server_round, type(exc).__name__, exc)
+            _LOG.warning("secagg round %d: %s: %s; nothing aggregated (the model stays as it is, and nodes that "
+                         "released an update in this round do not train from it again)",
+                         server_round, type(exc).__name__, exc)
             return None, None
         self.rounds[server_round] = outcome
         _LOG.info("secagg round %d: %d of %d nodes in the sum, dropped %s", server_round,
                   len(outcome.survivor_nodes), len(nodes), outcome.dropped)
-        return self.strategy.aggregate_train(server_round, [self._synthetic_reply(pending, outcome)])
+        return self.strategy.aggregate_train(server_round, [reply])
 
     def _acknowledged(self, pending: _Pending, replies: list[Message]) -> list[int]:
         nodes: dict[int, None] = {}  # ordered, with O(1) membership
@@ -250,7 +293,7 @@ class SecAggStrategy(Strategy):
             elif node not in pending.nodes or node in nodes:
                 problem = "not sampled for this round, or a second reply"
             else:
-                problem = _acknowledgement_problem(reply.content, pending.round_number, pending.arrays_id)
+                problem = _acknowledgement_problem(reply.content, pending.round_number, pending.digest)
             if problem:
                 _LOG.warning("secagg round %d: node %d left out (%s)", pending.round_number, node, problem)
             else:

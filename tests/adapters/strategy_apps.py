@@ -25,7 +25,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
 from secagg.adapters.flower import MESSAGE_TYPE, unpack
-from secagg.adapters.flower_strategy import secagg_mod, secagg_query
+from secagg.adapters.flower_strategy import make_secagg_mod, secagg_query
 
 TRAIN_CALLS: dict[int, int] = {}
 """Partition -> train function calls in this process (the replay tests count them)."""
@@ -101,10 +101,15 @@ def evaluate(message: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": metrics}), reply_to=message)
 
 
-def make_client_app(secure: bool = True, mod_on_train_only: bool = False) -> ClientApp:
-    """The test ClientApp: plain (Flower's FedAvg reference) or with ``secagg_mod``, for the whole app
-    or (``mod_on_train_only``) for the train function only, the secure round then reaching
-    ``secagg_query`` through its registration."""
+SETTINGS: dict[str, Any] = {"secure_metrics": ["train_loss"], "max_weight": 8}
+"""The nodes' own settings (make_secagg_mod's arguments); the tests' servers use the same."""
+
+
+def make_client_app(secure: bool = True, mod_on_train_only: bool = False, **settings: Any) -> ClientApp:
+    """The test ClientApp: plain (Flower's FedAvg reference) or with the secagg mod (``SETTINGS``
+    updated by ``settings``), for the whole app or (``mod_on_train_only``) for the train function
+    only, the secure round then reaching ``secagg_query`` through its registration."""
+    secagg_mod = make_secagg_mod(**(SETTINGS | settings))
     if not secure:
         app = ClientApp(mods=[crash_mod])
         app.train()(train)

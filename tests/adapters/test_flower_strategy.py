@@ -167,20 +167,40 @@ def test_an_acknowledgement_carrying_arrays_is_left_out(tmp_path) -> None:
                   _bound(wrapped))
 
 
-@pytest.mark.parametrize("weight, refused", [(2.5, True), (0, True), (9, True), (3.0, False)])
-def test_a_weight_that_is_not_an_integer_in_range_is_refused_by_the_node(tmp_path, weight, refused) -> None:
+@pytest.mark.parametrize("weight, counted", [(2.5, 0), (0, 0), (-3, 0), (9, 8), (10**12, 8), (3.0, 3)])
+def test_a_weight_is_refused_unless_an_integer_from_1_and_clipped_to_the_nodes_max_weight(tmp_path, weight, counted) -> None:
+    """Non-integers and weights below 1 are refused (a fixed rule, not a server's bound; the error names no
+    value); above the node's own max weight (8) the weight is clipped to it, never refused."""
+    grid = _grid(tmp_path, True, range(6), node_config={4: {"weight": weight}})
+    reasons: list[str] = []
+    grid.tamper = lambda message, reply: (reasons.append(reply.error.reason) if reply.has_error() else None) or reply
     wrapped = _wrapped(FedAvg(fraction_evaluate=0.0))
-    _secure(wrapped, _grid(tmp_path, True, range(6), node_config={4: {"weight": weight}}))
-    assert (NODES[4] in wrapped.rounds[1].nodes.values()) is not refused
-    assert wrapped.rounds[1].result.weight_sum == 1 + 2 + 3 + 4 + 6 + (0 if refused else 3)
+    _secure(wrapped, grid)
+    assert (NODES[4] in wrapped.rounds[1].nodes.values()) is bool(counted)
+    assert wrapped.rounds[1].result.weight_sum == 1 + 2 + 3 + 4 + 6 + counted
+    assert len(reasons) == (0 if counted else 1) and not any(str(weight) in r for r in reasons), reasons
 
 
 def test_a_node_refuses_an_encoding_contradicting_its_run_config(tmp_path) -> None:
     grid = _grid(tmp_path, True, range(6))
-    grid.contexts[NODES[3]].run_config["secagg-max-weight"] = 4
-    wrapped = _wrapped(FedAvg(fraction_evaluate=0.0), RUN_CONFIG | {"secagg-max-weight": 4}, max_weight=8)
+    grid.contexts[NODES[3]].run_config["secagg-clip-bound"] = 4.0
+    wrapped = _wrapped(FedAvg(fraction_evaluate=0.0), clip_bound=2.0)
     _secure(wrapped, grid)
     assert NODES[3] not in wrapped.rounds[1].nodes.values() and len(wrapped.rounds[1].nodes) == 5
+
+
+@pytest.mark.parametrize("server", [{"max_weight": 4}, {"max_weight": 9}, {"secure_metrics": []},
+                                    {"secure_metrics": ["train_loss", "private_note"]}, {"weighted_by_key": "w"}])
+def test_a_node_with_other_settings_than_the_server_refuses_before_training(tmp_path, server) -> None:
+    """Weight key, secure metrics and max weight are the node's own: the server cannot choose them."""
+    grid = _grid(tmp_path, True, range(3))
+    inner = FedAvg(fraction_evaluate=0.0, weighted_by_key=server.pop("weighted_by_key", "num-examples"))
+    options = {"secure_metrics": ["train_loss"]} | server
+    wrapped = SecAggStrategy(inner, _server(), **options)
+    calls = dict(apps.TRAIN_CALLS)
+    result = _secure(wrapped, grid)
+    assert wrapped.rounds == {} and len(result.arrays) == 0 and apps.TRAIN_CALLS == calls
+    assert not list(tmp_path.glob("node*/*.update"))
 
 
 # -- the node's rules -------------------------------------------------------------------------------------
@@ -250,7 +270,9 @@ def test_evaluate_messages_pass_through_untouched(tmp_path) -> None:
 
 def test_a_reply_missing_a_secure_metric_is_refused_by_every_node(tmp_path) -> None:
     wrapped = SecAggStrategy(FedAvg(fraction_evaluate=0.0), _server(), secure_metrics=["train_loss", "accuracy"])
-    result = _secure(wrapped, _grid(tmp_path, True, range(6)))
+    grid = _grid(tmp_path, True, range(6))
+    grid.app = apps.make_client_app(True, secure_metrics=["train_loss", "accuracy"])  # the train function has none
+    result = _secure(wrapped, grid)
     assert wrapped.rounds == {} and result.train_metrics_clientapp == {}
     assert not list(tmp_path.glob("node*/*.update"))  # nothing was stored
 
@@ -260,7 +282,7 @@ def test_a_corrupt_update_file_is_refused_with_a_secagg_error(tmp_path) -> None:
     message = _train_message(_wrapped(FedAvg()), grid, 1, apps.initial_arrays())
     grid.app(message, grid.contexts[NODES[0]])
     data = bytearray(_update_file(tmp_path).read_bytes())
-    data[20:30] = b"\xff" * 10
+    data[82:92] = b"\xff" * 10  # inside the layout (after magic, version, status, round and two digests)
     _update_file(tmp_path).write_bytes(bytes(data))
     with pytest.raises(MalformedMessage):
         grid.app(_train_message(_wrapped(FedAvg()), grid, 2, apps.initial_arrays()), grid.contexts[NODES[0]])
@@ -273,7 +295,8 @@ def _mark_edit(key: str, value: Any):
 @pytest.mark.parametrize("edit", [
     _mark_edit("extra", 1),
     lambda record: record.pop("metrics"),
-    _mark_edit("version", 2),
+    _mark_edit("version", 1),
+    _mark_edit("version", 3),
     _mark_edit("round", -1),
     _mark_edit("round", 1.0),
     _mark_edit("weight-key", ""),
