@@ -275,8 +275,9 @@ def _update_of(reply: Message, received: ArrayRecord, layout: Layout, own: Updat
     for kind, key, shape in layout:
         if kind == _ARRAYS:
             new, old = trained[key].numpy(), received[key].numpy()
-            if new.shape != shape:
-                raise ParameterError(f"the trained array {key!r} has another shape than the one received")
+            if new.shape != shape or new.dtype.kind not in "biuf":  # numpy's cast error would quote values
+                raise ParameterError(f"the trained array {key!r} has another shape than the one received, "
+                                     "or is not real numbers")
             parts.append((new.astype(np.float64) - old.astype(np.float64)).reshape(-1))
         else:
             value = metrics.get(key)

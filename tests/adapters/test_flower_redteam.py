@@ -142,13 +142,19 @@ def test_a_node_refusing_its_own_weight_names_no_value(tmp_path) -> None:
     assert not any(repr(value) in r or str(value) in r for r in reasons.values()), reasons
 
 
-def test_the_train_functions_own_error_text_stays_on_the_node(tmp_path) -> None:
+@pytest.mark.parametrize("leak", ["raise", "error-reply", "text-array", "wrong-shape"])
+def test_the_train_functions_own_error_text_and_values_stay_on_the_node(tmp_path, leak) -> None:
     secret = "partition holds 1234 private records"
 
     def leaky(message: Message, context: Context) -> Message:
-        if context.node_id == NODES[0]:
+        if leak == "raise":
             raise ValueError(secret)
-        return Message(Error(7, secret), reply_to=message)
+        if leak == "error-reply":
+            return Message(Error(7, secret), reply_to=message)
+        trained = {k: Array(np.asarray(v.numpy(), dtype=np.float32)) for k, v in message.content["arrays"].items()}
+        trained["layer.bias"] = Array(np.array([secret] * 4) if leak == "text-array" else np.full(1234, 0.5))
+        metrics = MetricRecord({"num-examples": 1, "train_loss": 0.5})
+        return Message(RecordDict({"arrays": ArrayRecord(trained), "metrics": metrics}), reply_to=message)
 
     app = ClientApp(mods=[make_secagg_mod(**apps.SETTINGS)])
     app.train()(leaky)
