@@ -61,8 +61,9 @@ node whose settings differ refuses the train message before training. A weight a
 max weight is clipped to it (a warning in the node's own log), so a node never drops out because
 of where its weight lies. The session (protocol, thresholds) is built by
 :func:`~secagg.adapters.flower.session_config` from the run config keys ``secagg-protocol``,
-``secagg-corrupt-fraction``, ``secagg-dropout-fraction`` (every node reads them from its own run
-config), ``secagg-clip-bound`` and ``secagg-fractional-bits``. Clip bound and fractional bits only set
+``secagg-corrupt-fraction``, ``secagg-dropout-fraction`` (every node reads them from the run config
+it is given and refuses a corrupt fraction below its node config's ``secagg-min-corrupt-fraction``),
+``secagg-clip-bound`` and ``secagg-fractional-bits``. Clip bound and fractional bits only set
 the range and precision of what the server is entitled to learn anyway, so the server announces the
 values it uses in each train message (overridable in the constructor): a node adopts an announced
 value for a key its own run config leaves unset and refuses a value that contradicts its own; it

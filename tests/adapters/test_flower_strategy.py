@@ -124,6 +124,33 @@ def test_too_few_survivors_aggregate_nothing(tmp_path) -> None:
     assert wrapped.rounds == {} and result.train_metrics_clientapp == {} and len(result.arrays) == 0
 
 
+def test_a_released_sum_the_wrapper_cannot_average_aggregates_nothing_and_the_run_goes_on(tmp_path, monkeypatch) -> None:
+    """Any SecAggError while turning the released sum into the inner strategy's reply (here: a sum whose
+    weight is not positive) ends the round with nothing aggregated, never Strategy.start."""
+    from secagg.results import WeightedSum
+
+    original = WeightedSum.average_vector
+    refused = {1}
+
+    def average_vector(result: WeightedSum):
+        if refused:
+            refused.pop()
+            raise ProtocolAbort("the aggregated weight sum is not positive")
+        return original(result)
+
+    monkeypatch.setattr(WeightedSum, "average_vector", average_vector)
+    grid = _grid(tmp_path, True, range(4))
+    train: list[Message] = []
+    grid.tamper = lambda message, reply: (train.append(reply) if message.metadata.message_type == MessageType.TRAIN
+                                          else None) or reply
+    wrapped = _wrapped(FedAvg(fraction_evaluate=0.0))
+    result = _secure(wrapped, grid, rounds=2)
+    assert wrapped.rounds == {} and result.train_metrics_clientapp == {} and len(train) == 8
+    # Round 2 did run. The model was unchanged, and every node had released an update trained from it
+    # in round 1, so each refused to train from it again (one update per model and run).
+    assert all(r.has_error() and "once" in r.error.reason for r in train[4:])
+
+
 def test_fedadam_through_the_wrapper_matches_plain_fedadam(tmp_path) -> None:
     wrapped = _wrapped(FedAdam(fraction_evaluate=0.0))
     secure = _secure(wrapped, _grid(tmp_path / "s", True, range(6)), rounds=2)
