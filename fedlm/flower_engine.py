@@ -69,29 +69,12 @@ TRAIN_TIMEOUT = 600.0
 STAGE_TIMEOUT = 120.0
 
 
-class _CountingGrid(Grid):
-    """A Grid that passes everything through and counts the secure-aggregation bytes each node sends."""
+class _CountingGrid(fa.GridProxy):
+    """The ServerApp's grid, counting the secure-aggregation bytes each node sends."""
 
     def __init__(self, inner: Grid) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.bytes_from: dict[int, int] = {}
-
-    def set_run(self, run: Any) -> None:
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self.inner.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.inner.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.inner.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         replies = list(self.inner.pull_messages(message_ids))
@@ -104,9 +87,6 @@ class _CountingGrid(Grid):
                 node = reply.metadata.src_node_id
                 self.bytes_from[node] = self.bytes_from.get(node, 0) + size
         return replies
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self.inner.send_and_receive(messages, timeout=timeout)
 
 
 class FlowerRunner(RoundRunner):

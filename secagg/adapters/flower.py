@@ -77,7 +77,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Iterable, Mapping, Union
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -100,6 +100,7 @@ __all__ = [
     "MESSAGE_TYPE",
     "Envelope",
     "FlowerRound",
+    "GridProxy",
     "make_client_app",
     "make_server_app",
     "pack",
@@ -262,6 +263,37 @@ def round_context(run_id: int, round_number: int, model: bytes = b"") -> bytes:
         raise ParameterError("the model digest is at most 64 bytes")
     return hashlib.sha256(b"secagg/v1/flower-round\x00" + struct.pack("<QQB", run_id, round_number, len(model))
                           + model).digest()
+
+
+class GridProxy(Grid):
+    """A Grid that hands every call to ``inner``: subclass it to watch or reroute some messages
+    (fedlm counts the bytes each node sends; the audit's hostile app answers for its own clients)."""
+
+    def __init__(self, inner: Grid) -> None:
+        self.inner = inner
+
+    def set_run(self, run: Any) -> None:
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self.inner.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.inner.send_and_receive(messages, timeout=timeout)
 
 
 # -- server side ----------------------------------------------------------------------------------------

@@ -65,15 +65,7 @@ class _ReplayRandom:
 
 
 class NodeStore(RoundStore):
-    """The write-ahead record of one node's SecAgg / SecAgg+ client, one file per round.
-
-    Args:
-        directory: a private directory for this node's records (created with mode 0700).
-        scope: a file-name-safe label for the node and run, e.g. ``"run42-node7"``.
-        lock_timeout: seconds to wait for another process of the same node to finish its step.
-    Raises:
-        ParameterError: the directory is not private to this user or the scope is not file-name safe.
-    """
+    """The write-ahead record of one node's SecAgg / SecAgg+ client, one file per round (arguments: :class:`RoundStore`)."""
 
     protocols = ("secagg", "secagg+")
 

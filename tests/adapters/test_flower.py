@@ -42,14 +42,6 @@ RUN_CONFIG = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["fl
 RUN_ID = 4242
 
 
-@pytest.fixture
-def example(monkeypatch):
-    monkeypatch.syspath_prepend(str(APP_DIR))
-    from secagg_flower_example import app
-
-    return app
-
-
 @pytest.fixture(autouse=True)
 def task_identity(monkeypatch):
     stamp_task_identity(monkeypatch, RUN_ID)

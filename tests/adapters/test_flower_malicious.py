@@ -28,8 +28,8 @@ from secagg.adapters import identity  # noqa: E402
 from secagg.adapters.flower_launcher import run_local  # noqa: E402
 from secagg.adapters.nodestate import NodeStore  # noqa: E402
 
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
+from .localgrid import stamp_task_identity  # noqa: E402
 from .test_flower import APP_DIR, NODE_IDS, RUN_CONFIG, RUN_ID, LocalGrid, _deployment_unavailable, expected_average  # noqa: E402
 
 HOSTILE_DIR = Path(__file__).resolve().parent / "hostile_app"
@@ -37,19 +37,9 @@ HOSTILE_CONFIG = tomllib.loads((HOSTILE_DIR / "pyproject.toml").read_text())["to
 MALICIOUS = dict(RUN_CONFIG) | {"secagg-threat": "malicious"}
 
 
-@pytest.fixture
-def example(monkeypatch):
-    monkeypatch.syspath_prepend(str(APP_DIR))
-    from secagg_flower_example import app
-
-    return app
-
-
 @pytest.fixture(autouse=True)
 def task_identity(monkeypatch):
-    # Flower stamps messages with the identity of the process's task; a ServerApp process has one.
-    for name, value in (("_run_id", RUN_ID), ("_node_id", 1), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
+    stamp_task_identity(monkeypatch, RUN_ID)
 
 
 def enrol(directory: Path, count: int) -> tuple[list[Path], Path]:

@@ -27,7 +27,7 @@ from collections import defaultdict
 from typing import Any, Iterable
 
 import numpy as np
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message
 from flwr.serverapp import Grid, ServerApp
 
 from secagg import SecAggClient, SecAggError
@@ -88,23 +88,13 @@ class CorruptNode:
         return Message(fa.pack(answer), reply_to=message)
 
 
-class CollusionGrid(Grid):
+class CollusionGrid(fa.GridProxy):
     """The real grid, plus the corrupt clients' nodes answered in this process."""
 
     def __init__(self, inner: Grid, corrupt: dict[int, CorruptNode]) -> None:
-        self.inner, self.corrupt = inner, corrupt
+        super().__init__(inner)
+        self.corrupt = corrupt
         self._replies: dict[str, Message] = {}
-
-    def set_run(self, run: Any) -> None:
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self.inner.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         return [*self.inner.get_node_ids(), *self.corrupt]
