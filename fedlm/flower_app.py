@@ -38,7 +38,6 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from safetensors import safe_open
-from safetensors.numpy import load_file as load_numpy
 
 from fedlm.config import RunConfig
 from fedlm.errors import InputError
@@ -193,6 +192,7 @@ def _train(message: Message, context: Context, workdir: Path) -> Message:
     if {k: v.shape for k, v in global_state.items()} != {k: v.shape for k, v in expected.items()}:
         raise InputError("the global state does not match this run's model")
     node_dir = _node_dir(context, workdir)
+    _check_fresh_round(node_dir, rnd)  # before training: a replayed round would train the same delta again
     if cfg.personal_tokens:
         rows = personal_file(node_dir)
         initial = personal_rows(node.model, cfg)
@@ -209,6 +209,7 @@ def _train(message: Message, context: Context, workdir: Path) -> Message:
     delta = {k: v.contiguous() for k, v in update.delta.items()}
     write_private(node_dir / _UPDATE, save(delta, metadata={"weight": str(update.weight), "round": str(rnd)}))
     plan = {"round": rnd, "drop-at": drop_at, "names": list(global_state), "settings": node.settings, "dp": cfg.dp,
+            "shapes": [list(v.shape) for v in global_state.values()],
             "model": state_digest(global_state).hex()}  # bound into the session: one model for all
     write_private(node_dir / _ROUND, json.dumps(plan).encode())
     return Message(RecordDict({"fedlm.ack": ConfigRecord({"round": rnd})}), reply_to=message)
@@ -226,24 +227,64 @@ def _secagg(message: Message, context: Context, workdir: Path) -> Message:
     if planned["drop-at"] == step:
         raise RuntimeError(f"node configured to drop at {step} in round {planned['round']}")
     update_path = node_dir / _UPDATE
-    if not update_path.exists():
-        raise InputError("no stored update for this round")
 
     def get_update(_: Context, round_number: int) -> tuple[dict[str, np.ndarray], int]:
+        if not update_path.exists():
+            raise InputError("no stored update for this round")
         with safe_open(str(update_path), framework="np") as f:
             meta = f.metadata()
             if int(meta["round"]) != round_number:
                 raise InputError(f"the stored update is of round {meta['round']}, not {round_number}")
             delta = {k: f.get_tensor(k) for k in planned["names"]}  # the server's order: the schema's
+        if planned.get("dp"):
+            _spend_dp_release(node_dir, workdir)  # committed before the update is masked
+        update_path.unlink()  # taken once: never masked again
         return delta, int(meta["weight"])
 
-    stored = load_numpy(str(update_path))
-    template = {name: stored[name] for name in planned["names"]}
+    # the layout the server sent (its order is the schema's); the update itself is read once, when taken
+    template = {name: np.zeros(shape, dtype=np.float32) for name, shape in zip(planned["names"], planned["shapes"])}
     scoped = Context(run_id=context.run_id, node_id=context.node_id,
                      node_config={**context.node_config, "secagg-state-dir": str(private_directory(node_dir / "secagg"))},
                      state=context.state, run_config=planned["settings"])
     config_for = _dp_session(workdir, template) if planned.get("dp") else None
     return handle(message, scoped, template, get_update, model=bytes.fromhex(planned["model"]), config_for=config_for)
+
+
+_LAST_ROUND, _DP_RELEASES = "last_round.json", "dp_releases.json"
+
+
+def _check_fresh_round(node_dir: Path, rnd: int) -> None:
+    """Refuse a round at or below the last one this node trained for (a server replaying a round
+    with the same model would get the same delta twice and difference it out of two sums); then
+    record this one."""
+    path = node_dir / _LAST_ROUND
+    last = json.loads(path.read_text())["round"] if path.exists() else 0
+    if rnd <= last:
+        raise InputError(f"round {rnd} is not after the last round this node trained for ({last})")
+    write_private(path, json.dumps({"round": rnd}).encode())
+
+
+def _spend_dp_release(node_dir: Path, workdir: Path) -> None:
+    """Under distributed DP, count this node's releases against the run's noise plan and refuse one
+    past it: the accountant's epsilon covers ``dp_rounds`` releases, whatever the server does (it
+    could otherwise replay one model and collect fresh noisy releases past the budget).
+
+    Raises:
+        ProtocolAbort: this node already made every release the plan covers.
+    """
+    from secagg import ProtocolAbort
+
+    cfg = load_run_config(workdir)
+    path = node_dir / _DP_RELEASES
+    key = cfg.to_dict()
+    plan = json.dumps({k: key[k] for k in ("dp_epsilon", "dp_delta", "dp_rounds", "dp_l2_clip", "seed",
+                                            "clients_per_round")}, sort_keys=True)
+    counts = json.loads(path.read_text()) if path.exists() else {}
+    used = int(counts.get(plan, 0))
+    if used >= cfg.resolved_dp_rounds:
+        raise ProtocolAbort(f"this node's DP plan covers {cfg.resolved_dp_rounds} releases and it made them all")
+    counts[plan] = used + 1
+    write_private(path, json.dumps(counts).encode())
 
 
 def _dp_session(workdir: Path, template: dict[str, np.ndarray]) -> Any:

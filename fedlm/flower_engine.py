@@ -173,7 +173,7 @@ class FlowerRunner(RoundRunner):
         self.grid.bytes_from.clear()
         try:
             outcome = fa.run_round(self.grid, nodes, config, round_number=rnd,
-                                   context=fa.round_context(self.run_id, rnd, state_digest(global_state)),
+                                   context=fa.round_context(self.run_id, rnd, state_digest(global_state), self.settings),
                                    stage_timeout=self.stage_timeout, poll_interval=0.05)
             # float64, as the in-memory engine hands it to the server optimiser, so both engines round alike
             average = {k: torch.as_tensor(np.asarray(v)).reshape(global_state[k].shape)

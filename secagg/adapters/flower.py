@@ -72,6 +72,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import struct
 import time
@@ -92,7 +93,7 @@ from ..protocols.registry import PROTOCOLS, new_server, protocol_of
 from ..protocols.secagg import AggregateResult
 from ..wire import Header
 from .ckksstate import CkksNodeStore
-from .identity import REGISTRY, NodeIdentity, Registry, admit, bind_registry
+from .identity import DEFAULT_MIN_CORRUPT, MIN_CORRUPT, REGISTRY, NodeIdentity, Registry, admit, bind_registry, corrupt_floor
 from .nodestate import NodeStore
 from .roundstore import RoundSpec, RoundStore, SessionConfig
 
@@ -250,19 +251,32 @@ def _ckks_config(run_config: Mapping[str, Any], num_clients: int, template: Any)
         num_clients, Schema.of(template), PRESETS[preset], tuple(range(min(committee, num_clients))),
         clip_bound=_setting(run_config, "secagg-clip-bound", float, defaults.CLIP_BOUND),
         max_weight=_setting(run_config, "secagg-max-weight", int, 1),
-        min_contributors=_setting(run_config, "secagg-ckks-min-contributors", int, 2),
+        min_contributors=_setting(run_config, "secagg-ckks-min-contributors", int,
+                                  min(num_clients, least_contributors(num_clients, DEFAULT_MIN_CORRUPT))),
         fractional_bits=None if bits is None else _setting(run_config, "secagg-fractional-bits", int, 0),
     )
 
 
-def round_context(run_id: int, round_number: int, model: bytes = b"") -> bytes:
-    """Bytes bound into the session: each party derives them itself from the run, the round and (when
-    given) a digest of the model it trained from, so a node sent another model than the rest is in
-    another session and the round cannot complete with it (the model-inconsistency attack)."""
+def round_context(run_id: int, round_number: int, model: bytes = b"",
+                  run_config: Mapping[str, Any] | None = None) -> bytes:
+    """Bytes bound into the session: each party derives them itself from the run, the round, (when
+    given) a digest of the model it trained from, and the run config it was given. So a node sent
+    another model than the rest, or another run config (whose keys an app may read, e.g. a learning
+    rate), is in another session and the round cannot complete with it (the model-inconsistency
+    attack). The server passes the run config its ServerApp was given; Flower gives every party of a
+    run the same one unless the SuperLink lies.
+
+    Raises:
+        ParameterError: a model digest over 64 bytes, or a run config that is not flat JSON-able scalars.
+    """
     if len(model) > 64:
         raise ParameterError("the model digest is at most 64 bytes")
+    try:
+        config = json.dumps(dict(run_config or {}), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        raise ParameterError("the run config must hold finite numbers, booleans and strings only") from None
     return hashlib.sha256(b"secagg/v1/flower-round\x00" + struct.pack("<QQB", run_id, round_number, len(model))
-                          + model).digest()
+                          + model + hashlib.sha256(config.encode()).digest()).digest()
 
 
 class GridProxy(Grid):
@@ -521,7 +535,8 @@ def serve(grid: Grid, context: Context, template: Any, on_result: Callable[[int,
         config = session_config(cfg, len(registry) if registry else len(nodes), template)
         try:
             outcome = run_round(
-                grid, nodes, config, round_number=round_number, context=round_context(context.run_id, round_number),
+                grid, nodes, config, round_number=round_number,
+                context=round_context(context.run_id, round_number, run_config=cfg),
                 stage_timeout=_setting(cfg, "secagg-stage-timeout", float, 30.0),
                 poll_interval=_setting(cfg, "secagg-poll-interval", float, 0.2), registry=registry,
             )
@@ -561,13 +576,33 @@ def _state_directory(context: Context) -> Path:
     return Path(runtime) / "secagg-flower" if runtime else Path.home() / ".cache" / "secagg" / "flower"
 
 
+def least_contributors(num_clients: int, floor: float) -> int:
+    """The fewest inputs a CKKS key holder may decrypt a sum of, against a server that keeps only the
+    victim's upload and those of the up to ceil(floor * n) clients it corrupts: ceil(floor * n) + 2,
+    so every released sum holds at least two honest inputs."""
+    return math.ceil(floor * num_clients - 1e-9) + 2
+
+
+def _admit_ckks(config: CkksConfig, node_config: Mapping[str, Any]) -> None:
+    """A node's rule for CKKS rounds, whose minimum-contributors setting the run config (the server
+    side) writes: refuse one that lets a decrypted sum single out a client."""
+    floor = corrupt_floor(node_config)
+    least = least_contributors(config.num_clients, floor)
+    if config.min_contributors < least:
+        raise ProtocolAbort(f"a CKKS round must decrypt sums of at least ceil(floor * n) + 2 = {least} inputs "
+                            f"(node floor {MIN_CORRUPT} = {floor}); the run allows fewer")
+
+
 def handle(message: Message, context: Context, template: Any, get_update: UpdateFn, *, model: bytes = b"",
-           config_for: Callable[[int], SessionConfig] | None = None) -> Message:
+           config_for: Callable[[int], SessionConfig] | None = None,
+           run_config: Mapping[str, Any] | None = None) -> Message:
     """Answer one ``query.secagg`` message of any protocol (usable from any ClientApp that registers it).
 
     ``config_for(n)``: the session config for n clients when the app derives it itself (fedlm does:
     its distributed-DP encoding), else :func:`session_config` from the node's run config; either way
     the node derives it, never the server.
+    ``run_config``: the run config Flower gave this node, bound into the session (default: the
+    context's; an app that adds keys of its own to the context passes the one it was given).
     ``model``: a digest of the model this node trained its update from, bound into the session
     (:func:`round_context`); the server must bind the digest of the model it sent, so a node sent
     another model than the rest is in another session and drops out.
@@ -584,7 +619,8 @@ def handle(message: Message, context: Context, template: Any, get_update: Update
     """
     envelope = unpack(message.content)
     node = NodeIdentity.from_node_config(context.node_config)
-    session = round_context(context.run_id, envelope.round_number, model)
+    given = context.run_config if run_config is None else run_config
+    session = round_context(context.run_id, envelope.round_number, model, given)
     if node is not None:
         session = bind_registry(session, node.registry)
     if envelope.step == "identify":
@@ -604,6 +640,8 @@ def handle(message: Message, context: Context, template: Any, get_update: Update
         admit(node, config, envelope.client_id, context.node_config)
     elif node is not None:
         raise ProtocolAbort("this node holds an identity key and joins malicious-model rounds only")
+    else:
+        _admit_ckks(config, context.node_config)
     spec = RoundSpec(config, envelope.client_id, envelope.round_number, session,
                      identity=node.key if node else None, registry=node.registry.as_dict() if node else None)
     store = _STORES[protocol.name](_state_directory(context), f"run{context.run_id}-node{context.node_id}",

@@ -366,7 +366,7 @@ def secagg_query(message: Message, context: Context) -> Message:
         vector, weight = store.take(round_number)
         return Schema.of(template).unflatten(vector), weight
 
-    return handle(message, node, template, take, model=stored.session)
+    return handle(message, node, template, take, model=stored.session, run_config=context.run_config)
 
 
 def make_secagg_mod(*, weight_key: str = "num-examples", secure_metrics: Iterable[str] = (),

@@ -199,6 +199,7 @@ class SecAggStrategy(Strategy):
         self.arrays_key = str(getattr(strategy, "arrayrecord_key", "arrays"))
         overrides = {"secagg-clip-bound": clip_bound, "secagg-fractional-bits": fractional_bits,
                      "secagg-max-weight": max_weight}
+        self._given_run_config = dict(context.run_config)  # bound into every session, as each node binds its own
         self._run_config = dict(context.run_config) | {k: v for k, v in overrides.items() if v is not None}
         weight: Any = self._run_config.get("secagg-max-weight", 1)  # UpdateSettings checks it is an int
         self.settings = UpdateSettings.of(str(getattr(strategy, "weighted_by_key", "num-examples")), secure_metrics,
@@ -271,7 +272,7 @@ class SecAggStrategy(Strategy):
             config = session_config(pending.run_config, len(registry) if registry else len(nodes),
                                     _template(pending.layout))
             outcome = run_round(pending.grid, nodes, config, round_number=server_round,
-                                context=round_context(self.run_id, server_round, pending.digest),
+                                context=round_context(self.run_id, server_round, pending.digest, self._given_run_config),
                                 stage_timeout=self._timing.get("stage_timeout", 30.0),
                                 poll_interval=self._timing.get("poll_interval", 0.2), registry=registry)
             reply = self._synthetic_reply(pending, outcome)

@@ -35,6 +35,12 @@ class LocalGrid(Grid):
         self._replies: dict[str, Message] = {}
         self._run: Any = None
 
+    def share_run_config(self, run_config: dict[str, Any]) -> None:
+        """Give every node ``run_config``, as Flower gives every party of a run the ServerApp's (the
+        session binds it, so a node holding another one is in another session)."""
+        self.contexts = {node: Context(c.run_id, c.node_id, c.node_config, c.state, dict(run_config))
+                         for node, c in self.contexts.items()}
+
     def set_run(self, run: Any) -> None:
         self._run = run
 

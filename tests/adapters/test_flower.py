@@ -107,7 +107,7 @@ def _grid(example, tmp_path, drops: dict[int, str] | None = None, mode: str = "c
 def _round(grid: LocalGrid, example, timeout: float = 5.0) -> fa.FlowerRound:
     config = fa.session_config(RUN_CONFIG, len(NODE_IDS), example.TEMPLATE)
     assert (config.protocol, config.degree, config.threshold) == ("secagg+", 4, 2)
-    return fa.run_round(grid, NODE_IDS, config, round_number=0, context=fa.round_context(RUN_ID, 0),
+    return fa.run_round(grid, NODE_IDS, config, round_number=0, context=fa.round_context(RUN_ID, 0, run_config=RUN_CONFIG),
                         stage_timeout=timeout, poll_interval=0.01)
 
 
@@ -171,6 +171,7 @@ def test_serve_reports_a_failed_round(example, tmp_path) -> None:
     run_config = dict(RUN_CONFIG) | {"secagg-num-nodes": 6, "secagg-poll-interval": 0.01,
                                      "secagg-result-path": str(result_path)}
     with pytest.raises(InsufficientParties):
+        grid.share_run_config(run_config)
         fa.serve(grid, Context(RUN_ID, 1, {}, RecordDict(), run_config), example.TEMPLATE)
     (report,) = json.loads(result_path.read_text())
     assert report["round"] == 0 and report["error"].startswith("InsufficientParties")
@@ -182,6 +183,7 @@ def test_serve_runs_the_configured_rounds_and_reports(example, tmp_path) -> None
     run_config = dict(RUN_CONFIG) | {"secagg-num-nodes": 6, "secagg-rounds": 2, "secagg-poll-interval": 0.01,
                                      "secagg-result-path": str(result_path)}
     seen: list[int] = []
+    grid.share_run_config(run_config)
     rounds = fa.serve(grid, Context(RUN_ID, 1, {}, RecordDict(), run_config), example.TEMPLATE,
                       on_result=lambda r, _: seen.append(r))
     assert seen == [0, 1]
@@ -220,8 +222,8 @@ def _killing_grid(example, tmp_path, killed_clients: dict[int, str]) -> tuple[Ki
 
 def _ckks_round(grid: LocalGrid, example, timeout: float = 5.0) -> fa.FlowerRound:
     config = fa.session_config(CKKS_CONFIG, len(NODE_IDS), example.TEMPLATE)
-    assert isinstance(config, CkksConfig) and config.committee == (0, 1, 2) and config.min_contributors == 2
-    return fa.run_round(grid, NODE_IDS, config, round_number=0, context=fa.round_context(RUN_ID, 0),
+    assert isinstance(config, CkksConfig) and config.committee == (0, 1, 2) and config.min_contributors == 3
+    return fa.run_round(grid, NODE_IDS, config, round_number=0, context=fa.round_context(RUN_ID, 0, run_config=CKKS_CONFIG),
                         stage_timeout=timeout, poll_interval=0.01)
 
 
@@ -248,7 +250,7 @@ def test_ckks_round_with_a_node_killed_at_each_stage(example, tmp_path, stage, c
     assert outcome.result.decrypted_by == decrypted_by
     _assert_exact_for_survivors(example, partition, outcome)
     report = outcome.report()
-    assert (report["protocol"], report["threshold"], report["degree"]) == ("ckks", 2, None)
+    assert (report["protocol"], report["threshold"], report["degree"]) == ("ckks", 3, None)
     assert report["committee"] == [CLIENT_NODE[c] for c in (0, 1, 2)]
     assert report["decrypted_by"] == CLIENT_NODE[decrypted_by] and report["grid_bits"] == 16
     assert set(report["stage_seconds"]) == {"advertise", "generate", "upload", "decrypt"}
@@ -283,6 +285,7 @@ def test_serve_runs_a_ckks_round_and_reports(example, tmp_path) -> None:
     result_path = tmp_path / "result.json"
     run_config = CKKS_CONFIG | {"secagg-num-nodes": 6, "secagg-poll-interval": 0.01,
                                 "secagg-result-path": str(result_path)}
+    grid.share_run_config(run_config)
     (outcome,) = fa.serve(grid, Context(RUN_ID, 1, {}, RecordDict(), run_config), example.TEMPLATE)
     (report,) = json.loads(result_path.read_text())
     assert report == json.loads(json.dumps(outcome.report()))

@@ -74,7 +74,7 @@ def malicious_grid(example, tmp_path, drops: dict[int, str] | None = None) -> tu
 def malicious_round(grid: LocalGrid, example, registry: identity.Registry) -> fa.FlowerRound:
     config = fa.session_config(MALICIOUS, len(registry), example.TEMPLATE)
     assert (config.threat.is_malicious, config.degree, config.threshold, config.quorum) == (True, None, 4, 4)
-    return fa.run_round(grid, NODE_IDS, config, round_number=0, context=fa.round_context(RUN_ID, 0),
+    return fa.run_round(grid, NODE_IDS, config, round_number=0, context=fa.round_context(RUN_ID, 0, run_config=MALICIOUS),
                         stage_timeout=5.0, poll_interval=0.01, registry=registry)
 
 
@@ -103,6 +103,7 @@ def test_serve_runs_a_malicious_round_from_the_run_config(example, tmp_path) -> 
     grid, _ = malicious_grid(example, tmp_path, {4: "mask"})
     run_config = MALICIOUS | {"secagg-num-nodes": 6, "secagg-poll-interval": 0.01,
                               "secagg-registry": str(tmp_path / "pki" / "registry.json")}
+    grid.share_run_config(run_config)
     (outcome,) = fa.serve(grid, Context(RUN_ID, 1, {}, RecordDict(), run_config), example.TEMPLATE)
     assert outcome.dropped == {NODE_IDS[4]: "mask"} and outcome.result.config.threat.is_malicious
     expected = expected_average(example, [0, 1, 2, 3, 5])
@@ -214,7 +215,7 @@ def test_a_node_claims_its_own_entry_deterministically(example, tmp_path) -> Non
     first, again = (_ask(example, context, fa.Envelope("identify", 7, 0, 6, b"")) for _ in range(2))
     assert first == again and first.client_id == 3
     registry = identity.Registry.read(registry_path)
-    session = identity.bind_registry(fa.round_context(RUN_ID, 7), registry)
+    session = identity.bind_registry(fa.round_context(RUN_ID, 7, run_config=MALICIOUS), registry)
     registry.verify_claim(session, NODE_IDS[3], 3, first.payload)
     with pytest.raises(IntegrityError):
         registry.verify_claim(session, NODE_IDS[2], 3, first.payload)  # bound to the Flower node id

@@ -88,13 +88,15 @@ def _with_mark(message: Message, **edits: Any) -> Message:
 
 
 def _secure_round(grid: LocalGrid, nodes: list[int], strategy_config: dict[str, Any], arrays: ArrayRecord,
-                  round_number: int, sent: Message, metrics=("train_loss",), max_weight: int = 8) -> fa.FlowerRound:
+                  round_number: int, sent: Message, metrics=("train_loss",), max_weight: int = 8,
+                  given: dict[str, Any] | None = None) -> fa.FlowerRound:
     """The secure round a (possibly hostile) server runs after the train messages, as the wrapper does,
     binding the digest of the train message ``sent`` (the one most nodes got)."""
     layout = _layout(arrays, metrics)
     run_config = strategy_config | {"secagg-max-weight": max_weight}
     config = fa.session_config(run_config, len(nodes), _template(layout))
-    context = fa.round_context(RUN_ID, round_number, train_digests(sent.content)[1])
+    # the run config Flower gave the nodes (their session binds it)
+    context = fa.round_context(RUN_ID, round_number, train_digests(sent.content)[1], given or strategy_config)
     return fa.run_round(grid, nodes, config, round_number=round_number, context=context,
                         stage_timeout=5.0, poll_interval=0.01)
 
@@ -184,7 +186,7 @@ def test_a_handle_error_reply_never_names_the_weight(tmp_path, monkeypatch) -> N
     grid.tamper = lambda message, reply: (seen.append(reply.error.reason) if reply.has_error() else None) or reply
     config = fa.session_config(run_config, 3, template)
     with pytest.raises(InsufficientParties):
-        fa.run_round(grid, NODES[:3], config, round_number=0, context=fa.round_context(RUN_ID, 0),
+        fa.run_round(grid, NODES[:3], config, round_number=0, context=fa.round_context(RUN_ID, 0, run_config=run_config),
                      stage_timeout=5.0, poll_interval=0.01)
     assert seen and not any(re.search(r"\b5\b", r) for r in seen), seen
 
@@ -208,7 +210,8 @@ def test_whether_a_node_acknowledges_does_not_depend_on_its_weight(tmp_path) -> 
         outcomes[announced] = {node: not reply.has_error() for node, reply in replies.items()}
     for announced, acknowledged in outcomes.items():
         assert set(acknowledged.values()) == {announced == 8}, (announced, acknowledged)
-    outcome = _secure_round(grid, [NODES[p] for p in weights], RUN_CONFIG, apps.initial_arrays(), 9, messages[0])
+    outcome = _secure_round(grid, [NODES[p] for p in weights], RUN_CONFIG, apps.initial_arrays(), 9, messages[0],
+                            given=NODE_RUN_CONFIG)
     assert outcome.result.weight_sum == 1 + 6 + 8 and not outcome.dropped  # 9 was clipped to the node's 8
 
 

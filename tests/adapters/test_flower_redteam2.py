@@ -77,7 +77,7 @@ def _secure(grid: LocalGrid, nodes: list[int], arrays: ArrayRecord, round_number
     layout = _layout(arrays, apps.SETTINGS["secure_metrics"])
     config = fa.session_config(run_config, len(nodes), _template(layout))
     return fa.run_round(grid, nodes, config, round_number=round_number,
-                        context=fa.round_context(run_id, round_number, bound.digest), stage_timeout=5.0,
+                        context=fa.round_context(run_id, round_number, bound.digest, run_config), stage_timeout=5.0,
                         poll_interval=0.01)
 
 
@@ -128,7 +128,6 @@ CKKS_CONFIG = {"secagg-protocol": "ckks", "secagg-ckks-min-contributors": 1, "se
                "secagg-clip-bound": 4.0}
 
 
-@pytest.mark.xfail(strict=True, reason="R1: nodes accept a CKKS session with min_contributors = 1")
 def test_ckks_min_contributors_one_releases_one_nodes_update(tmp_path) -> None:
     grid = LocalGrid(_app(float32_model_train), _contexts(tmp_path, run_config=CKKS_CONFIG))
     strategy = _strategy(run_config=CKKS_CONFIG)
@@ -160,7 +159,6 @@ def test_ckks_min_contributors_one_releases_one_nodes_update(tmp_path) -> None:
 # hyperparameters from it (context.run_config["lr"]). Everyone but the victim gets lr = 0: their updates
 # vanish, the round completes with all nodes, and the released sum is the victim's update.
 # =====================================================================================================
-@pytest.mark.xfail(strict=True, reason="R2: the run config is not bound into the session")
 def test_a_run_config_served_differently_to_one_node_is_another_session(tmp_path) -> None:
     victim = NODES[2]
     contexts = _contexts(tmp_path, per_node={n: {"lr": 1.0 if n == victim else 0.0} for n in NODES})
@@ -283,7 +281,6 @@ def test_a_new_run_erases_an_abandoned_runs_plain_update(tmp_path, monkeypatch) 
 # (The same node also trains again from a global state it already released an update from: the
 # "one update per model" rule of SecAggStrategy is not fedlm's.)
 # =====================================================================================================
-@pytest.mark.xfail(strict=True, reason="R7: fedlm nodes do not enforce the DP round budget")
 def test_fedlm_nodes_refuse_dp_rounds_beyond_the_planned_budget(tmp_path, monkeypatch) -> None:
     pytest.importorskip("torch")
     from fedlm.backends import make_backend

@@ -270,7 +270,8 @@ def test_an_update_is_masked_once_and_erased_before(tmp_path) -> None:
     for round_number in (1, 2):  # a second round 1 (refused by every node's record), a round never trained for
         with pytest.raises(InsufficientParties):
             fa.run_round(grid, NODES[:4], config, round_number=round_number,
-                         context=fa.round_context(RUN_ID, round_number), stage_timeout=5.0, poll_interval=0.01)
+                         context=fa.round_context(RUN_ID, round_number, run_config=RUN_CONFIG), stage_timeout=5.0,
+                         poll_interval=0.01)
         assert _update_file(tmp_path).read_bytes() == stored
     # A retried train message of the finished round is acknowledged without training or storing.
     message = _train_message(wrapped, grid, 1, apps.initial_arrays())

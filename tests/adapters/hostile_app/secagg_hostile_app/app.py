@@ -63,7 +63,7 @@ class CorruptNode:
 
     def answer(self, message: Message) -> Message:
         envelope = fa.unpack(message.content)
-        session = fa.round_context(self.run_id, envelope.round_number)
+        session = fa.round_context(self.run_id, envelope.round_number, run_config=self.run_config)
         node = self.identity
         if node is not None:
             session = bind_registry(session, node.registry)
@@ -163,7 +163,7 @@ def attack(grid: Grid, context: Context) -> dict[str, Any]:
         raise SystemExit(f"the corrupt keys must be the registry's last entries {corrupt}")
     fake = {max(nodes) + 1 + i: CorruptNode(cid, identities[i] if identities else None, context.run_id, cfg)
             for i, cid in enumerate(corrupt)}  # above every real node id: the last ids when sorted
-    base = fa.round_context(context.run_id, 0)
+    base = fa.round_context(context.run_id, 0, run_config=cfg)
     isolation = Isolation(corrupt)
     script = isolation.script if cfg["hostile-attack"] == "restricted-delivery" else inconsistent_view(config)
     server = AdversarialServer(config, script=script, context=bind_registry(base, registry) if registry else base,
