@@ -155,9 +155,11 @@ def _value_bytes(value: Any) -> bytes:
 
 
 def _model_digest(arrays: ArrayRecord) -> bytes:
-    """SHA-256 over each array's name, dtype, shape and little-endian C-order bytes, sorted by name."""
+    """SHA-256 over each array's name, dtype, shape and little-endian C-order bytes, in the record's
+    order (Flower's ``to_numpy_ndarrays()`` is positional, and the order survives the wire: server
+    and node hash the same sequence, so a node sent the arrays in another order is in another session)."""
     h = hashlib.sha256(b"secagg/v1/flower-model\x00")
-    for key in sorted(arrays.keys()):
+    for key in arrays.keys():
         try:
             value = arrays[key].numpy()
         except TypeError:
@@ -325,7 +327,7 @@ def _train(message: Message, context: Context, call_next: ClientAppCallable, own
         raise ProtocolAbort(f"a train message for round {mark.round_number}; this node stored round "
                             f"{previous.round_number} already")
     if released:
-        raise ProtocolAbort("this node already released an update trained from these arrays in this run; "
+        raise ProtocolAbort("this node already released an update trained from these arrays; "
                             "it trains from each model once")
     layout = _layout(received, own.secure_metrics)
     message.content = RecordDict({k: v for k, v in content.items() if k != TRAIN_RECORD})
@@ -336,8 +338,11 @@ def _train(message: Message, context: Context, call_next: ClientAppCallable, own
     vector, weight = _update_of(reply, received, layout, own, encoding["secagg-clip-bound"])
     with store.locked():
         previous = store.load()
-        if (previous is not None and previous.round_number >= mark.round_number) or store.released(model):
-            raise ProtocolAbort(f"round {mark.round_number} or these arrays were stored by another process meanwhile")
+        if previous is not None and previous.round_number >= mark.round_number:
+            raise ProtocolAbort(f"round {mark.round_number} was stored by another process meanwhile")
+        if store.released(model, vector):  # the same update from the same model in any dtype or order, or any run
+            raise ProtocolAbort("this node already released an update trained from these arrays, or this very "
+                                "update; it releases each once")
         store.save(StoredUpdate(PENDING, mark.round_number, model, digest, layout, encoding, weight, vector))
     return _acknowledge(message, mark.round_number, digest)
 
@@ -383,8 +388,9 @@ def make_secagg_mod(*, weight_key: str = "num-examples", secure_metrics: Iterabl
 
     The mod raises a :class:`~secagg.SecAggError` (Flower sends an error reply, the node leaves the
     round) for a train message without the secure mark, a malformed mark or other settings than
-    these, a replayed round, arrays it already released an update from in this run, or a reply that
-    breaks the rules in flower_strategy's module docstring.
+    these, a replayed round, arrays it already released an update from, an update vector it already
+    released (either in any run of its state directory), or a reply that breaks the rules in
+    flower_strategy's module docstring.
     Raises:
         ParameterError: invalid settings.
     """

@@ -78,9 +78,11 @@ every secure metric as a finite number; a train message for a round this node al
 older one) is refused, unless it is a retry of the same round with the same content, which gets the
 same acknowledgement and trains nothing; the stored update is handed to the protocol once, at the
 mask step, and erased from the file before it is masked; a node trains at most once from a given
-model per run once it has released an update from it (a server resending the same arrays cannot
-subtract one node out of two sums of the same updates). The round's session binds the digest of
-the whole train message (the arrays, their names, shapes and dtypes, and the train config): a node
+model once it has released an update from it, and never releases the same update vector twice
+(node-local HMAC tags), in any run of its state directory (a server resending the same arrays, in
+another dtype or another run, cannot subtract one node out of two sums of the same updates). The
+round's session binds the digest of the whole train message (the arrays in their order, their
+names, shapes and dtypes, and the train config): a node
 sent other arrays or another config than the rest is in another session and drops out, so the round
 completes only among nodes that trained from the same message. No error or log of the node names
 one of its values (Flower sends a ClientApp's exception text to the server); the train function's

@@ -1,29 +1,40 @@
-"""A Flower node's plain update between training and the protocol, and the models it released updates from.
+"""A Flower node's plain update between training and the protocol, and what it released.
 
-:func:`~secagg.adapters.flower_node.secagg_mod` keeps two private files per run and node, next to
-the :class:`~secagg.adapters.nodestate.NodeStore` records (directory mode 0700, files 0600, written
-atomically, one process of the node at a time under a lock):
+:func:`~secagg.adapters.flower_node.secagg_mod` keeps private files in the node's state directory,
+next to the :class:`~secagg.adapters.nodestate.NodeStore` records (directory mode 0700, files 0600,
+written atomically, one process of the node at a time under the directory's ``updates.lock``):
 
-- ``run<id>-node<id>.update``: the latest round's :class:`StoredUpdate`: its round, the digests of
-  the arrays and of the train message it trained from, the layout and encoding of the secure
-  vector, the weight and the plain vector. :meth:`UpdateStore.take` hands the weight and vector to
-  the protocol once and erases them from the file before returning them; round, digests, layout and
-  encoding stay, so the round's remaining steps can be answered and a replay is recognised.
-- ``run<id>-node<id>.models``: the SHA-256 digest of every model (ArrayRecord) from which this node
-  handed an update to the protocol in this run. ``take`` records it before the update leaves the
-  file, so a node releases at most one update trained from a given model per run
-  (:meth:`UpdateStore.released`): a server resending the same arrays in a later round cannot sum the
-  same (deterministic) update once with and once without a node and subtract.
+- ``run<id>-node<id>.update``: the latest round's :class:`StoredUpdate` of one run: its round, the
+  digests of the arrays and of the train message it trained from, the layout and encoding of the
+  secure vector, the weight and the plain vector. :meth:`UpdateStore.take` hands the weight and
+  vector to the protocol once and erases them from the file before returning them; round, digests,
+  layout and encoding stay, so the round's remaining steps can be answered and a replay is
+  recognised. Storing a new update erases the plain update of every other run's pending file in
+  the directory (an abandoned run's update does not stay on disk).
+- ``released``: for the whole state directory (every run and node id: the SuperLink operator starts
+  runs and may hand out node ids at will), the SHA-256 digest of every model (ArrayRecord) an update
+  handed to the protocol was trained from, and an HMAC-SHA256 tag of every update vector handed to
+  the protocol (the exact float64 vector). ``take`` records both before the update leaves the file,
+  so a node releases at most one update trained from a given model, and never the same update
+  vector twice, whatever the model's dtype or the run (:meth:`UpdateStore.released`): a server
+  cannot sum the same (deterministic) update once with and once without a node and subtract.
+- ``update-tag.key``: the HMAC key, 32 bytes from ``os.urandom``, created on first use; it never
+  leaves the file (no log, error or repr), so the tags say nothing about an update to whoever reads
+  the ``released`` file without it.
 
 Not guaranteed: the plain update is on disk (or wherever ``secagg-state-dir`` is) from training
-until ``take``; nothing is zeroed (Python cannot), only unlinked by the atomic rewrite. The models
-file outlives the update but holds digests of models the server sent, nothing of the node's data.
+until ``take`` (or until another run stores one); nothing is zeroed (Python cannot), only unlinked by
+the atomic rewrite. A state directory shared by several nodes (the default one, when the node config
+sets none) shares the released set too: a model one of them released from is refused by all.
 """
-
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
+import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,7 +52,10 @@ Layout = tuple[tuple[str, str, tuple[int, ...]], ...]
 PENDING, TAKEN = 1, 2
 DIGEST_BYTES = 32
 _VERSION = 2
-_MAGIC, _MODELS_MAGIC = b"SAFU", b"SAFM"
+_MAGIC, _MODELS_MAGIC, _RELEASED_MAGIC = b"SAFU", b"SAFM", b"SAFR"
+_MODEL, _UPDATE = 1, 2  # the kinds of a released entry: a model digest, an update tag
+_KEY_BYTES = 32
+_SCOPE = re.compile(r"run(\d+)-node(\d+)")
 _MAX_FIELD = 1 << 31
 
 
@@ -99,7 +113,7 @@ class StoredUpdate:
 
 
 class UpdateStore:
-    """The files holding one node's latest update and the models it released updates from, in one run.
+    """One node's latest update in one run, and what the node's state directory released in any run.
 
     Args:
         directory: the node's state directory (created 0700 if missing, refused if not private).
@@ -110,13 +124,15 @@ class UpdateStore:
 
     def __init__(self, directory: Path, scope: str) -> None:
         directory = private_directory(directory)
+        self._directory, self._scope = directory, scope
         self._path = directory / f"{scope}.update"
-        self._models = directory / f"{scope}.models"
-        self._lock = directory / f"{scope}.update.lock"
+        self._released_path = directory / "released"
+        self._key_path = directory / "update-tag.key"
+        self._lock = directory / "updates.lock"
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the node's update lock (every method below expects it, except :meth:`take`, which takes it)."""
+        """Hold the directory's update lock (every method below expects it, except :meth:`take`, which takes it)."""
         with private_lock(self._lock, 60.0):
             yield
 
@@ -124,32 +140,73 @@ class UpdateStore:
         return StoredUpdate.decode(self._path.read_bytes()) if self._path.exists() else None
 
     def save(self, stored: StoredUpdate) -> None:
+        """Write ``stored``; a pending one (a new round) first erases other runs' pending plain updates."""
+        if stored.status == PENDING:
+            self._erase_other_runs()
         write_private(self._path, stored.encode())
 
-    def released(self, model: bytes) -> bool:
-        """Whether this node handed the protocol an update trained from ``model`` in this run."""
-        return model in self._released()
+    def _erase_other_runs(self) -> None:
+        own = _SCOPE.fullmatch(self._scope)
+        for path in self._directory.glob("run*-node*.update"):
+            scope = _SCOPE.fullmatch(path.name[:-len(".update")])
+            if path == self._path or scope is None or (own is not None and scope[1] == own[1]):
+                continue  # this run's files (other nodes sharing the directory) are left alone
+            other = StoredUpdate.decode(path.read_bytes())
+            if other.status == PENDING:
+                write_private(path, replace(other, status=TAKEN, weight=0, vector=np.zeros(0)).encode())
 
-    def _released(self) -> set[bytes]:
-        if not self._models.exists():
-            return set()
-        data = self._models.read_bytes()
-        if data[:4] != _MODELS_MAGIC or data[4:5] != bytes([_VERSION]) or (len(data) - 5) % DIGEST_BYTES:
-            raise MalformedMessage("not a secagg released-models record of this version")
-        return {data[i:i + DIGEST_BYTES] for i in range(5, len(data), DIGEST_BYTES)}
+    def released(self, model: bytes, vector: np.ndarray | None = None) -> bool:
+        """Whether this state directory handed the protocol an update trained from ``model``, or
+        (given) this very update ``vector``, in any run."""
+        entries = self._released()
+        return (_MODEL, model) in entries or (vector is not None and (_UPDATE, self._tag(vector)) in entries)
+
+    def _tag(self, vector: np.ndarray) -> bytes:
+        """HMAC-SHA256 of the exact float64 vector under the directory's secret key (created if missing)."""
+        if self._key_path.exists():
+            key = self._key_path.read_bytes()
+            if len(key) != _KEY_BYTES:
+                raise MalformedMessage("the update tag key file is malformed")
+        else:
+            key = os.urandom(_KEY_BYTES)
+            write_private(self._key_path, key)
+        data = np.ascontiguousarray(vector, dtype="<f8").view(np.uint8).data
+        return hmac.new(key, b"secagg/v1/flower-update\x00" + bytes(data), hashlib.sha256).digest()
+
+    def _released(self) -> set[tuple[int, bytes]]:
+        entries: set[tuple[int, bytes]] = set()
+        for legacy in self._directory.glob("run*-node*.models"):  # version 2 kept one file per run
+            data = legacy.read_bytes()
+            if data[:4] != _MODELS_MAGIC or data[4:5] != bytes([_VERSION]) or (len(data) - 5) % DIGEST_BYTES:
+                raise MalformedMessage("not a secagg released-models record of this version")
+            entries |= {(_MODEL, data[i:i + DIGEST_BYTES]) for i in range(5, len(data), DIGEST_BYTES)}
+        if self._released_path.exists():
+            data, size = self._released_path.read_bytes(), 1 + DIGEST_BYTES
+            if data[:4] != _RELEASED_MAGIC or data[4:5] != bytes([_VERSION]) or (len(data) - 5) % size or any(
+                    data[i] not in (_MODEL, _UPDATE) for i in range(5, len(data), size)):
+                raise MalformedMessage("not a secagg released record of this version")
+            entries |= {(data[i], data[i + 1:i + size]) for i in range(5, len(data), size)}
+        return entries
 
     def take(self, round_number: int) -> tuple[np.ndarray, int]:
-        """The update of ``round_number``, its model recorded as released and the update erased from
-        the file before it is returned (taken once).
+        """The update of ``round_number``, its model and vector recorded as released and the update
+        erased from the file before it is returned (taken once).
 
         Raises:
-            ProtocolAbort: no update of that round is stored, or it was taken already.
+            ProtocolAbort: no update of that round is stored, it was taken already, or this state
+                directory released the same update vector before.
         """
         with self.locked():
             stored = self.load()
             if stored is None or stored.round_number != round_number or stored.status != PENDING:
                 raise ProtocolAbort(f"this node holds no untaken update of round {round_number}")
-            models = self._released() | {stored.model}
-            write_private(self._models, _MODELS_MAGIC + bytes([_VERSION]) + b"".join(sorted(models)))
+            tag = self._tag(stored.vector)
+            entries = self._released()
+            if (_UPDATE, tag) in entries:
+                self.save(replace(stored, status=TAKEN, weight=0, vector=np.zeros(0)))
+                raise ProtocolAbort("this node released this update already; it releases each update once")
+            entries |= {(_MODEL, stored.model), (_UPDATE, tag)}
+            record = b"".join(bytes([kind]) + value for kind, value in sorted(entries))
+            write_private(self._released_path, _RELEASED_MAGIC + bytes([_VERSION]) + record)
             self.save(replace(stored, status=TAKEN, weight=0, vector=np.zeros(0)))
         return stored.vector, stored.weight

@@ -1,9 +1,10 @@
 """secagg_mod's node-side rules that span rounds or compare what server and node compute.
 
-The train message digest both sides bind into the session (canonical: independent of memory layout,
-byte order and insertion order; sensitive to every name, dtype, shape, value and config entry), and the
-one-update-per-model rule: a node that released an update trained from some arrays refuses to train
-from them again in the run, while a round that released nothing leaves it free to.
+The train message digest both sides bind into the session (canonical: independent of memory layout
+and byte order; sensitive to the arrays' order and every name, dtype, shape, value and config entry),
+and the one-update-per-model rule: a node that released an update trained from some arrays refuses to
+train from them again, in any run of its state directory, and never releases the same update vector
+twice, while a round that released nothing leaves it free to.
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ BASE = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.array([1, 2]
 def test_the_train_digest_is_canonical() -> None:
     model, digest = train_digests(_content(BASE))
     same = [
-        _content({"b": BASE["b"], "w": BASE["w"]}),  # insertion order
         _content({"w": np.asfortranarray(BASE["w"]), "b": BASE["b"]}),  # memory order
         _content({"w": BASE["w"].astype(">f4"), "b": BASE["b"].astype(">i8")}),  # byte order
         _content(BASE, {"lr": 0.1, "server-round": 1}),
@@ -65,6 +65,7 @@ def test_the_train_digest_is_canonical() -> None:
     (BASE | {"w": BASE["w"].astype(np.float64)}, None),  # the dtype
     (BASE | {"w": BASE["w"].reshape(4, 3)}, None),  # the shape
     ({"v": BASE["w"], "b": BASE["b"]}, None),  # a name
+    ({"b": BASE["b"], "w": BASE["w"]}, None),  # the record's order (to_numpy_ndarrays() is positional)
     (BASE, {"server-round": 1, "lr": 0.0}),  # a config value
     (BASE, {"server-round": 1, "lr": 1}),  # its type (int 1 is not float 1.0)
     (BASE, {"server-round": 1, "lr": 0.1, "seed": b"\x00"}),  # one more entry
@@ -124,6 +125,39 @@ def test_a_node_trains_again_from_the_same_arrays_only_while_it_released_no_upda
     replies = _train(strategy, grid, 4, other)
     strategy.aggregate_train(4, replies)
     assert strategy.rounds[4].result.weight_sum == 1 + 2 + 3
-    models = tmp_path / "node0" / f"run{RUN_ID}-node{NODES[0]}.models"
-    assert stat.S_IMODE(models.stat().st_mode) == 0o600 and len(models.read_bytes()) == 5 + 2 * 32
-    assert train_digests(RecordDict({"arrays": arrays}))[0] in models.read_bytes()
+    # The state directory's released record: two model digests and two update tags (kind byte + 32 bytes each).
+    released, key = tmp_path / "node0" / "released", tmp_path / "node0" / "update-tag.key"
+    assert stat.S_IMODE(released.stat().st_mode) == 0o600 and len(released.read_bytes()) == 5 + 4 * 33
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32
+    assert train_digests(RecordDict({"arrays": arrays}))[0] in released.read_bytes()
+    assert not list((tmp_path / "node0").glob("*.models"))
+
+
+def test_the_store_releases_each_vector_once_per_directory_and_erases_only_other_runs_pending_updates(tmp_path) -> None:
+    from secagg.adapters.updatestore import PENDING, TAKEN, StoredUpdate, UpdateStore
+    from secagg.errors import ProtocolAbort
+
+    vector = np.linspace(-1, 1, 5)
+    layout = (("arrays", "w", (5,)),)
+
+    def stored(round_number: int, model: bytes) -> StoredUpdate:
+        return StoredUpdate(PENDING, round_number, model, bytes(32), layout, {}, 3, vector.copy())
+
+    run1, same_run = UpdateStore(tmp_path, "run1-node1"), UpdateStore(tmp_path, "run1-node2")
+    with run1.locked():
+        run1.save(stored(1, b"a" * 32))
+    with same_run.locked():
+        same_run.save(stored(1, b"c" * 32))
+    assert run1.load().status == PENDING  # another node of the same run (a shared directory) is left alone
+    taken, weight = run1.take(1)
+    assert np.array_equal(taken, vector) and weight == 3
+    other_run = UpdateStore(tmp_path, "run2-node7")  # another run and node id, the same directory
+    with other_run.locked():
+        assert other_run.released(b"a" * 32) and other_run.released(b"b" * 32, vector)
+        assert not other_run.released(b"b" * 32, vector + 2**-30)
+        other_run.save(stored(1, b"b" * 32))  # a new run's round: run 1's pending updates are erased
+    erased = same_run.load()
+    assert erased.status == TAKEN and erased.vector.size == 0 and erased.weight == 0
+    with pytest.raises(ProtocolAbort, match="once"):  # the same vector, from another model, is not released
+        other_run.take(1)
+    assert other_run.load().status == TAKEN and other_run.load().vector.size == 0

@@ -3,11 +3,13 @@
 Every test is a reproducer of a finding and is marked ``xfail(strict=True)``: it fails today and will
 pass (making the suite fail until the marker is removed) once the finding is fixed. The adversary is
 the Flower server side (ServerApp, SuperLink operator: it writes the run config, picks the run ids and
-builds any message it likes).
+builds any message it likes). R3-R6 are fixed: their tests are plain regression tests now.
 """
 
 from __future__ import annotations
 
+import stat
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +101,15 @@ def _delta(partition: int, shape) -> np.ndarray:
     return np.full(shape, 0.125 * (partition + 1), dtype=np.float32) * (-1) ** partition
 
 
+TRAINED: Counter[int] = Counter()
+"""Calls of float32_model_train per partition (LocalGrid runs the app in this process)."""
+
+
 def float32_model_train(message: Message, context: Context) -> Message:
     """A deterministic train function of a float32 model: it loads the arrays into float32 parameters
     (as torch's load_state_dict does), trains, returns its float32 state."""
     partition = int(context.node_config["partition-id"])
+    TRAINED[partition] += 1
     params = {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in message.content["arrays"].items()}
     lr = float(context.run_config.get("lr", 1.0))
     return _reply(message, {k: (v + lr * _delta(partition, v.shape)).astype(np.float32) for k, v in params.items()},
@@ -180,20 +187,21 @@ def test_a_run_config_served_differently_to_one_node_is_another_session(tmp_path
 # the very same parameters: a deterministic train function gives a bit-identical update, which the server
 # sums once with and once without the victim, in one run.
 # =====================================================================================================
-@pytest.mark.xfail(strict=True, reason="R3: the same model in another dtype is a 'new' model")
-def test_the_same_model_resent_as_float64_is_refused(tmp_path) -> None:
+def test_the_same_update_from_the_model_resent_as_float64_is_not_released_again(tmp_path) -> None:
     grid = LocalGrid(_app(float32_model_train), _contexts(tmp_path))
     strategy, victim = _strategy(), NODES[1]
     _, bound = _train(strategy, grid, 1, _arrays(np.float32))
     first = _secure(grid, NODES, _arrays(), 1, bound)
     rest = [n for n in NODES if n != victim]
-    replies, bound = _train(strategy, grid, 2, _arrays(np.float64), nodes=rest)
-    if not all(ACK_RECORD in r.content for r in replies.values()):
-        return  # fixed: refused
-    second = _secure(grid, rest, _arrays(np.float64), 2, bound)
-    difference = np.asarray(first.result.weighted_sum)[:6] - np.asarray(second.result.weighted_sum)[:6]
-    assert not np.allclose(difference, _weighted([1]), atol=1e-4), (
-        f"the victim's weighted update, recovered: {difference}")
+    assert first.result.survivors and len(first.survivor_nodes) == len(NODES)
+    assert train_digests(RecordDict({"arrays": _arrays(np.float32)}))[0] != \
+        train_digests(RecordDict({"arrays": _arrays(np.float64)}))[0]  # the model-digest rule alone lets it in
+    replies, _ = _train(strategy, grid, 2, _arrays(np.float64), nodes=rest)
+    # Each node trained, found the very vector it released in round 1 (its node-local HMAC tag) and refused.
+    assert {n for n, r in replies.items() if r.has_error()} == set(rest), "an identical update was stored again"
+    key = tmp_path / "node0" / "update-tag.key"
+    assert len(key.read_bytes()) == 32 and stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert all(key.read_bytes().hex() not in r.error.reason for r in replies.values())
 
 
 # =====================================================================================================
@@ -201,8 +209,7 @@ def test_the_same_model_resent_as_float64_is_refused(tmp_path) -> None:
 # and the SuperLink operator starts runs at will: the same model in a new run, without the victim, gives
 # the same deterministic updates of everyone else; the difference of the two sums is the victim's update.
 # =====================================================================================================
-@pytest.mark.xfail(strict=True, reason="R4: one update per model per *run* only")
-def test_the_same_model_in_a_new_run_is_refused(tmp_path, monkeypatch) -> None:
+def test_the_same_model_in_a_new_run_is_refused_by_the_state_directory(tmp_path, monkeypatch) -> None:
     victim = NODES[3]
     grid = LocalGrid(_app(float32_model_train), _contexts(tmp_path))
     _, bound = _train(_strategy(), grid, 1, _arrays())
@@ -211,12 +218,11 @@ def test_the_same_model_in_a_new_run_is_refused(tmp_path, monkeypatch) -> None:
     stamp_task_identity(monkeypatch, run2)
     rest = [n for n in NODES if n != victim]
     grid2 = LocalGrid(grid.app, _contexts(tmp_path, run_id=run2))  # the same nodes and state directories
-    replies, bound = _train(_strategy(run_id=run2), grid2, 1, _arrays(), nodes=rest)
-    if not all(ACK_RECORD in r.content for r in replies.values()):
-        return
-    second = _secure(grid2, rest, _arrays(), 1, bound, run_id=run2)
-    difference = np.asarray(first.result.weighted_sum)[:6] - np.asarray(second.result.weighted_sum)[:6]
-    assert not np.allclose(difference, _weighted([3]), atol=1e-4), f"the victim's update, recovered: {difference}"
+    assert len(first.survivor_nodes) == len(NODES)
+    calls = dict(TRAINED)
+    replies, _ = _train(_strategy(run_id=run2), grid2, 1, _arrays(), nodes=rest)
+    assert {n for n, r in replies.items() if r.has_error()} == set(rest), "a node trained from the model again"
+    assert TRAINED == calls  # refused before training, by the state directory's released-model digests
 
 
 # =====================================================================================================
@@ -233,8 +239,7 @@ def positional_train(message: Message, context: Context) -> Message:
     return _reply(message, {k: v + _delta(partition, v.shape) for k, v in params.items()}, partition)
 
 
-@pytest.mark.xfail(strict=True, reason="R5: the model digest ignores the order of the ArrayRecord")
-def test_a_node_sent_the_arrays_in_another_order_is_another_session(tmp_path) -> None:
+def test_a_node_sent_the_arrays_in_another_order_drops_out_of_the_session(tmp_path) -> None:
     victim = NODES[0]
     grid = LocalGrid(_app(positional_train), _contexts(tmp_path))
 
@@ -256,8 +261,7 @@ def test_a_node_sent_the_arrays_in_another_order_is_another_session(tmp_path) ->
 # unmasked update in run<id>-node<id>.update for good: starting a round of another run closes the sibling
 # round records, not the sibling update files.
 # =====================================================================================================
-@pytest.mark.xfail(strict=True, reason="R6: another run's pending plain update stays on disk")
-def test_a_new_run_erases_an_abandoned_runs_plain_update(tmp_path, monkeypatch) -> None:
+def test_a_new_runs_update_erases_an_abandoned_runs_plain_update(tmp_path, monkeypatch) -> None:
     from secagg.adapters.updatestore import PENDING, UpdateStore
 
     grid = LocalGrid(_app(float32_model_train), _contexts(tmp_path))
