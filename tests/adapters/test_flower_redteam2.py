@@ -1,9 +1,10 @@
-"""Second red-team review of the Flower integration: attacks on the fixes of the first review.
+"""Regressions for the second red-team review of the Flower integration (attacks on the first fixes).
 
-Every test is a reproducer of a finding and is marked ``xfail(strict=True)``: it fails today and will
-pass (making the suite fail until the marker is removed) once the finding is fixed. The adversary is
-the Flower server side (ServerApp, SuperLink operator: it writes the run config, picks the run ids and
-builds any message it likes). R3-R6 are fixed: their tests are plain regression tests now.
+The adversary is the Flower server side (ServerApp, SuperLink operator: it writes the run config,
+picks the run ids and builds any message it likes). Each test reproduces one attack (R1: CKKS with
+one contributor; R2: a run config served differently to one node; R3/R4: the same model re-sent in
+another dtype or another run; R5: arrays in another order; R6: an abandoned run's plain update;
+R7: fedlm DP releases past the plan) and asserts that it now fails.
 """
 
 from __future__ import annotations
