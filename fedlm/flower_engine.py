@@ -299,7 +299,7 @@ def _deploy(cfg: RunConfig, workdir: Path) -> float:
     return run.seconds
 
 
-def run_on_flower(cfg: RunConfig, prepared: Prepared, model: torch.nn.Module, backend: Backend, out_dir: Path,
+def run_on_flower(cfg: RunConfig, prepared: Prepared, model: torch.nn.Module, out_dir: Path,
                   progress: RunProgress, personal: PersonalPrompts | None) -> tuple[Federated, dict[str, Any]]:
     """Runs the rounds on Flower and loads the final global state into ``model``.
 
@@ -342,9 +342,7 @@ def run_on_flower(cfg: RunConfig, prepared: Prepared, model: torch.nn.Module, ba
         extra["dp"], extra["epsilon"] = result["dp"], result["dp"]["epsilon"]
     if cfg.flower_compare:
         extra["engine_check"] = _compare(cfg, prepared, workdir, result["records"], progress)
-    fed = Federated(global_state, result["records"], result["initial"], None, None)
-    del backend
-    return fed, extra
+    return Federated(global_state, result["records"], result["initial"], None, None), extra
 
 
 def _compare(cfg: RunConfig, prepared: Prepared, workdir: Path, records: list[dict[str, Any]],

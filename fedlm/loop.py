@@ -52,7 +52,6 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
     out_dir = Path(cfg.out)
     prepared = setup(cfg, out_dir, progress)
     model, warm_loss = build_model(cfg, prepared, out_dir, progress)
-    backend = make_backend(cfg, max(c.num_examples for c in prepared.clients), uploaded_state(model, cfg))
     initial_tasks = task_scores(model, prepared, cfg)
     prompts = held_out_prompts(prepared.eval_blocks, cfg.seq_len)
     before = continuations(model, prompts, prepared.tokenizer, cfg.seq_len)
@@ -61,8 +60,9 @@ def run(cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
     if cfg.engine == "flower":
         from fedlm.flower_engine import run_on_flower  # flwr loads only for this engine
 
-        fed, extra = run_on_flower(cfg, prepared, model, backend, out_dir, progress, personal)
+        fed, extra = run_on_flower(cfg, prepared, model, out_dir, progress, personal)
     else:
+        backend = make_backend(cfg, max(c.num_examples for c in prepared.clients), uploaded_state(model, cfg))
         runner = InMemoryRunner(backend, model, prepared, cfg, progress, personal)
         fed = federate(cfg, prepared, model, backend, runner, out_dir, progress, personal)
     after = continuations(model, prompts, prepared.tokenizer, cfg.seq_len)
