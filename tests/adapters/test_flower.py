@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import uuid
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +30,7 @@ from flwr.app import Array, ConfigRecord, Context, Message, RecordDict  # noqa: 
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects  # noqa: E402
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents  # noqa: E402
 
-from secagg import InsufficientParties, MalformedMessage, ParameterError, Schema, SecAggClient, SecAggServer  # noqa: E402
+from secagg import InsufficientParties, MalformedMessage, ParameterError, ProtocolAbort, Schema, SecAggClient, SecAggServer  # noqa: E402
 from secagg.protocols.ckks import CkksConfig  # noqa: E402
 from secagg.protocols.registry import PROTOCOLS  # noqa: E402
 from secagg.adapters import flower as fa  # noqa: E402
@@ -440,3 +441,21 @@ def test_ckks_round_on_a_local_flower_deployment(example) -> None:
     assert np.abs(np.array(report["average"]) - expected).max() <= report["error_bound"]
     print(f"\nFlower deployment round (ckks, one node killed at upload): {run.seconds:.1f}s wall, "
           f"stages {report['stage_seconds']}")
+
+
+@pytest.mark.parametrize("n", [3, 4, 9, 10, 11, 25])
+def test_a_node_refuses_ckks_min_contributors_just_below_its_bound(tmp_path, n) -> None:
+    """min_contributors >= ceil(floor * n) + 2 (SECURITY.md): refused one below, accepted at the bound."""
+    least = fa.least_contributors(n, 0.1)
+    assert least == -(-n // 10) + 2
+    for minimum, refused in ((least - 1, True), (least, False)):
+        run_config = {"secagg-protocol": "ckks", "secagg-ckks-min-contributors": minimum}
+        context = Context(RUN_ID, 5, {"secagg-state-dir": str(tmp_path / f"n{n}-{minimum}")}, RecordDict(), run_config)
+        message = Message(fa.pack(fa.Envelope("advertise", 0, 0, n, b"")), 5, fa.MESSAGE_TYPE)
+        message.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+        template = {"w": np.zeros(3, dtype=np.float32)}
+        if refused:
+            with pytest.raises(ProtocolAbort, match="ceil"):
+                fa.handle(message, context, template, lambda c, r: (template, 1))
+        else:
+            assert fa.unpack(fa.handle(message, context, template, lambda c, r: (template, 1)).content).payload
